@@ -1,0 +1,220 @@
+"""Incremental NVMe/TCP framing: bytes in, validated PDUs out (PROTOCOL.md 1.1-1.5).
+
+Rules of this module:
+- It frames and validates; it never interprets commands. Lengths (hlen, pdo, plen), the
+  digest flags against what was negotiated, the maximum PDU size and the header digest are all
+  checked *before* a PDU is handed out, so later parsing never sees a short buffer.
+- Any framing violation raises :class:`TransportError` carrying the TermReq FES and the byte
+  offset of the offending header field (FEI); the caller terminates the connection.
+- A data digest mismatch is not fatal here: the PDU is returned with ``data_digest_ok`` False and
+  the receiver fails only that command (what the Linux host does, PROTOCOL.md 7.3).
+- Bytes live in one fixed, preallocated buffer (``recv_into`` friendly). The views a :class:`Pdu`
+  holds are valid until the next :meth:`PduReader.get_buffer`, :meth:`PduReader.feed` or
+  :meth:`PduReader.commit`: copy what you keep.
+"""
+
+from __future__ import annotations
+
+from nvmeof.constants import (
+    CH_SIZE,
+    TERMREQ_HLEN,
+    TERMREQ_MAX_DATA,
+    FatalErrorStatus as Fes,
+    PduFlags,
+    PduType,
+)
+from nvmeof.digest import crc32c
+from nvmeof.errors import TransportError
+from nvmeof.wire.fast import CH
+
+#: Exact header length of each PDU type.
+HLEN = {
+    PduType.ICREQ: 128,
+    PduType.ICRESP: 128,
+    PduType.H2C_TERM_REQ: TERMREQ_HLEN,
+    PduType.C2H_TERM_REQ: TERMREQ_HLEN,
+    PduType.CAPSULE_CMD: 72,
+    PduType.CAPSULE_RESP: 24,
+    PduType.H2C_DATA: 24,
+    PduType.C2H_DATA: 24,
+    PduType.R2T: 24,
+}
+#: PDU types that carry a header digest when it was negotiated.
+HEADER_DIGEST_TYPES = frozenset(
+    {PduType.CAPSULE_CMD, PduType.CAPSULE_RESP, PduType.H2C_DATA, PduType.C2H_DATA, PduType.R2T}
+)
+#: PDU types that may carry data (and then a data digest when negotiated).
+DATA_TYPES = frozenset({PduType.CAPSULE_CMD, PduType.H2C_DATA, PduType.C2H_DATA})
+#: What each side may receive.
+CONTROLLER_RECEIVES = frozenset(
+    {PduType.ICREQ, PduType.H2C_TERM_REQ, PduType.CAPSULE_CMD, PduType.H2C_DATA}
+)
+HOST_RECEIVES = frozenset(
+    {PduType.ICRESP, PduType.C2H_TERM_REQ, PduType.CAPSULE_RESP, PduType.C2H_DATA, PduType.R2T}
+)
+
+# Offsets of the common header fields, for FEI.
+_OFF_TYPE, _OFF_FLAGS, _OFF_HLEN, _OFF_PDO, _OFF_PLEN = 0, 1, 2, 3, 4
+_DIGEST = 4
+
+
+class Pdu:
+    """One complete, validated PDU. ``header`` is CH+PSH (hlen bytes); ``data`` the payload."""
+
+    __slots__ = ("data", "data_digest_ok", "flags", "header", "plen", "type")
+
+    def __init__(
+        self, pdu_type: int, flags: int, plen: int, header: memoryview, data: memoryview, ok: bool
+    ) -> None:
+        self.type = pdu_type
+        self.flags = flags
+        self.plen = plen
+        self.header = header
+        self.data = data
+        self.data_digest_ok = ok
+
+    def __repr__(self) -> str:
+        return f"Pdu(type={self.type:#x}, flags={self.flags:#x}, plen={self.plen})"
+
+
+class PduReader:
+    """Frames PDUs out of a byte stream for one side of a connection.
+
+    Args:
+        receives: the PDU types this side may receive (:data:`CONTROLLER_RECEIVES` or
+            :data:`HOST_RECEIVES`).
+        max_data: the largest payload any single PDU may carry; more is a
+            Data Transfer Limit Exceeded error.
+    """
+
+    def __init__(self, receives: frozenset[PduType], max_data: int) -> None:
+        self.receives = receives
+        self.max_data = max_data
+        self.header_digest = False
+        self.data_digest = False
+        # Room for the largest legal PDU (header 128 + digests + data) and one more read.
+        self._size = max(65536, 2 * (max_data + 256))
+        self._buf = bytearray(self._size)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unconsumed byte
+        self._end = 0  # one past the last received byte
+
+    # -- input -------------------------------------------------------------------------------
+
+    def get_buffer(self) -> memoryview:
+        """Free space to ``recv_into``; follow with :meth:`commit` of the byte count."""
+        self._compact()
+        return self._view[self._end :]
+
+    def commit(self, nbytes: int) -> None:
+        """Account for ``nbytes`` written into the view returned by :meth:`get_buffer`."""
+        if nbytes < 0 or self._end + nbytes > self._size:
+            raise ValueError("commit beyond the receive buffer")
+        self._end += nbytes
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append received bytes (for transports without ``recv_into``)."""
+        pos = 0
+        total = len(data)
+        while pos < total:
+            space = self.get_buffer()
+            if not space:
+                raise TransportError(Fes.DATA_TRANSFER_LIMIT_EXCEEDED, "receive buffer full")
+            n = min(len(space), total - pos)
+            space[:n] = data[pos : pos + n]
+            self.commit(n)
+            pos += n
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet framed into a PDU."""
+        return self._end - self._start
+
+    def _compact(self) -> None:
+        if self._start == 0:
+            return
+        pending = self._end - self._start
+        if pending:
+            self._view[:pending] = self._view[self._start : self._end]
+        self._start = 0
+        self._end = pending
+
+    # -- framing -----------------------------------------------------------------------------
+
+    def next_pdu(self) -> Pdu | None:
+        """The next complete PDU, or None if more bytes are needed.
+
+        Raises:
+            TransportError: the stream is malformed; the connection must be terminated.
+        """
+        avail = self._end - self._start
+        if avail < CH_SIZE:
+            return None
+        start = self._start
+        pdu_type, flags, hlen, pdo, plen = CH.unpack_from(self._buf, start)
+        hdgst = self._check_header(pdu_type, flags, hlen, pdo, plen, start)
+        if avail < plen:
+            return None
+        view = self._view
+        header = view[start : start + hlen]
+        if hdgst:
+            expected = int.from_bytes(view[start + hlen : start + hlen + _DIGEST], "little")
+            if crc32c(header) != expected:
+                raise TransportError(
+                    Fes.HEADER_DIGEST_ERROR, "header digest mismatch", header=bytes(header)
+                )
+        ok = True
+        if pdo:
+            ddgst = _DIGEST if flags & PduFlags.DDGSTF else 0
+            data = view[start + pdo : start + plen - ddgst]
+            if ddgst:
+                expected = int.from_bytes(view[start + plen - _DIGEST : start + plen], "little")
+                ok = crc32c(data) == expected
+        else:
+            data = view[start + hlen : start + plen] if pdu_type in _TERM_TYPES else view[0:0]
+        self._start = start + plen
+        return Pdu(pdu_type, flags, plen, header, data, ok)
+
+    def _check_header(self, pdu_type: int, flags: int, hlen: int, pdo: int, plen: int,
+                      start: int) -> bool:  # fmt: skip
+        """Validate the common header; returns whether a header digest is present."""
+
+        def bad(offset: int, why: str, fes: Fes = Fes.INVALID_PDU_HEADER_FIELD) -> TransportError:
+            raw = bytes(self._view[start : start + min(CH_SIZE, self._end - start)])
+            return TransportError(fes, why, fei=offset, header=raw)
+
+        if pdu_type not in self.receives:
+            raise bad(_OFF_TYPE, f"unexpected PDU type {pdu_type:#x}")
+        if hlen != HLEN[pdu_type]:
+            raise bad(_OFF_HLEN, f"PDU type {pdu_type:#x} with hlen {hlen}")
+        hdgst = pdu_type in HEADER_DIGEST_TYPES and self.header_digest
+        if bool(flags & PduFlags.HDGSTF) != hdgst:
+            raise bad(_OFF_FLAGS, "header digest flag does not match the negotiated digests")
+        hd = _DIGEST if hdgst else 0
+        if pdu_type in _TERM_TYPES:
+            if not TERMREQ_HLEN <= plen <= TERMREQ_HLEN + TERMREQ_MAX_DATA:
+                raise bad(_OFF_PLEN, f"TermReq plen {plen}")
+            return False
+        if pdu_type not in DATA_TYPES:
+            if flags & PduFlags.DDGSTF or pdo != 0 or plen != hlen + hd:
+                field = _OFF_FLAGS if flags & PduFlags.DDGSTF else _OFF_PDO if pdo else _OFF_PLEN
+                raise bad(field, f"PDU type {pdu_type:#x} cannot carry data")
+            return hdgst
+        if plen == hlen + hd:  # a data-capable PDU without data (e.g. CapsuleCmd, no ICD)
+            if pdo != 0 or flags & PduFlags.DDGSTF:
+                raise bad(_OFF_PDO if pdo else _OFF_FLAGS, "PDO/DDGSTF set on a PDU without data")
+            if pdu_type != PduType.CAPSULE_CMD:
+                raise bad(_OFF_PLEN, "data PDU without data")
+            return hdgst
+        if bool(flags & PduFlags.DDGSTF) != self.data_digest:
+            raise bad(_OFF_FLAGS, "data digest flag does not match the negotiated digests")
+        dd = _DIGEST if self.data_digest else 0
+        if pdo < hlen + hd or pdo + dd >= plen or pdo % 4:
+            raise bad(_OFF_PDO, f"PDO {pdo} outside the PDU")
+        if plen - pdo - dd > self.max_data:
+            raise bad(_OFF_PLEN, f"{plen - pdo - dd} data bytes exceed the limit "
+                      f"{self.max_data}", Fes.DATA_TRANSFER_LIMIT_EXCEEDED)  # fmt: skip
+        return hdgst
+
+
+_TERM_TYPES = frozenset({PduType.H2C_TERM_REQ, PduType.C2H_TERM_REQ})

@@ -1,0 +1,321 @@
+"""Host (initiator) side of one NVMe/TCP connection, sans-IO.
+
+Rules of this module:
+- Owns the PDU layer of one queue from the host's point of view: ICReq and the ICResp checks the
+  Linux host makes (PROTOCOL.md 1.6), command capsules with in-capsule data when it fits
+  (2.3), H2CData in answer to R2T (2.4), C2HData reassembly into the caller's buffer (2.5),
+  the SUCCESS flag (2.6), CapsuleResp.
+- Sets the SGL descriptor of every command (the transport's job, as in ``nvme_tcp_map_data``);
+  the caller owns everything else in the 64-byte SQE, including the CID.
+- No NVMe semantics, no clocks, no sockets.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from nvmeof.constants import (
+    MIN_MAXH2CDATA,
+    SQE_SIZE,
+    DigestFlags,
+    FatalErrorStatus as Fes,
+    PduFlags,
+    PduType,
+    SglType,
+)
+from nvmeof.digest import crc32c
+from nvmeof.errors import LocalProtocolError, TransportError
+from nvmeof.status import StatusCode, status_word
+from nvmeof.tcp.controller import build_term_req
+from nvmeof.tcp.events import ConnectionEstablished, ResponseReceived, TermReqReceived
+from nvmeof.tcp.framing import HOST_RECEIVES, Pdu, PduReader
+from nvmeof.wire.fast import CAPSULE_RESP, CH, DATA_PDU, R2T, SGL, SGL_OFFSET, TERM_REQ
+
+Event = ConnectionEstablished | ResponseReceived | TermReqReceived
+
+_DATA_XFER_ERROR = status_word(StatusCode.DATA_XFER_ERROR)
+
+
+class HostState(Enum):
+    IDLE = "idle"
+    AWAIT_ICRESP = "await-icresp"
+    ESTABLISHED = "established"
+    TERMINATED = "terminated"
+
+
+class _Outstanding:
+    """Data bookkeeping of one outstanding command."""
+
+    __slots__ = ("digest_ok", "read", "received", "sent", "write")
+
+    def __init__(self, write: memoryview | None, read: memoryview | None, sent: int) -> None:
+        self.write = write
+        self.read = read
+        self.sent = sent  # write bytes already sent (in-capsule or by H2CData)
+        self.received = 0  # read bytes received
+        self.digest_ok = True
+
+
+class HostConnection:
+    """One queue's NVMe/TCP connection as seen by the host.
+
+    Args:
+        header_digest: ask for header digests.
+        data_digest: ask for data digests.
+        max_c2h_data: the largest C2HData payload accepted in one PDU.
+    """
+
+    def __init__(
+        self, *, header_digest: bool = False, data_digest: bool = False,
+        max_c2h_data: int = 1 << 20,
+    ) -> None:  # fmt: skip
+        self.want_header_digest = bool(header_digest)
+        self.want_data_digest = bool(data_digest)
+        self.reader = PduReader(HOST_RECEIVES, max_c2h_data)
+        self.state = HostState.IDLE
+        self.header_digest = False
+        self.data_digest = False
+        self.max_h2c_data = 0
+        self._h2c_align = 4
+        self._out: list[bytes | memoryview] = []
+        self._cmds: dict[int, _Outstanding] = {}
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def initiate(self) -> None:
+        """Queue the ICReq (HPDA 0, MAXR2T 0: what nvmet requires)."""
+        if self.state is not HostState.IDLE:
+            raise LocalProtocolError("ICReq already sent")
+        icreq = bytearray(128)
+        CH.pack_into(icreq, 0, PduType.ICREQ, 0, 128, 0, 128)
+        icreq[11] = (DigestFlags.HEADER if self.want_header_digest else 0) | (
+            DigestFlags.DATA if self.want_data_digest else 0
+        )
+        self._out.append(bytes(icreq))
+        self.state = HostState.AWAIT_ICRESP
+
+    def _handle_icresp(self, pdu: Pdu) -> Event:
+        hdr = pdu.header
+        pfv = int.from_bytes(hdr[8:10], "little")
+        cpda, digest = hdr[10], hdr[11]
+        maxh2cdata = int.from_bytes(hdr[12:16], "little")
+        wanted = (DigestFlags.HEADER if self.want_header_digest else 0) | (
+            DigestFlags.DATA if self.want_data_digest else 0
+        )
+        raw = bytes(hdr)
+        if pfv != 0:
+            raise TransportError(Fes.UNSUPPORTED_PARAMETER, f"ICResp PFV {pfv}", fei=8, header=raw)
+        if cpda > 31:
+            raise TransportError(Fes.UNSUPPORTED_PARAMETER, f"ICResp CPDA {cpda}", fei=10,
+                                 header=raw)  # fmt: skip
+        if digest & 0x3 != wanted:
+            raise TransportError(Fes.UNSUPPORTED_PARAMETER, f"ICResp digests {digest:#x}, asked "
+                                 f"for {wanted:#x}", fei=11, header=raw)  # fmt: skip
+        if maxh2cdata < MIN_MAXH2CDATA or maxh2cdata % 4:
+            raise TransportError(Fes.UNSUPPORTED_PARAMETER, f"ICResp MAXH2CDATA {maxh2cdata}",
+                                 fei=12, header=raw)  # fmt: skip
+        self.header_digest = self.want_header_digest
+        self.data_digest = self.want_data_digest
+        self.reader.header_digest = self.header_digest
+        self.reader.data_digest = self.data_digest
+        self.max_h2c_data = maxh2cdata
+        self._h2c_align = (cpda + 1) * 4
+        self.state = HostState.ESTABLISHED
+        return ConnectionEstablished(self.header_digest, self.data_digest, maxh2cdata)
+
+    # -- input -------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        self.reader.feed(data)
+
+    def next_event(self) -> Event | None:
+        """Process buffered PDUs until one yields an event; None when more bytes are needed.
+
+        Raises:
+            TransportError: fatal protocol error; the connection must be closed.
+        """
+        if self.state is HostState.TERMINATED:
+            return None
+        try:
+            while True:
+                pdu = self.reader.next_pdu()
+                if pdu is None:
+                    return None
+                event = self._handle(pdu)
+                if event is not None:
+                    return event
+        except TransportError as err:
+            if self.state is not HostState.TERMINATED:
+                self.state = HostState.TERMINATED
+                self._out.append(build_term_req(PduType.H2C_TERM_REQ, err))
+            raise
+
+    def _handle(self, pdu: Pdu) -> Event | None:
+        kind = pdu.type
+        if kind == PduType.C2H_TERM_REQ:
+            _, _, _, _, _, fes, fei = TERM_REQ.unpack_from(pdu.header)
+            self.state = HostState.TERMINATED
+            return TermReqReceived(fes, fei)
+        if self.state is HostState.AWAIT_ICRESP:
+            if kind != PduType.ICRESP:
+                raise TransportError(Fes.PDU_SEQUENCE_ERROR, "PDU before ICResp",
+                                     header=bytes(pdu.header))  # fmt: skip
+            return self._handle_icresp(pdu)
+        if kind == PduType.CAPSULE_RESP:
+            return self._handle_response(pdu)
+        if kind == PduType.C2H_DATA:
+            return self._handle_c2h_data(pdu)
+        if kind == PduType.R2T:
+            self._handle_r2t(pdu)
+            return None
+        raise TransportError(Fes.PDU_SEQUENCE_ERROR, "unexpected ICResp", header=bytes(pdu.header))
+
+    def _lookup(self, cid: int, pdu: Pdu) -> _Outstanding:
+        cmd = self._cmds.get(cid)
+        if cmd is None:
+            raise TransportError(Fes.INVALID_PDU_HEADER_FIELD, f"PDU for unknown CID {cid}",
+                                 fei=8, header=bytes(pdu.header))  # fmt: skip
+        return cmd
+
+    def _handle_response(self, pdu: Pdu) -> Event:
+        _, _, _, _, _, dw0, dw1, sqhd, sqid, cid, status = CAPSULE_RESP.unpack_from(pdu.header)
+        cmd = self._lookup(cid, pdu)
+        del self._cmds[cid]
+        if not cmd.digest_ok and status == 0:
+            status = _DATA_XFER_ERROR
+        return ResponseReceived(cid, status, dw0, dw1, sqhd, sqid)
+
+    def _handle_c2h_data(self, pdu: Pdu) -> Event | None:
+        _, flags, _, _, _, cid, _, datao, datal = DATA_PDU.unpack_from(pdu.header)
+        cmd = self._lookup(cid, pdu)
+        read = cmd.read
+        raw = bytes(pdu.header)
+        if read is None:
+            raise TransportError(Fes.PDU_SEQUENCE_ERROR, f"C2HData for CID {cid} without a read "
+                                 "buffer", header=raw)  # fmt: skip
+        if datal != len(pdu.data) or datao != cmd.received or datao + datal > len(read):
+            raise TransportError(Fes.DATA_TRANSFER_OUT_OF_RANGE, f"C2HData {datao}+{datal} for "
+                                 f"CID {cid}, expected offset {cmd.received} of {len(read)}",
+                                 header=raw)  # fmt: skip
+        read[datao : datao + datal] = pdu.data
+        cmd.received += datal
+        if not pdu.data_digest_ok:
+            cmd.digest_ok = False
+        if not flags & PduFlags.SUCCESS:
+            return None
+        if not flags & PduFlags.LAST_PDU:
+            raise TransportError(Fes.INVALID_PDU_HEADER_FIELD, "SUCCESS without LAST_PDU", fei=1,
+                                 header=raw)  # fmt: skip
+        if cmd.received != len(read):
+            raise TransportError(Fes.PDU_SEQUENCE_ERROR, f"short successful read for CID {cid}",
+                                 header=raw)  # fmt: skip
+        del self._cmds[cid]
+        return ResponseReceived(cid, 0 if cmd.digest_ok else _DATA_XFER_ERROR, 0, 0, 0, 0)
+
+    def _handle_r2t(self, pdu: Pdu) -> None:
+        _, _, _, _, _, cid, ttag, r2to, r2tl = R2T.unpack_from(pdu.header)
+        cmd = self._lookup(cid, pdu)
+        write = cmd.write
+        raw = bytes(pdu.header)
+        if write is None:
+            raise TransportError(Fes.PDU_SEQUENCE_ERROR, f"R2T for non-write CID {cid}", header=raw)
+        if r2tl == 0 or r2to < cmd.sent or r2to + r2tl > len(write):
+            raise TransportError(Fes.DATA_TRANSFER_OUT_OF_RANGE, f"R2T {r2to}+{r2tl} for CID "
+                                 f"{cid} ({cmd.sent} of {len(write)} sent)", header=raw)  # fmt: skip
+        self._send_h2c_data(cid, ttag, write, r2to, r2tl)
+        cmd.sent = r2to + r2tl
+
+    # -- output ------------------------------------------------------------------------------
+
+    def send_command(
+        self,
+        sqe: bytes | bytearray | memoryview,
+        *,
+        write_data: bytes | bytearray | memoryview | None = None,
+        read_buffer: bytearray | memoryview | None = None,
+        in_capsule_limit: int = 0,
+    ) -> int:
+        """Queue a command capsule; returns its CID (SQE bytes 2-3).
+
+        Data to write goes in-capsule when it fits ``in_capsule_limit``, otherwise it waits for
+        R2T. A ``read_buffer`` receives the C2HData. The caller must keep both buffers alive
+        and unchanged until the command completes.
+        """
+        if self.state is not HostState.ESTABLISHED:
+            raise LocalProtocolError(f"connection is {self.state.value}")
+        if len(sqe) != SQE_SIZE:
+            raise ValueError("an SQE is 64 bytes")
+        cid = sqe[2] | (sqe[3] << 8)
+        if cid in self._cmds:
+            raise LocalProtocolError(f"CID {cid} is already outstanding")
+        capsule = bytearray(72)
+        capsule[8:72] = sqe
+        write = memoryview(write_data).cast("B") if write_data is not None else None
+        read = memoryview(read_buffer).cast("B") if read_buffer is not None else None
+        inline = write is not None and 0 < len(write) <= in_capsule_limit
+        if inline:
+            assert write is not None
+            SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, len(write), SglType.DATA_BLOCK_OFFSET)
+        else:
+            length = len(write) if write is not None else len(read) if read is not None else 0
+            SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, length, SglType.TRANSPORT_DATA_BLOCK)
+        hd = 4 if self.header_digest else 0
+        flags = PduFlags.HDGSTF if hd else 0
+        if inline:
+            assert write is not None
+            dd = 4 if self.data_digest else 0
+            pdo = -(-(72 + hd) // self._h2c_align) * self._h2c_align
+            flags |= PduFlags.DDGSTF if dd else 0
+            CH.pack_into(capsule, 0, PduType.CAPSULE_CMD, flags, 72, pdo, pdo + len(write) + dd)
+            self._append_header(capsule, hd)
+            if pdo > 72 + hd:
+                self._out.append(bytes(pdo - 72 - hd))
+            self._out.append(write)
+            if dd:
+                self._out.append(crc32c(write).to_bytes(4, "little"))
+        else:
+            CH.pack_into(capsule, 0, PduType.CAPSULE_CMD, flags, 72, 0, 72 + hd)
+            self._append_header(capsule, hd)
+        self._cmds[cid] = _Outstanding(write, read, len(write) if inline and write else 0)
+        return cid
+
+    def _append_header(self, header: bytearray, hd: int) -> None:
+        if hd:
+            header += crc32c(header).to_bytes(4, "little")
+        self._out.append(header)
+
+    def _send_h2c_data(self, cid: int, ttag: int, data: memoryview, offset: int, length: int) -> None:
+        hd = 4 if self.header_digest else 0
+        dd = 4 if self.data_digest else 0
+        pdo = -(-(24 + hd) // self._h2c_align) * self._h2c_align
+        end = offset + length
+        while offset < end:
+            n = min(self.max_h2c_data, end - offset)
+            chunk = data[offset : offset + n]
+            flags = (PduFlags.HDGSTF if hd else 0) | (PduFlags.DDGSTF if dd else 0)
+            if offset + n == end:
+                flags |= PduFlags.LAST_PDU
+            hdr = bytearray(DATA_PDU.pack(PduType.H2C_DATA, flags, 24, pdo, pdo + n + dd, cid, ttag,
+                                          offset, n))  # fmt: skip
+            self._append_header(hdr, hd)
+            if pdo > 24 + hd:
+                self._out.append(bytes(pdo - 24 - hd))
+            self._out.append(chunk)
+            if dd:
+                self._out.append(crc32c(chunk).to_bytes(4, "little"))
+            offset += n
+
+    def abort_all(self) -> list[int]:
+        """Forget every outstanding command (connection lost); returns their CIDs."""
+        cids = list(self._cmds)
+        self._cmds.clear()
+        self.state = HostState.TERMINATED
+        return cids
+
+    def data_to_send(self) -> list[bytes | memoryview]:
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._cmds)
