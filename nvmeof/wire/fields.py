@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from construct import Adapter, Bytes, Padding, PaddedString
+from construct import Adapter, Bytes, PaddedString, Padding
 
 #: Reserved bytes: zeros on build, skipped on parse.
 Reserved = Padding

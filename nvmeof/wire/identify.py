@@ -39,38 +39,6 @@ from construct import (
 from nvmeof.constants import IDENTIFY_SIZE
 from nvmeof.wire.fields import Reserved, SpacePadded, nqn_field
 
-__all__ = [
-    "ACTIVE_NS_LIST",
-    "ACTIVE_NS_LIST_MAX",
-    "IDENTIFY_CONTROLLER",
-    "IDENTIFY_CTRL_NVM",
-    "IDENTIFY_NAMESPACE",
-    "IDENTIFY_NS_CS_INDEP",
-    "IDENTIFY_NS_NVM",
-    "ID_POWER_STATE",
-    "LBA_FORMAT",
-    "NIDT_CSI",
-    "NIDT_EUI64",
-    "NIDT_NGUID",
-    "NIDT_UUID",
-    "NS_ID_DESC",
-    "build_active_ns_list",
-    "build_identify_ctrl",
-    "build_identify_ctrl_nvm",
-    "build_identify_ns",
-    "build_identify_ns_cs_indep",
-    "build_identify_ns_nvm",
-    "build_ns_desc_list",
-    "lba_format",
-    "parse_active_ns_list",
-    "parse_identify_ctrl",
-    "parse_identify_ctrl_nvm",
-    "parse_identify_ns",
-    "parse_identify_ns_cs_indep",
-    "parse_identify_ns_nvm",
-    "parse_ns_desc_list",
-]
-
 Data: TypeAlias = bytes | bytearray | memoryview
 
 

@@ -1,0 +1,286 @@
+"""Host-side controller bring-up, as the Linux host does it (PROTOCOL.md 7.1, 7.2).
+
+ICReq, admin Connect, CC.EN and CSTS.RDY, Identify, ANA log, number of queues, I/O queue
+Connects, async event configuration and an AER, then keep-alive every KATO/2.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from nvmeof.constants import (
+    CNTLID_DYNAMIC,
+    DISCOVERY_NQN,
+    NSID_ALL,
+    AdminOpcode,
+    Cns,
+    FabricsType,
+    FeatureId,
+    IoOpcode,
+    LogPage,
+    Property,
+)
+from nvmeof.errors import CommandError, NvmeofError
+from nvmeof.properties import CSTS_RDY
+from nvmeof.wire.fabrics import (
+    CONNECT_COMMAND,
+    CONNECT_DATA,
+    PROPERTY_GET_COMMAND,
+    PROPERTY_SET_COMMAND,
+)
+from nvmeof.wire.fast import RW_TAIL, RW_TAIL_OFFSET
+from nvmeof.wire.identify import (
+    parse_active_ns_list,
+    parse_identify_ctrl,
+    parse_identify_ns,
+    parse_ns_desc_list,
+)
+from nvmeof.wire.logpages import AnaLog, parse_ana_log
+from nvmeof.wire.sqe import (
+    FEATURES_COMMAND,
+    GET_LOG_PAGE_COMMAND,
+    IDENTIFY_COMMAND,
+    NO_FIELDS_COMMAND,
+    RW_COMMAND,
+)
+from initiator.queue import Completion, HostQueue
+
+log = logging.getLogger("nvmeof.initiator")
+
+CC_ENABLE = 0x00460001
+CC_DISABLED = 0x00460000
+CC_SHUTDOWN = 0x00464001
+CMIC_ANA = 1 << 3
+
+
+def default_host_nqn() -> tuple[str, bytes]:
+    """A fresh ``nqn.2014-08.org.nvmexpress:uuid:...`` host NQN and its host ID."""
+    host_id = uuid.uuid4()
+    return f"nqn.2014-08.org.nvmexpress:uuid:{host_id}", host_id.bytes
+
+
+@dataclass
+class ControllerOptions:
+    """What ``nvme connect`` would take: identity, keep-alive, queues, digests."""
+
+    hostnqn: str = ""
+    hostid: bytes = b""
+    kato_ms: int = 5000
+    io_queues: int = 1
+    queue_size: int = 32
+    header_digest: bool = False
+    data_digest: bool = False
+    command_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.hostnqn:
+            self.hostnqn, self.hostid = default_host_nqn()
+        elif not self.hostid:
+            self.hostid = uuid.uuid5(uuid.NAMESPACE_URL, self.hostnqn).bytes
+
+
+@dataclass
+class NamespaceInfo:
+    nsid: int
+    nlbas: int
+    block_size: int
+    ana_group: int
+    ids: dict[str, Any] = field(default_factory=dict)
+
+
+class HostController:
+    """A connected controller: admin queue, I/O queues, keep-alive.
+
+    Create with :func:`connect_controller` inside a nursery that outlives it.
+    """
+
+    def __init__(self, admin: HostQueue, subnqn: str, addr: tuple[str, int],
+                 options: ControllerOptions) -> None:  # fmt: skip
+        self.admin = admin
+        self.subnqn = subnqn
+        self.addr = addr
+        self.options = options
+        self.cntlid = 0
+        self.io_queues: list[HostQueue] = []
+        self.identify: Any = None
+        self.vs = 0
+        self.cap = 0
+        self._shutting_down = False
+
+    # -- admin helpers ---------------------------------------------------------------------------
+
+    async def admin_command(self, sqe: bytes, *, read: int = 0,
+                            write: bytes | None = None) -> tuple[Completion, bytearray]:  # fmt: skip
+        """Run an admin command; raises CommandError on a failed status."""
+        buffer = bytearray(read)
+        done = await self.admin.submit(sqe, write=write, read=buffer if read else None,
+                                       timeout=self.options.command_timeout)  # fmt: skip
+        if not done.ok:
+            raise CommandError(done.status, f"admin opcode {sqe[0]:#x} failed: {done.status}")
+        return done, buffer
+
+    async def property_get(self, offset: int, size8: bool = False) -> int:
+        sqe = PROPERTY_GET_COMMAND.build(dict(fctype=FabricsType.PROPERTY_GET,
+                                              attrib=int(size8), offset=offset))  # fmt: skip
+        done, _ = await self.admin_command(sqe)
+        return done.dw0 | (done.dw1 << 32 if size8 else 0)
+
+    async def property_set(self, offset: int, value: int) -> None:
+        sqe = PROPERTY_SET_COMMAND.build(dict(fctype=FabricsType.PROPERTY_SET, offset=offset,
+                                              value=value))  # fmt: skip
+        await self.admin_command(sqe)
+
+    async def identify_raw(self, cns: int, nsid: int = 0, csi: int = 0) -> bytearray:
+        sqe = IDENTIFY_COMMAND.build(dict(opcode=AdminOpcode.IDENTIFY, nsid=nsid, cns=cns,
+                                          csi=csi))  # fmt: skip
+        return (await self.admin_command(sqe, read=4096))[1]
+
+    async def get_log_page(self, lid: int, length: int, *, nsid: int = NSID_ALL,
+                           offset: int = 0, lsp: int = 0, rae: bool = False) -> bytearray:  # fmt: skip
+        numd = length // 4 - 1
+        sqe = GET_LOG_PAGE_COMMAND.build(dict(
+            opcode=AdminOpcode.GET_LOG_PAGE, nsid=nsid, lid=lid, lsp=lsp | (0x80 if rae else 0),
+            numdl=numd & 0xFFFF, numdu=numd >> 16, lpol=offset & 0xFFFFFFFF, lpou=offset >> 32,
+        ))  # fmt: skip
+        return (await self.admin_command(sqe, read=length))[1]
+
+    async def set_features(self, fid: int, value: int) -> int:
+        sqe = FEATURES_COMMAND.build(dict(opcode=AdminOpcode.SET_FEATURES, fid=fid,
+                                          dword11=value))  # fmt: skip
+        return (await self.admin_command(sqe))[0].dw0
+
+    async def keep_alive(self) -> None:
+        await self.admin_command(NO_FIELDS_COMMAND.build(dict(opcode=AdminOpcode.KEEP_ALIVE)))
+
+    async def ana_log(self) -> AnaLog:
+        ident = self.identify
+        size = 16 + 32 * ident.nanagrpid + 4 * ident.mnan
+        return parse_ana_log(await self.get_log_page(LogPage.ANA, size))
+
+    async def active_namespaces(self) -> list[int]:
+        return parse_active_ns_list(await self.identify_raw(Cns.ACTIVE_NS_LIST))
+
+    async def namespace(self, nsid: int) -> NamespaceInfo:
+        ns = parse_identify_ns(await self.identify_raw(Cns.NAMESPACE, nsid))
+        ids = parse_ns_desc_list(await self.identify_raw(Cns.NS_DESC_LIST, nsid))
+        fmt = ns.lbaf[ns.flbas & 0xF]
+        return NamespaceInfo(nsid, ns.nsze, 1 << fmt.ds, ns.anagrpid, ids)
+
+    # -- I/O -------------------------------------------------------------------------------------
+
+    def _io_queue(self, index: int | None) -> HostQueue:
+        if not self.io_queues:
+            raise NvmeofError("no I/O queues")
+        return self.io_queues[(index or 0) % len(self.io_queues)]
+
+    async def io(self, opcode: int, nsid: int, slba: int, nlb: int, *,
+                 write: bytes | bytearray | memoryview | None = None,
+                 read: bytearray | memoryview | None = None, queue: int | None = None) -> Completion:  # fmt: skip
+        """Submit one NVM command (NLB is a block count, not 0's based)."""
+        sqe = bytearray(64)
+        sqe[0] = opcode
+        sqe[1] = 0x40
+        sqe[4:8] = nsid.to_bytes(4, "little")
+        RW_TAIL.pack_into(sqe, RW_TAIL_OFFSET, slba, nlb - 1, 0, 0, 0, 0, 0)
+        return await self._io_queue(queue).submit(sqe, write=write, read=read,
+                                                  timeout=self.options.command_timeout)  # fmt: skip
+
+    async def write(self, nsid: int, slba: int, data: bytes | bytearray | memoryview,
+                    block_size: int, queue: int | None = None) -> Completion:  # fmt: skip
+        return await self.io(IoOpcode.WRITE, nsid, slba, len(data) // block_size, write=data,
+                             queue=queue)  # fmt: skip
+
+    async def read(self, nsid: int, slba: int, nlb: int, block_size: int,
+                   queue: int | None = None) -> tuple[Completion, bytearray]:  # fmt: skip
+        buffer = bytearray(nlb * block_size)
+        done = await self.io(IoOpcode.READ, nsid, slba, nlb, read=buffer, queue=queue)
+        return done, buffer
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def keep_alive_loop(self) -> None:
+        """Send Keep Alive every KATO/2 until the admin queue closes."""
+        period = self.options.kato_ms / 2000
+        while period > 0 and not self.admin.closed:
+            await trio.sleep(period)
+            try:
+                await self.keep_alive()
+            except NvmeofError as err:
+                if not self._shutting_down:
+                    log.warning("keep-alive failed %s:%s: %s", *self.addr, err)
+                return
+
+    async def shutdown(self) -> None:
+        """Close the I/O queues, request a normal shutdown (CC.SHN), close the admin queue."""
+        self._shutting_down = True
+        for queue in self.io_queues:
+            await queue.aclose()
+        if not self.admin.closed:
+            try:
+                with trio.move_on_after(5):
+                    await self.property_set(Property.CC, CC_SHUTDOWN)
+            except NvmeofError:
+                pass
+        await self.admin.aclose()
+
+
+async def _connect_queue(ctrl: HostController, queue: HostQueue, qid: int, sqsize: int) -> int:
+    opts = ctrl.options
+    sqe = CONNECT_COMMAND.build(dict(fctype=FabricsType.CONNECT, qid=qid, sqsize=sqsize - 1,
+                                     kato=opts.kato_ms if qid == 0 else 0))  # fmt: skip
+    data = CONNECT_DATA.build(dict(hostid=opts.hostid, subsysnqn=ctrl.subnqn,
+                                   hostnqn=opts.hostnqn,
+                                   cntlid=CNTLID_DYNAMIC if qid == 0 else ctrl.cntlid))  # fmt: skip
+    done = await queue.submit(sqe, write=data, timeout=opts.command_timeout)
+    if not done.ok:
+        raise CommandError(done.status, f"Connect qid {qid} to {ctrl.subnqn} refused: "
+                           f"{done.status} (DW0 {done.dw0:#x})")  # fmt: skip
+    return done.dw0 & 0xFFFF
+
+
+async def connect_controller(
+    nursery: trio.Nursery, host: str, port: int, subnqn: str,
+    options: ControllerOptions | None = None,
+) -> HostController:  # fmt: skip
+    """Bring a controller up like ``nvme connect`` and start its keep-alive task."""
+    opts = options or ControllerOptions()
+    discovery = subnqn == DISCOVERY_NQN
+    admin = await HostQueue.connect(nursery, host, port, qid=0, depth=32,
+                                    header_digest=opts.header_digest,
+                                    data_digest=opts.data_digest)  # fmt: skip
+    ctrl = HostController(admin, subnqn, (host, port), opts)
+    try:
+        ctrl.cntlid = await _connect_queue(ctrl, admin, 0, 32)
+        ctrl.cap = await ctrl.property_get(Property.CAP, size8=True)
+        await ctrl.property_set(Property.CC, CC_DISABLED)
+        await ctrl.property_set(Property.CC, CC_ENABLE)
+        with trio.fail_after(max(1.0, ((ctrl.cap >> 24) & 0xFF) / 2)):
+            while not await ctrl.property_get(Property.CSTS) & CSTS_RDY:
+                await trio.sleep(0.002)
+        ctrl.vs = await ctrl.property_get(Property.VS)
+        ctrl.identify = parse_identify_ctrl(await ctrl.identify_raw(Cns.CONTROLLER))
+        if ctrl.identify.cntlid != ctrl.cntlid:
+            raise NvmeofError(f"Identify CNTLID {ctrl.identify.cntlid} != Connect {ctrl.cntlid}")
+        if not discovery and opts.io_queues:
+            want = opts.io_queues - 1
+            granted = await ctrl.set_features(FeatureId.NUM_QUEUES, want | (want << 16))
+            count = min((granted & 0xFFFF) + 1, (granted >> 16) + 1, opts.io_queues)
+            sqsize = min(opts.queue_size, (ctrl.cap & 0xFFFF) + 1, ctrl.identify.maxcmd or 1 << 16)
+            for qid in range(1, count + 1):
+                queue = await HostQueue.connect(nursery, host, port, qid=qid, depth=sqsize,
+                                                header_digest=opts.header_digest,
+                                                data_digest=opts.data_digest)  # fmt: skip
+                queue.in_capsule_limit = max(ctrl.identify.ioccsz * 16 - 64, 0)
+                ctrl.io_queues.append(queue)
+                await _connect_queue(ctrl, queue, qid, sqsize)
+    except BaseException:
+        await ctrl.shutdown()
+        raise
+    if opts.kato_ms:
+        nursery.start_soon(ctrl.keep_alive_loop)
+    return ctrl

@@ -1,0 +1,3 @@
+from target.cli import main
+import sys
+sys.exit(main())

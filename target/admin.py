@@ -1,0 +1,311 @@
+"""Admin command handlers: Identify, Get Log Page, Get/Set Features, Keep Alive, AER, Abort.
+
+Pure functions of the model and the SQE (PROTOCOL.md 5); values are chosen so the Linux host's
+checks in ``nvme_init_identify``/``nvme_mpath_init_identify`` pass (see 9.2 in the sheet).
+"""
+
+from __future__ import annotations
+
+from nvmeof.constants import (
+    DISCOVERY_NQN,
+    IDENTIFY_SIZE,
+    NSID_ALL,
+    AdminOpcode,
+    Cns,
+    ControllerType,
+    FeatureId,
+    IoOpcode,
+    LogPage,
+)
+from nvmeof.status import StatusCode
+from nvmeof.wire.identify import (
+    build_active_ns_list,
+    build_identify_ctrl,
+    build_identify_ns,
+    build_ns_desc_list,
+    lba_format,
+)
+from nvmeof.wire.logpages import (
+    EFFECTS_CSUPP,
+    EFFECTS_LBCC,
+    build_ana_log,
+    build_changed_ns_list,
+    build_discovery_log,
+    build_effects_log,
+    build_error_log,
+    build_fw_slot_log,
+    build_smart_log,
+)
+from target.controller import AERL, ERROR_LOG_ENTRIES, Controller
+from target.request import PENDING, ExecuteResult, QueueContext, Reply, Request, fail
+from target.state import MAX_ANA_GROUPS
+
+FIRMWARE_REVISION = "0.1.0"
+#: Maximum data transfer: 2^MDTS x 4 KiB = 1 MiB.
+MDTS = 8
+MAX_TRANSFER = (1 << MDTS) * 4096
+MAX_NAMESPACES = 1024
+KAS_100MS = 10  # keep-alive granularity 1 s
+ANATT_S = 10
+ONCS_COMPARE, ONCS_DSM, ONCS_WRITE_ZEROES = 1 << 0, 1 << 2, 1 << 3
+SGLS_SUPPORTED = 0x00100001  # byte-aligned SGLs, SGL address as offset (in-capsule)
+CMIC_MULTI_PORT, CMIC_MULTI_CTRL, CMIC_ANA = 1 << 0, 1 << 1, 1 << 3
+LPA_EFFECTS, LPA_EXTENDED = 1 << 1, 1 << 2
+TEMPERATURE_K = 308  # a healthy 35 C for SMART
+
+_INVALID_FIELD = StatusCode.INVALID_FIELD
+
+
+def controller_of(q: QueueContext) -> Controller:
+    assert q.controller is not None  # the dispatcher only routes connected queues here
+    return q.controller
+
+
+# -- Identify ---------------------------------------------------------------------------------
+
+
+def identify_controller(ctrl: Controller) -> bytes:
+    """Identify Controller data for ``ctrl`` (I/O or discovery)."""
+    common = {
+        "vid": 0x1B36, "ssvid": 0x1AF4, "mn": "nvmeof-emu", "fr": FIRMWARE_REVISION,
+        "rab": 6, "mdts": MDTS, "cntlid": ctrl.cntlid, "ver": ctrl.regs.vs,
+        "oaes": ctrl.supported_aen, "acl": 3, "aerl": AERL, "frmw": 0x3,
+        "elpe": ERROR_LOG_ENTRIES - 1, "sqes": 0x66, "cqes": 0x44, "maxcmd": ctrl.mqes + 1,
+        "sgls": SGLS_SUPPORTED, "iorcsz": 1, "msdbd": 1,
+        "psd": [{"max_power": 2500}],
+    }  # fmt: skip
+    if ctrl.subsystem is None:
+        return build_identify_ctrl({
+            **common, "sn": "discovery", "cntrltype": ControllerType.DISCOVERY,
+            "lpa": LPA_EXTENDED, "subnqn": DISCOVERY_NQN, "ioccsz": 4, "dctype": 1,
+            "kas": KAS_100MS,
+        })  # fmt: skip
+    sub = ctrl.subsystem
+    inline = ctrl.port.inline_data_size
+    return build_identify_ctrl({
+        **common, "sn": sub.serial, "mn": sub.model,
+        "cmic": CMIC_MULTI_PORT | CMIC_MULTI_CTRL | CMIC_ANA, "cntrltype": ControllerType.IO,
+        "lpa": LPA_EFFECTS | LPA_EXTENDED, "kas": KAS_100MS, "wctemp": 343, "cctemp": 373,
+        "anatt": ANATT_S, "anacap": 0x1F, "anagrpmax": MAX_ANA_GROUPS,
+        "nanagrpid": MAX_ANA_GROUPS, "nn": MAX_NAMESPACES,
+        "oncs": ONCS_COMPARE | ONCS_DSM | ONCS_WRITE_ZEROES, "vwc": 1,
+        "mnan": MAX_NAMESPACES, "subnqn": sub.nqn, "ioccsz": (64 + inline) // 16,
+    })  # fmt: skip
+
+
+def execute_identify(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl = controller_of(q)
+    cns = req.sqe[40]
+    if req.transfer_length < IDENTIFY_SIZE:
+        raise fail(StatusCode.SGL_INVALID_DATA, "Identify needs a 4096-byte buffer")
+    if cns == Cns.CONTROLLER:
+        return Reply(data=identify_controller(ctrl))
+    sub = ctrl.subsystem
+    if sub is None:
+        raise fail(_INVALID_FIELD, f"CNS {cns:#x} on a discovery controller")
+    if cns == Cns.ACTIVE_NS_LIST:
+        if req.nsid >= 0xFFFFFFFE:
+            raise fail(StatusCode.INVALID_NS, f"active NS list after NSID {req.nsid:#x}")
+        nsids = [n for n in sub.active_nsids() if n > req.nsid][:1024]
+        return Reply(data=build_active_ns_list(nsids))
+    if cns in (Cns.CS_CONTROLLER,):
+        return Reply(data=bytes(IDENTIFY_SIZE))  # no NVM-specific limits to report
+    ns = sub.active_namespace(req.nsid)
+    if cns == Cns.NAMESPACE:
+        if ns is None:
+            if req.nsid in (0, NSID_ALL):
+                raise fail(StatusCode.INVALID_NS, f"Identify NS {req.nsid:#x}")
+            return Reply(data=bytes(IDENTIFY_SIZE))  # inactive NSID: zeros (nvmet)
+        return Reply(data=identify_namespace(ns.nlbas, ns.lba_shift, ns.ana_group, ns.nguid,
+                                             ns.eui64))  # fmt: skip
+    if ns is None:
+        raise fail(StatusCode.INVALID_NS, f"NSID {req.nsid} is not active")
+    if cns == Cns.NS_DESC_LIST:
+        return Reply(data=build_ns_desc_list(eui64=ns.eui64, nguid=ns.nguid, uuid=ns.uuid, csi=0))
+    if cns == Cns.CS_NAMESPACE:
+        if req.sqe[47] != 0:
+            raise fail(StatusCode.INVALID_FIELD, f"CSI {req.sqe[47]}")
+        return Reply(data=bytes(IDENTIFY_SIZE))
+    raise fail(_INVALID_FIELD, f"unsupported CNS {cns:#x}")
+
+
+def identify_namespace(
+    nlbas: int, lba_shift: int, ana_group: int, nguid: bytes, eui64: bytes
+) -> bytes:
+    return build_identify_ns({
+        "nsze": nlbas, "ncap": nlbas, "nuse": nlbas, "nlbaf": 0, "flbas": 0,
+        "nmic": 1, "dlfeat": 0x09, "anagrpid": ana_group, "nguid": nguid, "eui64": eui64,
+        "lbaf": [lba_format(lba_shift)],
+    })  # fmt: skip
+
+
+# -- Get Log Page -----------------------------------------------------------------------------
+
+
+def execute_get_log_page(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl = controller_of(q)
+    sqe = req.sqe
+    lid, lsp = sqe[40], sqe[41]
+    rae = bool(lsp & 0x80)
+    numd = (int.from_bytes(sqe[42:44], "little") | int.from_bytes(sqe[44:46], "little") << 16) + 1
+    length = numd * 4
+    offset = int.from_bytes(sqe[48:56], "little")
+    if length != req.transfer_length:
+        raise fail(StatusCode.SGL_INVALID_DATA, f"NUMD {numd} != SGL {req.transfer_length}")
+    if offset % 4:
+        raise fail(_INVALID_FIELD, f"log page offset {offset} not dword aligned")
+    page = _log_page(q, ctrl, lid, lsp & 0x7F, rae)
+    ctrl.aen.log_read(lid, rae)
+    chunk = page[offset : offset + length]
+    if len(chunk) < length:
+        chunk = bytes(chunk).ljust(length, b"\0")
+    return Reply(data=chunk)
+
+
+def _log_page(q: QueueContext, ctrl: Controller, lid: int, lsp: int, rae: bool) -> bytes:
+    if ctrl.subsystem is None:
+        if lid != LogPage.DISCOVERY:
+            raise fail(StatusCode.INVALID_LOG_PAGE, f"log page {lid:#x} on discovery")
+        entries = q.state.discovery_entries(ctrl.hostnqn, q.port)
+        return build_discovery_log(q.state.discovery_genctr, entries)
+    if lid == LogPage.ERROR:
+        entries = [
+            {"error_count": e.error_count, "sqid": e.sqid, "cmdid": e.cid,
+             "status_field": e.status, "param_error_location": e.param_location,
+             "lba": e.lba, "nsid": e.nsid, "trtype": 3}
+            for e in ctrl.errors
+        ]  # fmt: skip
+        return build_error_log(entries, ERROR_LOG_ENTRIES)
+    if lid == LogPage.SMART:
+        return _smart_log(ctrl)
+    if lid == LogPage.FW_SLOT:
+        return build_fw_slot_log({"afi": 1, "frs": [FIRMWARE_REVISION]})
+    if lid == LogPage.CHANGED_NS:
+        return build_changed_ns_list(ctrl.take_changed_ns(rae))
+    if lid == LogPage.CMD_EFFECTS:
+        return _EFFECTS_LOG
+    if lid == LogPage.ANA:
+        groups = q.state.ana_groups(ctrl.subsystem, ctrl.port)
+        return build_ana_log(q.state.ana_chgcnt, groups, rgo=bool(lsp & 0x1))
+    raise fail(StatusCode.INVALID_LOG_PAGE, f"unsupported log page {lid:#x}")
+
+
+def _smart_log(ctrl: Controller) -> bytes:
+    st = ctrl.stats
+    return build_smart_log({
+        "temperature": TEMPERATURE_K, "avail_spare": 100, "spare_thresh": 10,
+        "data_units_read": -(-st.bytes_read // 512_000),
+        "data_units_written": -(-st.bytes_written // 512_000),
+        "host_reads": st.read_commands, "host_writes": st.write_commands,
+        "power_cycles": 1, "media_errors": st.media_errors,
+        "num_err_log_entries": ctrl.error_count,
+    })  # fmt: skip
+
+
+_EFFECTS_LOG = build_effects_log(
+    {op: EFFECTS_CSUPP for op in (
+        AdminOpcode.GET_LOG_PAGE, AdminOpcode.IDENTIFY, AdminOpcode.ABORT,
+        AdminOpcode.SET_FEATURES, AdminOpcode.GET_FEATURES, AdminOpcode.ASYNC_EVENT_REQUEST,
+        AdminOpcode.KEEP_ALIVE,
+    )},
+    {IoOpcode.FLUSH: EFFECTS_CSUPP | EFFECTS_LBCC, IoOpcode.WRITE: EFFECTS_CSUPP | EFFECTS_LBCC,
+     IoOpcode.READ: EFFECTS_CSUPP, IoOpcode.COMPARE: EFFECTS_CSUPP,
+     IoOpcode.WRITE_ZEROES: EFFECTS_CSUPP | EFFECTS_LBCC,
+     IoOpcode.DATASET_MANAGEMENT: EFFECTS_CSUPP | EFFECTS_LBCC},
+)  # fmt: skip
+
+
+# -- Features ---------------------------------------------------------------------------------
+
+_DEFAULT_FEATURES = {
+    FeatureId.ARBITRATION: 0,
+    FeatureId.POWER_MGMT: 0,
+    FeatureId.TEMP_THRESHOLD: 343,
+    FeatureId.ERROR_RECOVERY: 0,
+    FeatureId.VOLATILE_WC: 1,
+    FeatureId.IRQ_COALESCE: 0,
+    FeatureId.WRITE_ATOMIC: 0,
+}
+
+
+def execute_set_features(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl = controller_of(q)
+    fid = req.dword(10) & 0xFF
+    value = req.dword(11)
+    if fid == FeatureId.NUM_QUEUES and ctrl.subsystem is not None:
+        nsqr, ncqr = value & 0xFFFF, value >> 16
+        if nsqr == 0xFFFF or ncqr == 0xFFFF:
+            raise fail(_INVALID_FIELD, "number of queues 0xFFFF")
+        granted = min(nsqr + 1, ncqr + 1, ctrl.max_io_queues)
+        ctrl.io_queues_granted = granted
+        return Reply(dw0=(granted - 1) | ((granted - 1) << 16))
+    if fid == FeatureId.ASYNC_EVENT:
+        if value & ~ctrl.supported_aen:
+            raise fail(_INVALID_FIELD, f"async event config {value:#x} not supported")
+        ctrl.aec = value
+        return Reply()
+    if fid == FeatureId.KATO:
+        ctrl.kato_ms = value
+        ctrl.touch(q.now())
+        return Reply(dw0=-(-value // 1000))
+    if fid in _DEFAULT_FEATURES and ctrl.subsystem is not None:
+        ctrl.features[fid] = value
+        return Reply()
+    raise fail(_INVALID_FIELD, f"Set Features {fid:#x} not supported")
+
+
+def execute_get_features(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl = controller_of(q)
+    fid = req.dword(10) & 0xFF
+    if fid == FeatureId.NUM_QUEUES and ctrl.subsystem is not None:
+        n = ctrl.io_queues_granted - 1
+        return Reply(dw0=n | (n << 16))
+    if fid == FeatureId.ASYNC_EVENT:
+        return Reply(dw0=ctrl.aec)
+    if fid == FeatureId.KATO:
+        return Reply(dw0=ctrl.kato_ms)
+    if fid in _DEFAULT_FEATURES and ctrl.subsystem is not None:
+        return Reply(dw0=ctrl.features.get(fid, _DEFAULT_FEATURES[FeatureId(fid)]))
+    raise fail(_INVALID_FIELD, f"Get Features {fid:#x} not supported")
+
+
+# -- Keep Alive, AER, Abort ------------------------------------------------------------------
+
+
+def execute_keep_alive(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl = controller_of(q)
+    if not ctrl.kato_ms:
+        raise fail(StatusCode.KA_TIMEOUT_INVALID, "keep-alive with KATO 0")
+    ctrl.touch(q.now())
+    return Reply()
+
+
+def execute_async_event(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl = controller_of(q)
+    try:
+        ctrl.add_aer(req.cid)
+    except OverflowError:
+        raise fail(StatusCode.ASYNC_LIMIT, "too many AERs outstanding") from None
+    return PENDING
+
+
+def execute_abort(q: QueueContext, req: Request) -> ExecuteResult:
+    # Commands are served in order of arrival and never queued long enough to abort: report
+    # "not aborted" (DW0 bit 0 = 1), which the spec allows.
+    return Reply(dw0=1)
+
+
+ADMIN_HANDLERS = {
+    AdminOpcode.IDENTIFY: execute_identify,
+    AdminOpcode.GET_LOG_PAGE: execute_get_log_page,
+    AdminOpcode.SET_FEATURES: execute_set_features,
+    AdminOpcode.GET_FEATURES: execute_get_features,
+    AdminOpcode.KEEP_ALIVE: execute_keep_alive,
+    AdminOpcode.ASYNC_EVENT_REQUEST: execute_async_event,
+    AdminOpcode.ABORT: execute_abort,
+}
+#: What a discovery controller accepts besides fabrics commands.
+DISCOVERY_ADMIN_OPCODES = frozenset(
+    {AdminOpcode.IDENTIFY, AdminOpcode.GET_LOG_PAGE, AdminOpcode.SET_FEATURES,
+     AdminOpcode.GET_FEATURES, AdminOpcode.KEEP_ALIVE, AdminOpcode.ASYNC_EVENT_REQUEST}
+)  # fmt: skip

@@ -1,0 +1,175 @@
+"""Storage behind a namespace: RAM (default), a sparse file, or null.
+
+RAM and null backends answer synchronously (``synchronous`` is True), so the connection serves
+them inline without a task per command; the file backend runs its ``pread``/``pwrite`` in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from typing import Protocol
+
+import trio
+
+
+class Backend(Protocol):
+    """What a namespace needs from its storage. Offsets and lengths are in bytes."""
+
+    size: int
+    synchronous: bool
+
+    def read_sync(self, offset: int, length: int) -> memoryview | bytes: ...
+    def write_sync(self, offset: int, data: memoryview | bytes | bytearray) -> None: ...
+    async def read(self, offset: int, length: int) -> memoryview | bytes: ...
+    async def write(self, offset: int, data: memoryview | bytes | bytearray) -> None: ...
+    async def write_zeroes(self, offset: int, length: int) -> None: ...
+    async def flush(self) -> None: ...
+    def resize(self, size: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class RamBackend:
+    """Anonymous memory: pages are allocated by the kernel on first write, zero until then."""
+
+    synchronous = True
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._map = mmap.mmap(-1, size)
+        self._view = memoryview(self._map)
+
+    def read_sync(self, offset: int, length: int) -> memoryview:
+        return self._view[offset : offset + length]
+
+    def write_sync(self, offset: int, data: memoryview | bytes | bytearray) -> None:
+        self._view[offset : offset + len(data)] = data
+
+    async def read(self, offset: int, length: int) -> memoryview:
+        return self.read_sync(offset, length)
+
+    async def write(self, offset: int, data: memoryview | bytes | bytearray) -> None:
+        self.write_sync(offset, data)
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        step = 1 << 20
+        zeros = bytes(min(step, length))
+        end = offset + length
+        while offset < end:
+            n = min(step, end - offset)
+            self._view[offset : offset + n] = zeros[:n]
+            offset += n
+
+    async def flush(self) -> None:
+        return None
+
+    def resize(self, size: int) -> None:
+        new = mmap.mmap(-1, size)
+        keep = min(size, self.size)
+        new[:keep] = self._view[:keep]
+        self._view.release()
+        self._map.close()
+        self._map, self._view, self.size = new, memoryview(new), size
+
+    def close(self) -> None:
+        self._view.release()
+        self._map.close()
+
+
+class NullBackend:
+    """Reads return zeros, writes are discarded (nvmet's null_blk equivalent)."""
+
+    synchronous = True
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._zeros = bytes(1 << 20)
+
+    def read_sync(self, offset: int, length: int) -> memoryview | bytes:
+        return memoryview(self._zeros)[:length] if length <= len(self._zeros) else bytes(length)
+
+    def write_sync(self, offset: int, data: memoryview | bytes | bytearray) -> None:
+        return None
+
+    async def read(self, offset: int, length: int) -> memoryview | bytes:
+        return self.read_sync(offset, length)
+
+    async def write(self, offset: int, data: memoryview | bytes | bytearray) -> None:
+        return None
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    def resize(self, size: int) -> None:
+        self.size = size
+
+    def close(self) -> None:
+        return None
+
+
+class FileBackend:
+    """A (sparse) file; created and extended to ``size`` if shorter. Flush is ``fsync``."""
+
+    synchronous = False
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if os.fstat(self._fd).st_size < size:
+            os.ftruncate(self._fd, size)
+
+    def read_sync(self, offset: int, length: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        return data if len(data) == length else data.ljust(length, b"\0")
+
+    def write_sync(self, offset: int, data: memoryview | bytes | bytearray) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await trio.to_thread.run_sync(self.read_sync, offset, length)
+
+    async def write(self, offset: int, data: memoryview | bytes | bytearray) -> None:
+        await trio.to_thread.run_sync(self.write_sync, offset, data)
+
+    async def write_zeroes(self, offset: int, length: int) -> None:
+        def punch() -> None:
+            step = 1 << 20
+            zeros = bytes(min(step, length))
+            pos, end = offset, offset + length
+            while pos < end:
+                n = min(step, end - pos)
+                self.write_sync(pos, zeros[:n])
+                pos += n
+
+        await trio.to_thread.run_sync(punch)
+
+    async def flush(self) -> None:
+        await trio.to_thread.run_sync(os.fsync, self._fd)
+
+    def resize(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        self.size = size
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def open_backend(kind: str, size: int, path: str | None = None) -> Backend:
+    """Create the backend named in the configuration."""
+    if kind == "ram":
+        return RamBackend(size)
+    if kind == "null":
+        return NullBackend(size)
+    if kind == "file":
+        if not path:
+            raise ValueError("the file backend needs a path")
+        return FileBackend(path, size)
+    raise ValueError(f"unknown backend {kind!r}")

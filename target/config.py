@@ -1,0 +1,142 @@
+"""Target configuration model: subsystems, namespaces, ports (paths) and their ANA states.
+
+These frozen dataclasses are what the daemon is built from. Files in the native TOML format and
+in nvmetcli's JSON format are read into them by :mod:`target.config_files`; the embedded demo
+default is :func:`default_config`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+
+from nvmeof.constants import DISCOVERY_PORT, AnaState
+
+DEMO_NQN = "nqn.2026-11.io.nvmeof-emu:demo"
+BACKENDS = ("ram", "file", "null")
+BLOCK_SIZES = (512, 4096)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line naming the offending field."""
+
+
+@dataclass(frozen=True)
+class NamespaceConfig:
+    """One namespace of a subsystem.
+
+    Attributes:
+        nsid: namespace ID (1-based).
+        size: capacity in bytes (a multiple of ``block_size``).
+        block_size: LBA data size, 512 or 4096.
+        backend: ``ram`` (default), ``file`` (sparse file at ``path``) or ``null``.
+        path: the backing file for the ``file`` backend.
+        uuid / nguid / eui64: identifiers; derived from the subsystem NQN and NSID when omitted,
+            so they are stable across restarts and identical on every path.
+        ana_group: the ANA group the namespace belongs to.
+        enabled: a disabled namespace is configured but not visible to hosts.
+    """
+
+    nsid: int
+    size: int = 64 << 20
+    block_size: int = 512
+    backend: str = "ram"
+    path: str | None = None
+    uuid: bytes | None = None
+    nguid: bytes | None = None
+    eui64: bytes | None = None
+    ana_group: int = 1
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class SubsystemConfig:
+    """An NVM subsystem: what hosts connect to by NQN."""
+
+    nqn: str
+    namespaces: tuple[NamespaceConfig, ...] = ()
+    serial: str | None = None
+    model: str = "nvmeof-emu"
+    allow_any_host: bool = True
+    allowed_hosts: tuple[str, ...] = ()
+    max_io_queues: int = 8
+    queue_size: int = 128
+
+
+@dataclass(frozen=True)
+class ReferralConfig:
+    """Another discovery service advertised in the discovery log (nvmetcli ``referrals``)."""
+
+    name: str
+    addr: str
+    port: int = DISCOVERY_PORT
+    portid: int = 0
+
+
+@dataclass(frozen=True)
+class PortConfig:
+    """A TCP listener (one path). Every port also serves the discovery NQN, like nvmet.
+
+    Attributes:
+        id: port ID (PORTID in the discovery log).
+        addr / port: the address to bind.
+        advertise: address written into discovery log entries instead of ``addr`` (NAT, a VM
+            guest reaching the host as 10.0.2.2); None means ``addr``.
+        subsystems: NQNs exposed on this port (empty: a discovery-only port).
+        ana_states: ANA group ID -> state on this port; groups not listed are optimized.
+        referrals: other discovery services listed in this port's discovery log.
+        inline_data_size: in-capsule data accepted on I/O queues (sets IOCCSZ).
+    """
+
+    id: int
+    addr: str = "127.0.0.1"
+    port: int = 4420
+    advertise: str | None = None
+    subsystems: tuple[str, ...] = ()
+    ana_states: tuple[tuple[int, AnaState], ...] = ()
+    referrals: tuple[ReferralConfig, ...] = ()
+    inline_data_size: int = 8192
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Everything the daemon serves."""
+
+    subsystems: tuple[SubsystemConfig, ...] = ()
+    ports: tuple[PortConfig, ...] = ()
+    hosts: tuple[str, ...] = field(default=())
+
+
+def default_config() -> TargetConfig:
+    """The embedded demo: one subsystem with two RAM namespaces, two I/O ports (ANA group 1
+    optimized on 4420 and non-optimized on 4421) and discovery on 8009."""
+    subsystem = SubsystemConfig(
+        nqn=DEMO_NQN,
+        namespaces=(
+            NamespaceConfig(nsid=1, size=256 << 20, block_size=512),
+            NamespaceConfig(nsid=2, size=256 << 20, block_size=4096),
+        ),
+    )
+    return TargetConfig(
+        subsystems=(subsystem,),
+        ports=(
+            PortConfig(id=1, port=4420, subsystems=(DEMO_NQN,),
+                       ana_states=((1, AnaState.OPTIMIZED),)),
+            PortConfig(id=2, port=4421, subsystems=(DEMO_NQN,),
+                       ana_states=((1, AnaState.NON_OPTIMIZED),)),
+            PortConfig(id=3, port=DISCOVERY_PORT),
+        ),
+    )  # fmt: skip
+
+
+def derived_serial(nqn: str) -> str:
+    """A stable 20-character serial number for a subsystem without one."""
+    return hashlib.sha256(nqn.encode()).hexdigest()[:20]
+
+
+def derived_ids(nqn: str, nsid: int) -> tuple[bytes, bytes, bytes]:
+    """Stable (uuid, nguid, eui64) for a namespace, unique per (subsystem, NSID)."""
+    digest = hashlib.sha256(f"{nqn}/{nsid}".encode()).digest()
+    ns_uuid = uuid.UUID(bytes=digest[:16], version=4).bytes
+    return ns_uuid, digest[16:32], digest[:8]

@@ -1,0 +1,288 @@
+"""Trio adapter for one TCP connection (= one NVMe queue) on the target.
+
+One reader task per connection: it receives bytes, feeds the sans-IO
+:class:`~nvmeof.tcp.controller.ControllerConnection`, serves every complete command inline
+(RAM/null storage never awaits), and flushes all queued PDUs in one send. Only commands that
+must wait (file I/O) get a task, in this connection's nursery. Sends go through one lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+import trio
+
+from nvmeof.constants import AdminOpcode, is_host_to_controller
+from nvmeof.errors import CommandError, TransportError
+from nvmeof.status import StatusCode, status_word
+from nvmeof.tcp.controller import ConnState, ControllerConnection
+from nvmeof.tcp.events import (
+    CommandReceived,
+    ConnectionEstablished,
+    DataReceived,
+    TermReqReceived,
+)
+from target.dispatch import route
+from target.request import PENDING, Execute, Reply, Request
+
+if TYPE_CHECKING:
+    from target.controller import Controller
+    from target.port import Port
+    from target.state import TargetState
+
+log = logging.getLogger("nvmeof.target")
+
+RECEIVE_SIZE = 256 * 1024
+MAX_H2C_DATA = 128 * 1024
+#: A connection must send its ICReq within this many seconds (the host waits 10 s for ICResp).
+ICREQ_TIMEOUT = 30.0
+_TRANSIENT_TRANSPORT_ERROR = status_word(StatusCode.TRANSIENT_TR_ERR)
+_INTERNAL_ERROR = status_word(StatusCode.INTERNAL, dnr=True)
+
+
+class QueueConnection:
+    """Serves one queue: implements the handlers' :class:`~target.request.QueueContext` and the
+    controller's :class:`~target.controller.QueueHandle`."""
+
+    def __init__(self, state: TargetState, port: Port, stream: trio.SocketStream) -> None:
+        self.state = state
+        self.port = port
+        self.stream = stream
+        self.qid = -1
+        self.controller: Controller | None = None
+        self.sqsize = 0
+        self.sq_flow_control = True
+        self.conn = ControllerConnection(
+            max_h2c_data=MAX_H2C_DATA, max_in_capsule=max(8192, port.inline_data_size)
+        )
+        try:
+            self.peer = "%s:%s" % stream.socket.getpeername()[:2]
+        except OSError:
+            self.peer = "?"
+        self._sqhd = 0
+        self._awaiting_data: dict[int, tuple[Request, Execute]] = {}
+        self._send_lock = trio.Lock()
+        self._cancel = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self.close_reason = ""
+        self.commands = 0
+
+    # -- QueueContext --------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    def attach(self, controller: Controller, qid: int, sqsize: int, sq_flow_control: bool) -> None:
+        self.controller = controller
+        self.qid = qid
+        self.sqsize = sqsize
+        self.sq_flow_control = sq_flow_control
+        controller.queues[qid] = self
+        if qid == 0 and self._nursery is not None:
+            self._nursery.start_soon(self._watch_keepalive, controller)
+
+    # -- QueueHandle ---------------------------------------------------------------------------
+
+    def complete_async_event(self, cid: int, dw0: int) -> None:
+        if self.conn.state is ConnState.ESTABLISHED:
+            self._respond(cid, 0, dw0, 0)
+            self._kick()
+
+    def close(self, reason: str) -> None:
+        if not self.close_reason:
+            self.close_reason = reason
+        self._cancel.cancel()
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until the host disconnects, a fatal error, or :meth:`close`."""
+        try:
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await self._receive_loop()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._detach()
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+            log.debug("queue closed peer=%s qid=%s reason=%s", self.peer, self.qid,
+                      self.close_reason or "peer closed")  # fmt: skip
+
+    async def _receive_loop(self) -> None:
+        conn = self.conn
+        with trio.move_on_after(ICREQ_TIMEOUT) as icreq_wait:
+            while conn.state is ConnState.AWAIT_ICREQ:
+                if not await self._receive_and_serve():
+                    return
+        if icreq_wait.cancelled_caught:
+            self.close_reason = "no ICReq"
+            return
+        while await self._receive_and_serve():
+            pass
+
+    async def _receive_and_serve(self) -> bool:
+        try:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        if not data:
+            return False
+        conn = self.conn
+        conn.receive_data(data)
+        try:
+            while (event := conn.next_event()) is not None:
+                if not self._on_event(event):
+                    return False
+        except TransportError as err:
+            log.warning("protocol error peer=%s qid=%s: %s", self.peer, self.qid, err)
+            self.close_reason = f"protocol error: {err}"
+            await self._flush()
+            return False
+        await self._flush()
+        return True
+
+    def _on_event(self, event: object) -> bool:
+        if isinstance(event, CommandReceived):
+            self._serve(event)
+        elif isinstance(event, DataReceived):
+            req, execute = self._awaiting_data.pop(event.cid)
+            if not event.data_digest_ok:
+                self._respond(req.cid, _TRANSIENT_TRANSPORT_ERROR, 0, 0)
+            else:
+                self._execute(req, execute)
+        elif isinstance(event, ConnectionEstablished):
+            log.debug("icreq peer=%s port=%s hdgst=%s ddgst=%s", self.peer, self.port.id,
+                      event.header_digest, event.data_digest)  # fmt: skip
+        elif isinstance(event, TermReqReceived):
+            log.warning("H2CTermReq peer=%s fes=%#x fei=%#x", self.peer, event.fes, event.fei)
+            self.close_reason = "host sent a TermReq"
+            return False
+        return True
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _serve(self, event: CommandReceived) -> None:
+        self.commands += 1
+        req = Request(event.cid, event.sqe, event.data, event.transfer_length)
+        if self.sq_flow_control and self.sqsize:
+            self._sqhd = (self._sqhd + 1) % self.sqsize
+        try:
+            prepare, execute = route(self, req)
+            if req.data is None and req.transfer_length and _is_write(req):
+                if prepare is not None:
+                    prepare(self, req)
+                buffer = bytearray(req.transfer_length)
+                req.data = buffer
+                self._awaiting_data[req.cid] = (req, execute)
+                self.conn.request_data(req.cid, buffer)
+                return
+        except CommandError as err:
+            self._fail(req, err)
+            return
+        if not event.data_digest_ok:
+            self._respond(req.cid, _TRANSIENT_TRANSPORT_ERROR, 0, 0)
+            return
+        self._execute(req, execute)
+
+    def _execute(self, req: Request, execute: Execute) -> None:
+        try:
+            result = execute(self, req)
+        except CommandError as err:
+            self._fail(req, err)
+            return
+        except Exception:
+            log.exception("handler failed peer=%s qid=%s opcode=%#x", self.peer, self.qid,
+                          req.opcode)  # fmt: skip
+            self._respond(req.cid, _INTERNAL_ERROR, 0, 0)
+            return
+        if isinstance(result, Reply):
+            self._complete(req, result)
+        elif result is not PENDING:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._complete_later, req, result)
+
+    async def _complete_later(self, req: Request, work: Awaitable[Reply]) -> None:
+        try:
+            reply = await work
+        except CommandError as err:
+            self._fail(req, err)
+        except OSError as err:
+            log.error("storage error peer=%s qid=%s: %s", self.peer, self.qid, err)
+            if self.controller is not None:
+                self.controller.stats.media_errors += 1
+            self._respond(req.cid, _INTERNAL_ERROR, 0, 0)
+        else:
+            self._complete(req, reply)
+        await self._flush()
+
+    def _complete(self, req: Request, reply: Reply) -> None:
+        if reply.data is not None and reply.status == 0:
+            success = not self.sq_flow_control and not reply.dw0 and not reply.dw1
+            self.conn.send_data(req.cid, reply.data, success=success)
+            if success:
+                return
+        self._respond(req.cid, reply.status, reply.dw0, reply.dw1)
+        if reply.status and self.controller is not None:
+            self.controller.record_error(self.qid, req.cid, reply.status, req.nsid)
+
+    def _fail(self, req: Request, err: CommandError) -> None:
+        word = err.status.word
+        log.debug("command failed peer=%s qid=%s cid=%s opcode=%#x: %s", self.peer, self.qid,
+                  req.cid, req.opcode, err)  # fmt: skip
+        if self.controller is not None:
+            self.controller.record_error(max(self.qid, 0), req.cid, word, req.nsid)
+        self._respond(req.cid, word, err.result, 0)
+
+    def _respond(self, cid: int, status: int, dw0: int, dw1: int) -> None:
+        sqhd = self._sqhd if self.sq_flow_control else 0xFFFF
+        self.conn.send_response(cid, status, dw0=dw0, dw1=dw1, sqhd=sqhd, sqid=max(self.qid, 0))
+
+    # -- output ----------------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            buffers = self.conn.data_to_send()
+            if not buffers:
+                return
+            try:
+                await self.stream.send_all(b"".join(buffers))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.close("send failed")
+
+    def _kick(self) -> None:
+        """Flush soon from a task of our own (called from outside the reader task)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._flush)
+
+    async def _watch_keepalive(self, ctrl: Controller) -> None:
+        while not ctrl.closed:
+            now = trio.current_time()
+            if ctrl.keepalive_expired(now):
+                log.warning("keep-alive timeout cntlid=%s host=%s kato_ms=%s", ctrl.cntlid,
+                            ctrl.hostnqn, ctrl.kato_ms)  # fmt: skip
+                ctrl.close("keep-alive timeout")
+                return
+            await trio.sleep_until(min(ctrl.keepalive_deadline, now + 1.0))
+
+    def _detach(self) -> None:
+        ctrl = self.controller
+        if ctrl is None:
+            return
+        if self.qid == 0:
+            if not ctrl.closed:
+                log.info("controller removed cntlid=%s host=%s reason=%s", ctrl.cntlid,
+                         ctrl.hostnqn, self.close_reason or "admin queue closed")  # fmt: skip
+            ctrl.close(self.close_reason or "admin queue closed")
+            if ctrl.discovery:
+                self.state.discovery_controllers.pop(ctrl.cntlid, None)
+        elif ctrl.queues.get(self.qid) is self:
+            del ctrl.queues[self.qid]
+
+
+def _is_write(req: Request) -> bool:
+    opcode = req.opcode
+    return is_host_to_controller(opcode, req.sqe[4] if opcode == AdminOpcode.FABRICS else 0)

@@ -1,0 +1,159 @@
+"""A controller association: registers, features, AERs, keep-alive, error log, its queues."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from nvmeof.aen import AsyncEvent, AsyncEventQueue
+from nvmeof.constants import OAES_ANA_CHANGE, OAES_DISCOVERY_CHANGE, OAES_NS_ATTR
+from nvmeof.properties import ControllerRegisters, build_cap, version
+
+if TYPE_CHECKING:
+    from target.port import Port
+    from target.subsystem import Subsystem
+
+NVME_VERSION = version(1, 4)
+#: Keep-alive timeout given to discovery controllers that asked for none (nvmet: 120 s).
+DISCOVERY_KATO_MS = 120_000
+ERROR_LOG_ENTRIES = 64
+AERL = 3  # 0's based: four AERs may be outstanding
+
+
+class QueueHandle(Protocol):
+    """What a controller needs from the connection serving one of its queues."""
+
+    qid: int
+
+    def complete_async_event(self, cid: int, dw0: int) -> None: ...
+    def close(self, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class ErrorEntry:
+    error_count: int
+    sqid: int
+    cid: int
+    status: int
+    nsid: int
+    lba: int = 0
+    param_location: int = 0xFFFF
+
+
+@dataclass(slots=True)
+class ControllerStats:
+    """Counters for SMART / Health (data units are 1000 x 512 bytes)."""
+
+    bytes_read: int = 0
+    bytes_written: int = 0
+    read_commands: int = 0
+    write_commands: int = 0
+    media_errors: int = 0
+
+
+class Controller:
+    """One host association with a subsystem (or with the discovery service).
+
+    Args:
+        subsystem: the NVM subsystem, or None for a discovery controller.
+        port: the port the admin queue connected through (its ANA states apply).
+    """
+
+    def __init__(
+        self, *, cntlid: int, subsystem: Subsystem | None, port: Port, hostnqn: str,
+        hostid: bytes, kato_ms: int, mqes: int,
+    ) -> None:  # fmt: skip
+        self.cntlid = cntlid
+        self.subsystem = subsystem
+        self.port = port
+        self.hostnqn = hostnqn
+        self.hostid = hostid
+        self.discovery = subsystem is None
+        if self.discovery and kato_ms == 0:
+            kato_ms = DISCOVERY_KATO_MS
+        self.kato_ms = kato_ms
+        self.mqes = mqes
+        self.regs = ControllerRegisters(
+            cap=build_cap(mqes=mqes), vs=NVME_VERSION, io_controller=not self.discovery
+        )
+        self.aen = AsyncEventQueue(limit=AERL + 1)
+        self.aec = 0  # Set Features 0x0B value: which notices the host enabled
+        max_q = subsystem.max_io_queues if subsystem else 0
+        self.max_io_queues = max_q
+        self.io_queues_granted = max_q
+        self.features: dict[int, int] = {}
+        self.queues: dict[int, QueueHandle] = {}
+        self.changed_nsids: set[int] = set()
+        self.changed_overflow = False
+        self.errors: deque[ErrorEntry] = deque(maxlen=ERROR_LOG_ENTRIES)
+        self.error_count = 0
+        self.stats = ControllerStats()
+        self.keepalive_deadline = float("inf")
+        self.closed = False
+
+    @property
+    def supported_aen(self) -> int:
+        return OAES_DISCOVERY_CHANGE if self.discovery else OAES_NS_ATTR | OAES_ANA_CHANGE
+
+    # -- keep-alive --------------------------------------------------------------------------
+
+    def touch(self, now: float) -> None:
+        """Restart the keep-alive timer (admin Connect, Keep Alive)."""
+        if self.kato_ms:
+            self.keepalive_deadline = now + self.kato_ms / 1000
+
+    def keepalive_expired(self, now: float) -> bool:
+        return now >= self.keepalive_deadline
+
+    # -- events ------------------------------------------------------------------------------
+
+    def post_event(self, event: AsyncEvent, enable_bit: int) -> None:
+        """Report ``event`` if the host enabled it; complete an outstanding AER if any."""
+        if not self.aec & enable_bit or self.closed:
+            return
+        self._deliver(self.aen.post(event))
+
+    def add_aer(self, cid: int) -> None:
+        self._deliver(self.aen.add_request(cid))
+
+    def _deliver(self, done: list[tuple[int, AsyncEvent]]) -> None:
+        admin = self.queues.get(0)
+        if admin is None:
+            return
+        for cid, event in done:
+            admin.complete_async_event(cid, event.dw0)
+
+    def record_error(self, sqid: int, cid: int, status: int, nsid: int, lba: int = 0) -> None:
+        self.error_count += 1
+        self.errors.appendleft(ErrorEntry(self.error_count, sqid, cid, status, nsid, lba))
+
+    def note_changed_ns(self, nsid: int) -> None:
+        if len(self.changed_nsids) >= 1024:
+            self.changed_overflow = True
+        else:
+            self.changed_nsids.add(nsid)
+
+    def take_changed_ns(self, rae: bool) -> list[int]:
+        nsids = [0xFFFFFFFF] if self.changed_overflow else sorted(self.changed_nsids)
+        if not rae:
+            self.changed_nsids.clear()
+            self.changed_overflow = False
+        return nsids
+
+    # -- teardown ----------------------------------------------------------------------------
+
+    def close(self, reason: str) -> None:
+        """Tear the association down: every queue's connection is closed."""
+        if self.closed:
+            return
+        self.closed = True
+        for queue in list(self.queues.values()):
+            queue.close(reason)
+        self.queues.clear()
+        if self.subsystem is not None:
+            self.subsystem.controllers.pop(self.cntlid, None)
+
+    def __repr__(self) -> str:
+        kind = "discovery" if self.discovery else self.subsystem.nqn if self.subsystem else "?"
+        return f"Controller({self.cntlid}, {kind}, host={self.hostnqn})"

@@ -1,0 +1,158 @@
+"""Fabrics command handlers: Connect, Property Get/Set, Disconnect (PROTOCOL.md 4).
+
+Connect validation follows nvmet (``nvmet_execute_admin_connect``/``_io_connect``): failures
+name the bad parameter with IPO/IATTR in DW0 so the host logs exactly what was wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nvmeof.constants import (
+    CNTLID_DYNAMIC,
+    CONNECT_DATA_SIZE,
+    DISCOVERY_NQN,
+    FabricsType,
+)
+from nvmeof.errors import CommandError
+from nvmeof.status import StatusCode
+from nvmeof.wire.fabrics import (
+    CATTR_DISABLE_SQFLOW,
+    CONNECT_DATA,
+    CONNECT_DATA_OFFSET_CNTLID,
+    CONNECT_DATA_OFFSET_HOSTNQN,
+    CONNECT_DATA_OFFSET_SUBNQN,
+)
+from target.controller import Controller
+from target.request import PENDING, ExecuteResult, QueueContext, Reply, Request, fail
+
+log = logging.getLogger("nvmeof.target")
+
+# Offsets inside the Connect SQE, for IPO with IATTR = 0.
+_SQE_OFFSET_RECFMT = 40
+_SQE_OFFSET_QID = 42
+_SQE_OFFSET_SQSIZE = 44
+_IATTR_DATA = 1 << 16
+
+
+def invalid_param(offset: int, in_data: bool, message: str) -> CommandError:
+    """Connect Invalid Parameters with IPO/IATTR pointing at the bad field."""
+    result = offset | (_IATTR_DATA if in_data else 0)
+    return fail(StatusCode.CONNECT_INVALID_PARAM, message, result=result)
+
+
+def execute_connect(q: QueueContext, req: Request) -> ExecuteResult:
+    sqe = req.sqe
+    recfmt = int.from_bytes(sqe[40:42], "little")
+    qid = int.from_bytes(sqe[42:44], "little")
+    sqsize = int.from_bytes(sqe[44:46], "little")
+    cattr = sqe[46]
+    kato = int.from_bytes(sqe[48:52], "little")
+    if q.controller is not None:
+        raise fail(StatusCode.CMD_SEQ_ERROR, "queue already connected")
+    if recfmt != 0:
+        raise fail(StatusCode.CONNECT_FORMAT, f"Connect RECFMT {recfmt}")
+    if req.data is None or len(req.data) != CONNECT_DATA_SIZE:
+        raise fail(StatusCode.SGL_INVALID_DATA, "Connect data must be 1024 bytes")
+    if sqsize == 0:
+        raise invalid_param(_SQE_OFFSET_SQSIZE, False, "SQSIZE 0")
+    data = CONNECT_DATA.parse(req.data)
+    subnqn, hostnqn = data.subsysnqn, data.hostnqn
+    flow_control = not cattr & CATTR_DISABLE_SQFLOW
+    if not hostnqn:
+        raise invalid_param(CONNECT_DATA_OFFSET_HOSTNQN, True, "empty host NQN")
+    if qid == 0:
+        if data.cntlid != CNTLID_DYNAMIC:
+            raise invalid_param(CONNECT_DATA_OFFSET_CNTLID, True,
+                                f"admin Connect with CNTLID {data.cntlid:#x}")  # fmt: skip
+        ctrl = _create_controller(q, subnqn, hostnqn, bytes(data.hostid), kato)
+        q.attach(ctrl, 0, sqsize + 1, flow_control)
+        ctrl.touch(q.now())
+        log.info("controller created cntlid=%s subsystem=%s host=%s port=%s kato_ms=%s",
+                 ctrl.cntlid, subnqn, hostnqn, q.port.id, ctrl.kato_ms)  # fmt: skip
+        return Reply(dw0=ctrl.cntlid)
+    ctrl = _find_controller(q, subnqn, hostnqn, data.cntlid)
+    if not ctrl.regs.ready:
+        raise fail(StatusCode.CMD_SEQ_ERROR, "I/O queue Connect before CC.EN")
+    if qid > ctrl.io_queues_granted:
+        raise invalid_param(_SQE_OFFSET_QID, False, f"QID {qid} above {ctrl.io_queues_granted}")
+    if qid in ctrl.queues:
+        raise fail(StatusCode.CMD_SEQ_ERROR, f"QID {qid} already connected")
+    if sqsize > ctrl.mqes:
+        raise invalid_param(_SQE_OFFSET_SQSIZE, False, f"SQSIZE {sqsize} above MQES {ctrl.mqes}")
+    q.attach(ctrl, qid, sqsize + 1, flow_control)
+    return Reply(dw0=ctrl.cntlid)
+
+
+def _create_controller(
+    q: QueueContext, subnqn: str, hostnqn: str, hostid: bytes, kato: int
+) -> Controller:
+    state = q.state
+    if subnqn == DISCOVERY_NQN:
+        cntlid = state.allocate_discovery_cntlid()
+        ctrl = Controller(cntlid=cntlid, subsystem=None, port=q.port, hostnqn=hostnqn,
+                          hostid=hostid, kato_ms=kato, mqes=31)  # fmt: skip
+        state.discovery_controllers[cntlid] = ctrl
+        return ctrl
+    sub = state.subsystems.get(subnqn)
+    if sub is None or not q.port.exposes(subnqn):
+        raise invalid_param(CONNECT_DATA_OFFSET_SUBNQN, True, f"unknown subsystem {subnqn!r}")
+    if not sub.host_allowed(hostnqn):
+        raise fail(StatusCode.CONNECT_INVALID_HOST, f"host {hostnqn} not allowed")
+    ctrl = Controller(cntlid=sub.allocate_cntlid(), subsystem=sub, port=q.port, hostnqn=hostnqn,
+                      hostid=hostid, kato_ms=kato, mqes=sub.queue_size - 1)  # fmt: skip
+    sub.controllers[ctrl.cntlid] = ctrl
+    return ctrl
+
+
+def _find_controller(q: QueueContext, subnqn: str, hostnqn: str, cntlid: int) -> Controller:
+    state = q.state
+    if subnqn == DISCOVERY_NQN:
+        raise invalid_param(CONNECT_DATA_OFFSET_SUBNQN, True, "I/O queue on the discovery NQN")
+    sub = state.subsystems.get(subnqn)
+    if sub is None or not q.port.exposes(subnqn):
+        raise invalid_param(CONNECT_DATA_OFFSET_SUBNQN, True, f"unknown subsystem {subnqn!r}")
+    ctrl = sub.controllers.get(cntlid)
+    if ctrl is None or ctrl.hostnqn != hostnqn or ctrl.closed:
+        raise invalid_param(CONNECT_DATA_OFFSET_CNTLID, True, f"no controller {cntlid} for host")
+    return ctrl
+
+
+def execute_property_get(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl = _admin_controller(q)
+    value = ctrl.regs.get(req.dword(11), bool(req.sqe[40] & 0x7))
+    return Reply(dw0=value & 0xFFFFFFFF, dw1=value >> 32)
+
+
+def execute_property_set(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl = _admin_controller(q)
+    value = int.from_bytes(req.sqe[48:56], "little")
+    was_ready = ctrl.regs.ready
+    ctrl.regs.set(req.dword(11), bool(req.sqe[40] & 0x7), value)
+    if was_ready and not ctrl.regs.ready:
+        log.info("controller disabled cntlid=%s", ctrl.cntlid)
+    if ctrl.regs.shutdown_complete:
+        log.info("controller shutdown cntlid=%s host=%s", ctrl.cntlid, ctrl.hostnqn)
+    return Reply()
+
+
+def execute_disconnect(q: QueueContext, req: Request) -> ExecuteResult:
+    if q.controller is None:
+        raise fail(StatusCode.CMD_SEQ_ERROR, "Disconnect on an unconnected queue")
+    return Reply()
+
+
+def _admin_controller(q: QueueContext) -> Controller:
+    if q.qid != 0 or q.controller is None:
+        raise fail(StatusCode.INVALID_FIELD, "property access outside the admin queue")
+    return q.controller
+
+
+FABRICS_HANDLERS = {
+    FabricsType.CONNECT: execute_connect,
+    FabricsType.PROPERTY_GET: execute_property_get,
+    FabricsType.PROPERTY_SET: execute_property_set,
+    FabricsType.DISCONNECT: execute_disconnect,
+}
+
+__all__ = ["FABRICS_HANDLERS", "PENDING"]

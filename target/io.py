@@ -1,0 +1,178 @@
+"""NVM command handlers: Read, Write, Compare, Flush, Write Zeroes, Dataset Management.
+
+The RAM and null backends are served synchronously (no task, no await) — this is the data path.
+Checks in nvmet's order: namespace, ANA state of the (port, group), LBA range, transfer length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from nvmeof.constants import NSID_ALL, AnaState, IoOpcode
+from nvmeof.status import StatusCode, status_word
+from nvmeof.wire.fast import RW_TAIL, RW_TAIL_OFFSET
+from target.admin import MAX_TRANSFER
+from target.request import ExecuteResult, QueueContext, Reply, Request, fail
+
+if TYPE_CHECKING:
+    from target.controller import Controller
+    from target.subsystem import Namespace
+
+#: ANA state -> path status (no DNR: the host fails over), as nvmet_check_ana_state.
+ANA_STATUS = {
+    AnaState.INACCESSIBLE: StatusCode.ANA_INACCESSIBLE,
+    AnaState.PERSISTENT_LOSS: StatusCode.ANA_PERSISTENT_LOSS,
+    AnaState.CHANGE: StatusCode.ANA_TRANSITION,
+}
+_COMPARE_FAILED = status_word(StatusCode.COMPARE_FAILED, dnr=True)
+_DSM_RANGE_SIZE = 16
+
+
+def _namespace(q: QueueContext, req: Request) -> tuple[Controller, Namespace]:
+    ctrl = q.controller
+    assert ctrl is not None and ctrl.subsystem is not None
+    ns = ctrl.subsystem.active_namespace(req.nsid)
+    if ns is None:
+        raise fail(StatusCode.INVALID_NS, f"NSID {req.nsid} is not active")
+    ana = q.port.ana_state(ns.ana_group)
+    if ana in ANA_STATUS:
+        raise fail(ANA_STATUS[ana], f"ANA group {ns.ana_group} is {ana.label}", dnr=False)
+    return ctrl, ns
+
+
+def _rw_range(q: QueueContext, req: Request) -> tuple[Controller, Namespace, int, int]:
+    """Validate a Read/Write/Compare; returns (controller, namespace, byte offset, length)."""
+    ctrl, ns = _namespace(q, req)
+    slba, nlb = RW_TAIL.unpack_from(req.sqe, RW_TAIL_OFFSET)[:2]
+    nblocks = nlb + 1
+    if slba + nblocks > ns.nlbas:
+        raise fail(StatusCode.LBA_RANGE, f"LBA {slba}+{nblocks} beyond {ns.nlbas}")
+    length = nblocks << ns.lba_shift
+    if length != req.transfer_length:
+        raise fail(StatusCode.SGL_INVALID_DATA, f"SGL length {req.transfer_length} != {length}")
+    if length > MAX_TRANSFER:
+        raise fail(StatusCode.INVALID_FIELD, f"transfer of {length} bytes exceeds MDTS")
+    return ctrl, ns, slba << ns.lba_shift, length
+
+
+def prepare_rw(q: QueueContext, req: Request) -> None:
+    _rw_range(q, req)
+
+
+def execute_read(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl, ns, offset, length = _rw_range(q, req)
+    stats = ctrl.stats
+    stats.read_commands += 1
+    stats.bytes_read += length
+    backend = ns.backend
+    if backend.synchronous:
+        return Reply(data=backend.read_sync(offset, length))
+    return _read_async(ns, offset, length)
+
+
+async def _read_async(ns: Namespace, offset: int, length: int) -> Reply:
+    return Reply(data=await ns.backend.read(offset, length))
+
+
+def execute_write(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl, ns, offset, length = _rw_range(q, req)
+    data = req.data
+    assert data is not None and len(data) == length
+    stats = ctrl.stats
+    stats.write_commands += 1
+    stats.bytes_written += length
+    backend = ns.backend
+    if backend.synchronous:
+        backend.write_sync(offset, data)
+        return _OK
+    return _await_ok(backend.write(offset, data))
+
+
+def execute_compare(q: QueueContext, req: Request) -> ExecuteResult:
+    _, ns, offset, length = _rw_range(q, req)
+    assert req.data is not None
+    if ns.backend.synchronous:
+        same = ns.backend.read_sync(offset, length) == req.data
+        return _OK if same else Reply(status=_COMPARE_FAILED)
+    return _compare_async(ns, offset, length, req.data)
+
+
+async def _compare_async(ns: Namespace, offset: int, length: int, data: bytes | bytearray) -> Reply:
+    same = await ns.backend.read(offset, length) == data
+    return _OK if same else Reply(status=_COMPARE_FAILED)
+
+
+def execute_flush(q: QueueContext, req: Request) -> ExecuteResult:
+    ctrl = q.controller
+    assert ctrl is not None and ctrl.subsystem is not None
+    if req.nsid == NSID_ALL:
+        namespaces = [ctrl.subsystem.namespaces[n] for n in ctrl.subsystem.active_nsids()]
+    else:
+        namespaces = [_namespace(q, req)[1]]
+    if all(ns.backend.synchronous for ns in namespaces):
+        return _OK
+    return _flush_async(namespaces)
+
+
+async def _flush_async(namespaces: list[Namespace]) -> Reply:
+    for ns in namespaces:
+        await ns.backend.flush()
+    return _OK
+
+
+def execute_write_zeroes(q: QueueContext, req: Request) -> ExecuteResult:
+    _, ns = _namespace(q, req)
+    slba, nlb = RW_TAIL.unpack_from(req.sqe, RW_TAIL_OFFSET)[:2]
+    if slba + nlb + 1 > ns.nlbas:
+        raise fail(StatusCode.LBA_RANGE, f"LBA {slba}+{nlb + 1} beyond {ns.nlbas}")
+    return _await_ok(ns.backend.write_zeroes(slba << ns.lba_shift, (nlb + 1) << ns.lba_shift))
+
+
+def prepare_dsm(q: QueueContext, req: Request) -> None:
+    _namespace(q, req)
+    nr = (req.dword(10) & 0xFF) + 1
+    if req.transfer_length < nr * _DSM_RANGE_SIZE:
+        raise fail(StatusCode.SGL_INVALID_DATA, f"{nr} DSM ranges need {nr * 16} bytes")
+
+
+def execute_dsm(q: QueueContext, req: Request) -> ExecuteResult:
+    prepare_dsm(q, req)
+    _, ns = _namespace(q, req)
+    assert req.data is not None
+    if not req.dword(11) & (1 << 2):  # only deallocate does anything; hints are accepted
+        return _OK
+    nr = (req.dword(10) & 0xFF) + 1
+    ranges = []
+    for i in range(nr):
+        base = i * _DSM_RANGE_SIZE
+        nlb = int.from_bytes(req.data[base + 4 : base + 8], "little")
+        slba = int.from_bytes(req.data[base + 8 : base + 16], "little")
+        if slba + nlb > ns.nlbas:
+            raise fail(StatusCode.LBA_RANGE, f"DSM range {slba}+{nlb} beyond {ns.nlbas}")
+        ranges.append((slba << ns.lba_shift, nlb << ns.lba_shift))
+    return _deallocate(ns, ranges)
+
+
+async def _deallocate(ns: Namespace, ranges: list[tuple[int, int]]) -> Reply:
+    for offset, length in ranges:
+        if length:
+            await ns.backend.write_zeroes(offset, length)
+    return _OK
+
+
+async def _await_ok(work: Awaitable[None]) -> Reply:
+    await work
+    return _OK
+
+
+_OK = Reply()
+
+IO_HANDLERS = {
+    IoOpcode.READ: (None, execute_read),
+    IoOpcode.WRITE: (prepare_rw, execute_write),
+    IoOpcode.COMPARE: (prepare_rw, execute_compare),
+    IoOpcode.FLUSH: (None, execute_flush),
+    IoOpcode.WRITE_ZEROES: (None, execute_write_zeroes),
+    IoOpcode.DATASET_MANAGEMENT: (prepare_dsm, execute_dsm),
+}

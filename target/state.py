@@ -1,0 +1,164 @@
+"""The target's model: subsystems, ports, ANA change counts, the discovery log generation.
+
+Pure bookkeeping plus the operator actions that change it (ANA state, namespaces); each action
+notifies the affected controllers through asynchronous events. No sockets here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nvmeof.aen import ANA_CHANGE, DISCOVERY_CHANGE, NS_CHANGED
+from nvmeof.constants import (
+    DISCOVERY_NQN,
+    OAES_ANA_CHANGE,
+    OAES_DISCOVERY_CHANGE,
+    OAES_NS_ATTR,
+    AddressFamily,
+    AnaState,
+    DiscoverySubtype,
+    TransportType,
+)
+from nvmeof.wire.logpages import AnaGroupDescriptor, DiscoveryEntry
+from target.config import NamespaceConfig, TargetConfig
+from target.controller import Controller
+from target.port import Port
+from target.subsystem import Namespace, Subsystem
+
+log = logging.getLogger("nvmeof.target")
+
+#: ANAGRPMAX / NANAGRPID reported in Identify Controller.
+MAX_ANA_GROUPS = 128
+#: TREQ: secure channel not required (2); SQ flow control disable supported (bit 2) is not
+#: advertised, so nvme connect-all does not ask for it.
+DISCOVERY_TREQ = 0x2
+
+
+class TargetState:
+    """Everything a target serves, independent of how bytes move."""
+
+    def __init__(self, config: TargetConfig) -> None:
+        self.config = config
+        self.subsystems: dict[str, Subsystem] = {s.nqn: Subsystem(s) for s in config.subsystems}
+        self.ports: dict[int, Port] = {p.id: Port(p) for p in config.ports}
+        self.ana_chgcnt = 0
+        self.discovery_genctr = 0
+        self.discovery_controllers: dict[int, Controller] = {}
+        self._next_disc_cntlid = 1
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def controllers(self) -> list[Controller]:
+        ctrls = list(self.discovery_controllers.values())
+        for sub in self.subsystems.values():
+            ctrls.extend(sub.controllers.values())
+        return ctrls
+
+    def allocate_discovery_cntlid(self) -> int:
+        while self._next_disc_cntlid in self.discovery_controllers:
+            self._next_disc_cntlid = self._next_disc_cntlid % 0xFFEF + 1
+        cntlid = self._next_disc_cntlid
+        self._next_disc_cntlid = cntlid % 0xFFEF + 1
+        return cntlid
+
+    def ana_groups(self, subsystem: Subsystem, port: Port) -> list[AnaGroupDescriptor]:
+        """ANA log descriptors for a controller of ``subsystem`` connected through ``port``."""
+        groups: dict[int, list[int]] = {grp: [] for grp in port.ana}
+        for nsid in subsystem.active_nsids():
+            groups.setdefault(subsystem.namespaces[nsid].ana_group, []).append(nsid)
+        return [
+            AnaGroupDescriptor(
+                grpid=grp, state=int(port.ana_state(grp)),
+                chgcnt=port.ana_chgcnt.get(grp, 0), nsids=tuple(nsids),
+            )
+            for grp, nsids in sorted(groups.items())
+        ]  # fmt: skip
+
+    def discovery_entries(self, hostnqn: str, via: Port) -> list[DiscoveryEntry]:
+        """One entry per (subsystem, port) the host may use, then ``via``'s referrals."""
+        entries = []
+        for port in sorted(self.ports.values(), key=lambda p: p.id):
+            if not port.enabled:
+                continue
+            for nqn in port.subsystems:
+                sub = self.subsystems.get(nqn)
+                if sub is None or not sub.host_allowed(hostnqn):
+                    continue
+                entries.append(_entry(port, nqn, DiscoverySubtype.NVME, port.id))
+        for ref in via.referrals:
+            entries.append(
+                DiscoveryEntry(
+                    trtype=TransportType.TCP, adrfam=_adrfam(ref.addr),
+                    subtype=DiscoverySubtype.REFERRAL, treq=DISCOVERY_TREQ, portid=ref.portid,
+                    cntlid=0xFFFF, asqsz=32, eflags=0, trsvcid=str(ref.port),
+                    subnqn=DISCOVERY_NQN, traddr=ref.addr,
+                )
+            )  # fmt: skip
+        return entries
+
+    # -- operator actions --------------------------------------------------------------------
+
+    def set_ana_state(self, port_id: int, group: int, state: AnaState) -> list[Controller]:
+        """Change the ANA state of ``group`` on a port; returns the controllers notified."""
+        port = self.ports[port_id]
+        if not 1 <= group <= MAX_ANA_GROUPS:
+            raise ValueError(f"ANA group {group} outside 1..{MAX_ANA_GROUPS}")
+        port.ana[group] = state
+        self.ana_chgcnt += 1
+        port.ana_chgcnt[group] = self.ana_chgcnt
+        notified = [c for c in self.controllers() if c.port is port and not c.discovery]
+        for ctrl in notified:
+            ctrl.post_event(ANA_CHANGE, OAES_ANA_CHANGE)
+        log.info("ana change port=%s group=%s state=%s chgcnt=%s controllers=%s",
+                 port_id, group, state.label, self.ana_chgcnt, len(notified))  # fmt: skip
+        return notified
+
+    def add_namespace(self, nqn: str, cfg: NamespaceConfig) -> Namespace:
+        sub = self.subsystems[nqn]
+        if cfg.nsid in sub.namespaces:
+            raise ValueError(f"NSID {cfg.nsid} already exists in {nqn}")
+        ns = Namespace(nqn, cfg)
+        sub.namespaces[cfg.nsid] = ns
+        self._namespace_changed(sub, cfg.nsid)
+        return ns
+
+    def remove_namespace(self, nqn: str, nsid: int) -> None:
+        sub = self.subsystems[nqn]
+        ns = sub.namespaces.pop(nsid)
+        ns.backend.close()
+        self._namespace_changed(sub, nsid)
+
+    def resize_namespace(self, nqn: str, nsid: int, size: int) -> None:
+        sub = self.subsystems[nqn]
+        sub.namespaces[nsid].resize(size)
+        self._namespace_changed(sub, nsid)
+
+    def _namespace_changed(self, sub: Subsystem, nsid: int) -> None:
+        for ctrl in sub.controllers.values():
+            ctrl.note_changed_ns(nsid)
+            ctrl.post_event(NS_CHANGED, OAES_NS_ATTR)
+        log.info("namespace change subsystem=%s nsid=%s", sub.nqn, nsid)
+
+    def discovery_changed(self) -> None:
+        """The discovery log changed (ports, subsystems, hosts): bump GENCTR and tell hosts."""
+        self.discovery_genctr += 1
+        for ctrl in self.discovery_controllers.values():
+            ctrl.post_event(DISCOVERY_CHANGE, OAES_DISCOVERY_CHANGE)
+
+    def close(self) -> None:
+        for ctrl in self.controllers():
+            ctrl.close("target shutting down")
+        for sub in self.subsystems.values():
+            sub.close()
+
+
+def _adrfam(addr: str) -> int:
+    return AddressFamily.IPV6 if ":" in addr else AddressFamily.IPV4
+
+
+def _entry(port: Port, nqn: str, subtype: int, portid: int) -> DiscoveryEntry:
+    return DiscoveryEntry(
+        trtype=TransportType.TCP, adrfam=_adrfam(port.advertised_addr), subtype=subtype,
+        treq=DISCOVERY_TREQ, portid=portid, cntlid=0xFFFF, asqsz=32, eflags=0,
+        trsvcid=str(port.bound_port), subnqn=nqn, traddr=port.advertised_addr,
+    )  # fmt: skip
