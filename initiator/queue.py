@@ -76,7 +76,8 @@ class HostQueue:
     @classmethod
     async def connect(
         cls, nursery: trio.Nursery, host: str, port: int, *, qid: int, depth: int,
-        header_digest: bool = False, data_digest: bool = False, timeout: float = ICRESP_TIMEOUT,
+        header_digest: bool = False, data_digest: bool = False,
+        timeout: float = ICRESP_TIMEOUT,  # noqa: ASYNC109 - a protocol timer (ICResp wait)
     ) -> HostQueue:  # fmt: skip
         """Open the TCP connection, exchange ICReq/ICResp and start the reader."""
         with trio.fail_after(timeout):
@@ -102,7 +103,8 @@ class HostQueue:
 
     async def submit(
         self, sqe: bytes | bytearray, *, write: bytes | bytearray | memoryview | None = None,
-        read: bytearray | memoryview | None = None, timeout: float = 30.0,
+        read: bytearray | memoryview | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the per-command I/O timeout, like io_timeout
     ) -> Completion:  # fmt: skip
         """Send a 64-byte command (its CID is chosen here) and wait for its completion."""
         if self._closed:

@@ -225,9 +225,7 @@ class Status:
             return f"SCT{self.sct:x}_SC{self.sc:02x}"
 
     def __str__(self) -> str:
-        flags = "".join(
-            f" {label}" for label, on in (("DNR", self.dnr), ("MORE", self.more)) if on
-        )
+        flags = "".join(f" {label}" for label, on in (("DNR", self.dnr), ("MORE", self.more)) if on)
         crd = f" CRD{self.crd}" if self.crd else ""
         return f"{self.name} (0x{self.code:03x}{flags}{crd})"
 

@@ -1,3 +1,5 @@
-from target.cli import main
 import sys
+
+from target.cli import main
+
 sys.exit(main())

@@ -169,13 +169,13 @@ def _log_page(q: QueueContext, ctrl: Controller, lid: int, lsp: int, rae: bool) 
         entries = q.state.discovery_entries(ctrl.hostnqn, q.port)
         return build_discovery_log(q.state.discovery_genctr, entries)
     if lid == LogPage.ERROR:
-        entries = [
+        errors = [
             {"error_count": e.error_count, "sqid": e.sqid, "cmdid": e.cid,
              "status_field": e.status, "param_error_location": e.param_location,
              "lba": e.lba, "nsid": e.nsid, "trtype": 3}
             for e in ctrl.errors
         ]  # fmt: skip
-        return build_error_log(entries, ERROR_LOG_ENTRIES)
+        return build_error_log(errors, ERROR_LOG_ENTRIES)
     if lid == LogPage.SMART:
         return _smart_log(ctrl)
     if lid == LogPage.FW_SLOT:
@@ -203,11 +203,7 @@ def _smart_log(ctrl: Controller) -> bytes:
 
 
 _EFFECTS_LOG = build_effects_log(
-    {op: EFFECTS_CSUPP for op in (
-        AdminOpcode.GET_LOG_PAGE, AdminOpcode.IDENTIFY, AdminOpcode.ABORT,
-        AdminOpcode.SET_FEATURES, AdminOpcode.GET_FEATURES, AdminOpcode.ASYNC_EVENT_REQUEST,
-        AdminOpcode.KEEP_ALIVE,
-    )},
+    dict.fromkeys((AdminOpcode.GET_LOG_PAGE, AdminOpcode.IDENTIFY, AdminOpcode.ABORT, AdminOpcode.SET_FEATURES, AdminOpcode.GET_FEATURES, AdminOpcode.ASYNC_EVENT_REQUEST, AdminOpcode.KEEP_ALIVE), EFFECTS_CSUPP),
     {IoOpcode.FLUSH: EFFECTS_CSUPP | EFFECTS_LBCC, IoOpcode.WRITE: EFFECTS_CSUPP | EFFECTS_LBCC,
      IoOpcode.READ: EFFECTS_CSUPP, IoOpcode.COMPARE: EFFECTS_CSUPP,
      IoOpcode.WRITE_ZEROES: EFFECTS_CSUPP | EFFECTS_LBCC,

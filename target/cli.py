@@ -43,8 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = sub.add_parser("serve", help="run the target (embedded demo default without --config)")
     serve.add_argument("--config", metavar="FILE", help="TOML or nvmetcli JSON configuration")
-    serve.add_argument("--advertise", metavar="ADDR", type=_address,
-                       help="address written into discovery log entries (e.g. 10.0.2.2)")
+    serve.add_argument(
+        "--advertise",
+        metavar="ADDR",
+        type=_address,
+        help="address written into discovery log entries (e.g. 10.0.2.2)",
+    )
     serve.add_argument("--log-level", choices=LEVELS, default="info")
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)

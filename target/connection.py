@@ -25,7 +25,7 @@ from nvmeof.tcp.events import (
     TermReqReceived,
 )
 from target.dispatch import route
-from target.request import PENDING, Execute, Reply, Request
+from target.request import Execute, Pending, Reply, Request
 
 if TYPE_CHECKING:
     from target.controller import Controller
@@ -58,7 +58,8 @@ class QueueConnection:
             max_h2c_data=MAX_H2C_DATA, max_in_capsule=max(8192, port.inline_data_size)
         )
         try:
-            self.peer = "%s:%s" % stream.socket.getpeername()[:2]
+            host, port = stream.socket.getpeername()[:2]
+            self.peer = f"{host}:{port}"
         except OSError:
             self.peer = "?"
         self._sqhd = 0
@@ -201,7 +202,7 @@ class QueueConnection:
             return
         if isinstance(result, Reply):
             self._complete(req, result)
-        elif result is not PENDING:
+        elif not isinstance(result, Pending):
             assert self._nursery is not None
             self._nursery.start_soon(self._complete_later, req, result)
 

@@ -35,7 +35,9 @@ class Target:
     def ports(self) -> dict[int, Port]:
         return self.state.ports
 
-    async def serve(self, *, task_status: trio.TaskStatus[Target] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Target] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Bind every port and serve until cancelled (or :meth:`stop`)."""
         try:
             with trio.CancelScope() as self._cancel:

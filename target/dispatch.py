@@ -76,8 +76,10 @@ def _check_data(q: QueueContext, req: Request, opcode: int, fctype: int) -> None
         raise fail(StatusCode.INVALID_FIELD, "in-capsule data for a controller-to-host command")
     if sgl_type != SglType.DATA_BLOCK_OFFSET or len(req.data) != length:
         raise fail(StatusCode.SGL_INVALID_DATA, f"{len(req.data)} in-capsule bytes, SGL {length}")
-    limit = ADMIN_IN_CAPSULE_SIZE if q.qid <= 0 or opcode == AdminOpcode.FABRICS else max(
-        q.port.inline_data_size, 0
+    limit = (
+        ADMIN_IN_CAPSULE_SIZE
+        if q.qid <= 0 or opcode == AdminOpcode.FABRICS
+        else max(q.port.inline_data_size, 0)
     )
     if length > limit:
         raise fail(StatusCode.SGL_INVALID_OFFSET, f"{length} in-capsule bytes exceed {limit}")

@@ -51,15 +51,15 @@ class Reply:
     data: memoryview | bytes | bytearray | None = None
 
 
-class _Pending:
+class Pending:
     def __repr__(self) -> str:
         return "PENDING"
 
 
 #: Returned by a handler whose completion is sent later by someone else.
-PENDING = _Pending()
+PENDING = Pending()
 
-ExecuteResult = Reply | _Pending | Awaitable[Reply]
+ExecuteResult = Reply | Pending | Awaitable[Reply]
 
 
 class QueueContext(Protocol):
@@ -73,7 +73,9 @@ class QueueContext(Protocol):
     sq_flow_control: bool
 
     def now(self) -> float: ...
-    def attach(self, controller: Controller, qid: int, sqsize: int, sq_flow_control: bool) -> None: ...
+    def attach(
+        self, controller: Controller, qid: int, sqsize: int, sq_flow_control: bool
+    ) -> None: ...
 
 
 Prepare = Callable[[QueueContext, Request], None]

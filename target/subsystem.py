@@ -20,8 +20,8 @@ class Namespace:
         self.nsid = cfg.nsid
         self.block_size = cfg.block_size
         self.lba_shift = cfg.block_size.bit_length() - 1
-        self.backend = backend if backend is not None else open_backend(
-            cfg.backend, cfg.size, cfg.path
+        self.backend = (
+            backend if backend is not None else open_backend(cfg.backend, cfg.size, cfg.path)
         )
         self.nlbas = cfg.size >> self.lba_shift
         ns_uuid, nguid, eui64 = derived_ids(nqn, cfg.nsid)

@@ -28,7 +28,7 @@ from nvmeof.errors import TransportError
 from nvmeof.wire.fast import CH
 
 #: Exact header length of each PDU type.
-HLEN = {
+HLEN: dict[int, int] = {
     PduType.ICREQ: 128,
     PduType.ICRESP: 128,
     PduType.H2C_TERM_REQ: TERMREQ_HLEN,

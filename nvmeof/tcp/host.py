@@ -77,7 +77,7 @@ class HostConnection:
         self.data_digest = False
         self.max_h2c_data = 0
         self._h2c_align = 4
-        self._out: list[bytes | memoryview] = []
+        self._out: list[bytes | bytearray | memoryview] = []
         self._cmds: dict[int, _Outstanding] = {}
 
     # -- setup -------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ class HostConnection:
                 if event is not None:
                     return event
         except TransportError as err:
-            if self.state is not HostState.TERMINATED:
+            if not self.terminated:
                 self.state = HostState.TERMINATED
                 self._out.append(build_term_req(PduType.H2C_TERM_REQ, err))
             raise
@@ -284,7 +284,9 @@ class HostConnection:
             header += crc32c(header).to_bytes(4, "little")
         self._out.append(header)
 
-    def _send_h2c_data(self, cid: int, ttag: int, data: memoryview, offset: int, length: int) -> None:
+    def _send_h2c_data(
+        self, cid: int, ttag: int, data: memoryview, offset: int, length: int
+    ) -> None:
         hd = 4 if self.header_digest else 0
         dd = 4 if self.data_digest else 0
         pdo = -(-(24 + hd) // self._h2c_align) * self._h2c_align
@@ -312,9 +314,13 @@ class HostConnection:
         self.state = HostState.TERMINATED
         return cids
 
-    def data_to_send(self) -> list[bytes | memoryview]:
+    def data_to_send(self) -> list[bytes | bytearray | memoryview]:
         out, self._out = self._out, []
         return out
+
+    @property
+    def terminated(self) -> bool:
+        return self.state is HostState.TERMINATED
 
     @property
     def outstanding(self) -> int:
