@@ -20,7 +20,6 @@ from nvmeof.wire.fast import CID, CID_OFFSET
 
 log = logging.getLogger("nvmeof.initiator")
 
-RECEIVE_SIZE = 256 * 1024
 ICRESP_TIMEOUT = 10.0  # what the Linux host allows
 
 
@@ -151,10 +150,10 @@ class HostQueue:
         conn = self.conn
         try:
             while not self._closed:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-                if not data:
+                nbytes = await self.stream.socket.recv_into(conn.reader.get_buffer())
+                if not nbytes:
                     raise QueueClosed("connection closed by the target")
-                conn.receive_data(data)
+                conn.reader.commit(nbytes)
                 while (event := conn.next_event()) is not None:
                     if isinstance(event, ResponseReceived):
                         waiter = self._waiters.get(event.cid)
@@ -166,7 +165,7 @@ class HostQueue:
                     elif isinstance(event, TermReqReceived):
                         raise QueueClosed(f"target sent C2HTermReq FES {event.fes:#x}")
                 await self._flush()  # H2CData answering R2Ts
-        except (QueueClosed, TransportError, trio.BrokenResourceError,
+        except (QueueClosed, TransportError, OSError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as err:  # fmt: skip
             self._fail(err)
             await self._flush()  # an H2CTermReq, if the core queued one

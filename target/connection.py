@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nvmeof.target")
 
-RECEIVE_SIZE = 256 * 1024
 MAX_H2C_DATA = 128 * 1024
 #: A connection must send its ICReq within this many seconds (the host waits 10 s for ICResp).
 ICREQ_TIMEOUT = 30.0
@@ -126,14 +125,15 @@ class QueueConnection:
             pass
 
     async def _receive_and_serve(self) -> bool:
-        try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        if not data:
-            return False
         conn = self.conn
-        conn.receive_data(data)
+        try:
+            # Straight into the framer's preallocated buffer: no per-receive allocation.
+            nbytes = await self.stream.socket.recv_into(conn.reader.get_buffer())
+        except (OSError, trio.ClosedResourceError):
+            return False
+        if not nbytes:
+            return False
+        conn.reader.commit(nbytes)
         try:
             while (event := conn.next_event()) is not None:
                 if not self._on_event(event):

@@ -69,6 +69,9 @@ class Target:
         self.connections.add(queue)
         try:
             await queue.run()
+        except Exception:
+            # A bug serving one connection must not take the others down with it.
+            log.exception("connection failed peer=%s port=%s", queue.peer, port.id)
         finally:
             self.connections.discard(queue)
 

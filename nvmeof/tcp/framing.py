@@ -56,6 +56,8 @@ HOST_RECEIVES = frozenset(
 # Offsets of the common header fields, for FEI.
 _OFF_TYPE, _OFF_FLAGS, _OFF_HLEN, _OFF_PDO, _OFF_PLEN = 0, 1, 2, 3, 4
 _DIGEST = 4
+#: Most bytes :meth:`PduReader.feed` will hold unframed.
+MAX_FEED_BUFFER = 64 << 20
 
 
 class Pdu:
@@ -113,17 +115,23 @@ class PduReader:
         self._end += nbytes
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append received bytes (for transports without ``recv_into``)."""
-        pos = 0
+        """Append received bytes (for transports without ``recv_into``).
+
+        If the bytes do not fit, the buffer is replaced by a larger one (views handed out
+        earlier keep the old one alive); more than :data:`MAX_FEED_BUFFER` pending is an error.
+        """
+        self._compact()
         total = len(data)
-        while pos < total:
-            space = self.get_buffer()
-            if not space:
+        if self._end + total > self._size:
+            needed = self._end + total
+            if needed > MAX_FEED_BUFFER:
                 raise TransportError(Fes.DATA_TRANSFER_LIMIT_EXCEEDED, "receive buffer full")
-            n = min(len(space), total - pos)
-            space[:n] = data[pos : pos + n]
-            self.commit(n)
-            pos += n
+            self._size = max(needed, 2 * self._size)
+            bigger = bytearray(self._size)
+            bigger[: self._end] = self._view[: self._end]
+            self._buf, self._view = bigger, memoryview(bigger)
+        self._view[self._end : self._end + total] = data
+        self._end += total
 
     @property
     def buffered(self) -> int:
