@@ -166,7 +166,7 @@ def _log_page(q: QueueContext, ctrl: Controller, lid: int, lsp: int, rae: bool) 
     if ctrl.subsystem is None:
         if lid != LogPage.DISCOVERY:
             raise fail(StatusCode.INVALID_LOG_PAGE, f"log page {lid:#x} on discovery")
-        entries = q.state.discovery_entries(ctrl.hostnqn, q.port)
+        entries = q.state.discovery_entries(ctrl.hostnqn, q.port, q.local_addr)
         return build_discovery_log(q.state.discovery_genctr, entries)
     if lid == LogPage.ERROR:
         errors = [

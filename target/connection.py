@@ -57,10 +57,11 @@ class QueueConnection:
             max_h2c_data=MAX_H2C_DATA, max_in_capsule=max(8192, port.inline_data_size)
         )
         try:
-            host, port = stream.socket.getpeername()[:2]
-            self.peer = f"{host}:{port}"
+            host, port_number = stream.socket.getpeername()[:2]
+            self.peer = f"{host}:{port_number}"
+            self.local_addr = str(stream.socket.getsockname()[0])
         except OSError:
-            self.peer = "?"
+            self.peer, self.local_addr = "?", ""
         self._sqhd = 0
         self._awaiting_data: dict[int, tuple[Request, Execute]] = {}
         self._send_lock = trio.Lock()

@@ -54,7 +54,9 @@ class Target:
             log.info("target stopped")
 
     def stop(self) -> None:
-        """Close every connection and listener."""
+        """Close every controller, connection and listener."""
+        for ctrl in self.state.controllers():
+            ctrl.close("target shutting down")
         if self._cancel is not None:
             self._cancel.cancel()
 

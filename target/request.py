@@ -71,6 +71,8 @@ class QueueContext(Protocol):
     state: TargetState
     sqsize: int
     sq_flow_control: bool
+    #: The address the host connected to (for wildcard-bound ports in the discovery log).
+    local_addr: str
 
     def now(self) -> float: ...
     def attach(

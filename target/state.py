@@ -74,8 +74,14 @@ class TargetState:
             for grp, nsids in sorted(groups.items())
         ]  # fmt: skip
 
-    def discovery_entries(self, hostnqn: str, via: Port) -> list[DiscoveryEntry]:
-        """One entry per (subsystem, port) the host may use, then ``via``'s referrals."""
+    def discovery_entries(
+        self, hostnqn: str, via: Port, local_addr: str = ""
+    ) -> list[DiscoveryEntry]:
+        """One entry per (subsystem, port) the host may use, then ``via``'s referrals.
+
+        A port bound to a wildcard address without an advertised one is listed with
+        ``local_addr``, the address the host reached us on (as nvmet does).
+        """
         entries = []
         for port in sorted(self.ports.values(), key=lambda p: p.id):
             if not port.enabled:
@@ -84,7 +90,7 @@ class TargetState:
                 sub = self.subsystems.get(nqn)
                 if sub is None or not sub.host_allowed(hostnqn):
                     continue
-                entries.append(_entry(port, nqn, DiscoverySubtype.NVME, port.id))
+                entries.append(_entry(port, nqn, local_addr))
         for ref in via.referrals:
             entries.append(
                 DiscoveryEntry(
@@ -156,9 +162,15 @@ def _adrfam(addr: str) -> int:
     return AddressFamily.IPV6 if ":" in addr else AddressFamily.IPV4
 
 
-def _entry(port: Port, nqn: str, subtype: int, portid: int) -> DiscoveryEntry:
+_WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def _entry(port: Port, nqn: str, local_addr: str) -> DiscoveryEntry:
+    addr = port.advertised_addr
+    if addr in _WILDCARDS and local_addr:
+        addr = local_addr
     return DiscoveryEntry(
-        trtype=TransportType.TCP, adrfam=_adrfam(port.advertised_addr), subtype=subtype,
-        treq=DISCOVERY_TREQ, portid=portid, cntlid=0xFFFF, asqsz=32, eflags=0,
-        trsvcid=str(port.bound_port), subnqn=nqn, traddr=port.advertised_addr,
+        trtype=TransportType.TCP, adrfam=_adrfam(addr), subtype=DiscoverySubtype.NVME,
+        treq=DISCOVERY_TREQ, portid=port.id, cntlid=0xFFFF, asqsz=32, eflags=0,
+        trsvcid=str(port.bound_port), subnqn=nqn, traddr=addr,
     )  # fmt: skip
