@@ -74,7 +74,14 @@ class ControllerOptions:
     queue_size: int = 32
     header_digest: bool = False
     data_digest: bool = False
+    #: Admin and I/O command timeout (the kernel's admin_timeout/io_timeout).
     command_timeout: float = 30.0
+    #: Seconds between reconnect attempts (``-c``; the kernel defaults to 10).
+    reconnect_delay: float = 2.0
+    #: Seconds to keep reconnecting before giving the controller up; -1 = forever (``-l``).
+    ctrl_loss_tmo: float = 600.0
+    #: Seconds I/O may wait for a reconnecting path before failing; None/-1 = off.
+    fast_io_fail_tmo: float | None = None
 
     def __post_init__(self) -> None:
         if not self.hostnqn:
@@ -107,6 +114,7 @@ class HostController:
         self.cntlid = 0
         self.io_queues: list[HostQueue] = []
         self.identify: Any = None
+        self.identify_data = b""
         self.vs = 0
         self.cap = 0
         self._shutting_down = False
@@ -154,7 +162,12 @@ class HostController:
         return (await self.admin_command(sqe))[0].dw0
 
     async def keep_alive(self) -> None:
-        await self.admin_command(NO_FIELDS_COMMAND.build(dict(opcode=AdminOpcode.KEEP_ALIVE)))
+        """One Keep Alive; it must complete within KATO or the admin queue is torn down."""
+        sqe = NO_FIELDS_COMMAND.build(dict(opcode=AdminOpcode.KEEP_ALIVE))
+        timeout = self.options.kato_ms / 1000 or self.options.command_timeout
+        done = await self.admin.submit(sqe, timeout=timeout)
+        if not done.ok:
+            raise CommandError(done.status, f"Keep Alive failed: {done.status}")
 
     async def ana_log(self) -> AnaLog:
         ident = self.identify
@@ -263,7 +276,8 @@ async def connect_controller(
             while not await ctrl.property_get(Property.CSTS) & CSTS_RDY:  # noqa: ASYNC110
                 await trio.sleep(0.002)
         ctrl.vs = await ctrl.property_get(Property.VS)
-        ctrl.identify = parse_identify_ctrl(await ctrl.identify_raw(Cns.CONTROLLER))
+        ctrl.identify_data = bytes(await ctrl.identify_raw(Cns.CONTROLLER))
+        ctrl.identify = parse_identify_ctrl(ctrl.identify_data)
         if ctrl.identify.cntlid != ctrl.cntlid:
             raise NvmeofError(f"Identify CNTLID {ctrl.identify.cntlid} != Connect {ctrl.cntlid}")
         if not discovery and opts.io_queues:

@@ -1,26 +1,39 @@
 """One host queue over TCP: the Trio adapter around :class:`~nvmeof.tcp.host.HostConnection`.
 
-A single reader task feeds received bytes to the sans-IO connection and wakes the waiting
-callers; sends go through one lock, several PDUs per send. Every wait is bounded.
+Two tasks per queue, in the caller's nursery: a reader that feeds received bytes to the sans-IO
+connection and completes commands inline (a whole receive batch per wake-up), and a writer that
+sends everything queued since it last ran in one ``send_all``. Commands come from two places:
+:meth:`HostQueue.submit` (one awaiting caller per command, for admin work) and
+:meth:`HostQueue.send_slot` (ring slots, completed through a callback: no task, no event, no
+allocation per I/O). When the connection dies, every outstanding command completes with the
+host-synthesized status Host Aborted Command (0x371), as the Linux host does.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from nvmeof.constants import SQE_SIZE
-from nvmeof.errors import NvmeofError, TransportError
-from nvmeof.status import Status
+from nvmeof.errors import LocalProtocolError, NvmeofError, TransportError
+from nvmeof.status import Status, StatusCode, status_word
 from nvmeof.tcp.events import ConnectionEstablished, ResponseReceived, TermReqReceived
 from nvmeof.tcp.host import HostConnection
-from nvmeof.wire.fast import CID, CID_OFFSET
+
+if TYPE_CHECKING:
+    from initiator.ring import Slot
 
 log = logging.getLogger("nvmeof.initiator")
 
 ICRESP_TIMEOUT = 10.0  # what the Linux host allows
+#: Status given to commands outstanding on a queue that died (``nvme_cancel_request``).
+HOST_ABORTED = status_word(StatusCode.HOST_ABORTED_CMD)
+
+SlotCallback = Callable[["Slot", int, int, int], None]
 
 
 class QueueClosed(NvmeofError):
@@ -53,9 +66,11 @@ class _Waiter:
 
 
 class HostQueue:
-    """A connected NVMe/TCP queue (admin when ``qid`` is 0).
+    """A connected NVMe/TCP queue (admin when ``qid`` is 0). Create with :meth:`connect`.
 
-    Create with :meth:`connect`; the reader task runs in the nursery passed there.
+    Attributes:
+        on_slot_complete: called as ``(slot, status_word, dw0, dw1)`` for ring slots.
+        on_close: called once with the error when the connection is lost.
     """
 
     def __init__(self, stream: trio.SocketStream, *, qid: int, depth: int,
@@ -65,12 +80,17 @@ class HostQueue:
         self.depth = depth
         self.conn = HostConnection(header_digest=header_digest, data_digest=data_digest)
         self.in_capsule_limit = 8192 if qid == 0 else 0
-        self._waiters: dict[int, _Waiter] = {}
+        self._contexts: list[Any] = [None] * depth
         self._free_cids = list(range(depth - 1, -1, -1))
         self._send_lock = trio.Lock()
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._dirty = False
         self._established = trio.Event()
         self._closed = False
         self.error: BaseException | None = None
+        self.on_slot_complete: SlotCallback | None = None
+        self.on_close: Callable[[BaseException], None] | None = None
+        self.commands = 0
 
     @classmethod
     async def connect(
@@ -78,12 +98,13 @@ class HostQueue:
         header_digest: bool = False, data_digest: bool = False,
         timeout: float = ICRESP_TIMEOUT,  # noqa: ASYNC109 - a protocol timer (ICResp wait)
     ) -> HostQueue:  # fmt: skip
-        """Open the TCP connection, exchange ICReq/ICResp and start the reader."""
+        """Open the TCP connection, exchange ICReq/ICResp and start the reader and writer."""
         with trio.fail_after(timeout):
             stream = await trio.open_tcp_stream(host, port)
         queue = cls(stream, qid=qid, depth=depth, header_digest=header_digest,
                     data_digest=data_digest)  # fmt: skip
         nursery.start_soon(queue._reader)
+        nursery.start_soon(queue._writer)
         queue.conn.initiate()
         await queue._flush()
         try:
@@ -100,12 +121,56 @@ class HostQueue:
     def max_h2c_data(self) -> int:
         return self.conn.max_h2c_data
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def free_tags(self) -> int:
+        return len(self._free_cids)
+
+    @property
+    def outstanding(self) -> int:
+        return self.depth - len(self._free_cids)
+
+    def oldest_slot_sent_at(self) -> float:
+        """When the oldest ring slot still outstanding here was sent (inf if none)."""
+        times = [c.sent_at for c in self._contexts if c is not None and type(c) is not _Waiter]
+        return min(times, default=float("inf"))
+
+    # -- ring slots ------------------------------------------------------------------------------
+
+    def send_slot(self, slot: Slot) -> bool:
+        """Queue ``slot``'s command (its stable 64-byte copy) for sending; False when the queue
+        is closed or has no free command ID. The writer task sends it."""
+        if self._closed or not self._free_cids:
+            return False
+        cid = self._free_cids.pop()
+        try:
+            self.conn.send_command(slot.view, write_data=slot.data_out, read_buffer=slot.data_in,
+                                   in_capsule_limit=self.in_capsule_limit, cid=cid)  # fmt: skip
+        except LocalProtocolError:
+            self._free_cids.append(cid)
+            return False
+        self._contexts[cid] = slot
+        slot.cid = cid
+        slot.sent_at = trio.current_time()
+        self.commands += 1
+        self._wake_writer()
+        return True
+
+    # -- awaited commands ------------------------------------------------------------------------
+
     async def submit(
         self, sqe: bytes | bytearray, *, write: bytes | bytearray | memoryview | None = None,
         read: bytearray | memoryview | None = None,
         timeout: float = 30.0,  # noqa: ASYNC109 - the per-command I/O timeout, like io_timeout
     ) -> Completion:  # fmt: skip
-        """Send a 64-byte command (its CID is chosen here) and wait for its completion."""
+        """Send a 64-byte command (its CID is chosen here) and wait for its completion.
+
+        A command that times out makes the queue unusable (closed), like the Linux host's
+        error recovery; ``timeout=inf`` suits an Asynchronous Event Request.
+        """
         if self._closed:
             raise QueueClosed(f"queue {self.qid} is closed: {self.error}")
         if not self._free_cids:
@@ -113,29 +178,38 @@ class HostQueue:
         if len(sqe) != SQE_SIZE:
             raise ValueError("an SQE is 64 bytes")
         cid = self._free_cids.pop()
-        command = bytearray(sqe)
-        CID.pack_into(command, CID_OFFSET, cid)
         waiter = _Waiter()
-        self._waiters[cid] = waiter
+        self._contexts[cid] = waiter
+        self.conn.send_command(sqe, write_data=write, read_buffer=read,
+                               in_capsule_limit=self.in_capsule_limit, cid=cid)  # fmt: skip
+        self.commands += 1
         try:
-            self.conn.send_command(command, write_data=write, read_buffer=read,
-                                   in_capsule_limit=self.in_capsule_limit)  # fmt: skip
             await self._flush()
             with trio.fail_after(timeout):
                 await waiter.event.wait()
         except trio.TooSlowError:
-            # Like the Linux host: a timed-out command means the queue is unusable.
             self._fail(QueueClosed(f"command timed out after {timeout} s"))
             await self.aclose()
             raise
-        finally:
-            self._waiters.pop(cid, None)
-            if waiter.completion is not None:
-                self._free_cids.append(cid)
         if waiter.completion is None:
             raise QueueClosed(f"queue {self.qid} closed with the command outstanding: "
                               f"{self.error}")  # fmt: skip
         return waiter.completion
+
+    # -- tasks -----------------------------------------------------------------------------------
+
+    def _wake_writer(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self._writer_lot.unpark()
+
+    async def _writer(self) -> None:
+        while not self._closed:
+            if not self._dirty:
+                await self._writer_lot.park()
+                continue
+            self._dirty = False
+            await self._flush()
 
     async def _flush(self) -> None:
         async with self._send_lock:
@@ -143,28 +217,32 @@ class HostQueue:
             if buffers:
                 try:
                     await self.stream.send_all(b"".join(buffers))
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
                     self._fail(err)
 
     async def _reader(self) -> None:
         conn = self.conn
+        reader = conn.reader
+        contexts = self._contexts
+        free = self._free_cids
         try:
             while not self._closed:
-                nbytes = await self.stream.socket.recv_into(conn.reader.get_buffer())
+                nbytes = await self.stream.socket.recv_into(reader.get_buffer())
                 if not nbytes:
                     raise QueueClosed("connection closed by the target")
-                conn.reader.commit(nbytes)
+                reader.commit(nbytes)
                 while (event := conn.next_event()) is not None:
-                    if isinstance(event, ResponseReceived):
-                        waiter = self._waiters.get(event.cid)
-                        if waiter is not None:
-                            waiter.completion = Completion(event.status, event.dw0, event.dw1)
-                            waiter.event.set()
+                    if type(event) is ResponseReceived:
+                        cid = event.cid
+                        ctx = contexts[cid]
+                        contexts[cid] = None
+                        free.append(cid)
+                        self._complete(ctx, event.status, event.dw0, event.dw1)
                     elif isinstance(event, ConnectionEstablished):
                         self._established.set()
                     elif isinstance(event, TermReqReceived):
                         raise QueueClosed(f"target sent C2HTermReq FES {event.fes:#x}")
-                await self._flush()  # H2CData answering R2Ts
+                self._wake_writer()  # H2CData answering R2Ts, resubmissions
         except (QueueClosed, TransportError, OSError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as err:  # fmt: skip
             self._fail(err)
@@ -172,20 +250,35 @@ class HostQueue:
         finally:
             await self.aclose()
 
+    def _complete(self, ctx: Any, status: int, dw0: int, dw1: int) -> None:
+        if type(ctx) is _Waiter:
+            ctx.completion = Completion(status, dw0, dw1)
+            ctx.event.set()
+        elif ctx is not None and self.on_slot_complete is not None:
+            self.on_slot_complete(ctx, status, dw0, dw1)
+
     def _fail(self, err: BaseException) -> None:
-        if self.error is None:
-            self.error = err
+        if self._closed:
+            return
+        self.error = err
         self._closed = True
         self._established.set()
-        for waiter in self._waiters.values():
-            waiter.event.set()
+        self._writer_lot.unpark_all()
+        self.conn.abort_all()
+        if self.on_close is not None:
+            self.on_close(err)  # first, so aborted commands see the path as gone
+        outstanding = [(cid, ctx) for cid, ctx in enumerate(self._contexts) if ctx is not None]
+        for cid, ctx in outstanding:
+            self._contexts[cid] = None
+            self._free_cids.append(cid)
+        for _, ctx in outstanding:
+            if type(ctx) is _Waiter:
+                ctx.event.set()  # completion stays None: the submitter raises QueueClosed
+            else:
+                self._complete(ctx, HOST_ABORTED, 0, 0)
 
     async def aclose(self) -> None:
-        """Close the connection; outstanding commands fail with :class:`QueueClosed`."""
+        """Close the connection; outstanding commands complete as aborted."""
         self._fail(QueueClosed("closed by the host"))
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed

@@ -19,7 +19,7 @@ import trio
 from target.config import ConfigError, TargetConfig, default_config
 from target.config_files import dump_nvmetcli_json, load_config
 from target.daemon import Target, run_until_signalled
-from target.logs import LEVELS, setup_logging
+from target.logs import LEVELS, first_leaf, setup_logging
 
 EXIT_USAGE = 2
 
@@ -64,18 +64,23 @@ def _load(path: str | None) -> TargetConfig:
     return load_config(path) if path else default_config()
 
 
+def _serve(target: Target) -> int:
+    status = 0
+    try:
+        trio.run(run_until_signalled, target)
+    except* OSError as group:  # typically an address already in use
+        print(f"nvmeof-target: cannot listen: {first_leaf(group)}", file=sys.stderr)
+        status = 1
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
             config = _load(args.config)
             setup_logging(args.log_level)
-            try:
-                trio.run(run_until_signalled, Target(config, advertise=args.advertise))
-            except OSError as err:  # typically the address is in use
-                print(f"nvmeof-target: cannot listen: {err}", file=sys.stderr)
-                return 1
-            return 0
+            return _serve(Target(config, advertise=args.advertise))
         if args.config_command == "export":
             text = dump_nvmetcli_json(_load(args.config))
             if args.output:

@@ -20,7 +20,7 @@ from nvmeof.constants import DISCOVERY_NQN, DISCOVERY_PORT, AnaState, LogPage
 from nvmeof.wire.logpages import DiscoveryEntry, parse_discovery_entries, parse_discovery_header
 from target.config import DEMO_NQN, default_config
 from target.daemon import Target
-from target.logs import setup_logging
+from target.logs import first_leaf, setup_logging
 
 HOST = "127.0.0.1"
 DEMO_TIMEOUT = 90
@@ -147,15 +147,14 @@ def main() -> int:
     logging.getLogger("nvmeof").setLevel(logging.WARNING)
     try:
         return trio.run(_bounded_demo)
-    except DemoFailure as err:
-        say(f"demo: FAILED - {err}")
-        return 1
-    except trio.TooSlowError:
+    except* DemoFailure as group:
+        say(f"demo: FAILED - {first_leaf(group)}")
+    except* trio.TooSlowError:
         say(f"demo: FAILED - did not finish within {DEMO_TIMEOUT} s")
-        return 1
-    except OSError as err:
-        say(f"demo: cannot start the target: {err} (are ports 4420, 4421, 8009 free?)")
-        return 1
+    except* OSError as group:
+        say(f"demo: cannot start the target: {first_leaf(group)} "
+            "(are ports 4420, 4421 and 8009 free?)")  # fmt: skip
+    return 1
 
 
 if __name__ == "__main__":

@@ -234,22 +234,27 @@ class HostConnection:
         write_data: bytes | bytearray | memoryview | None = None,
         read_buffer: bytearray | memoryview | None = None,
         in_capsule_limit: int = 0,
+        cid: int | None = None,
     ) -> int:
-        """Queue a command capsule; returns its CID (SQE bytes 2-3).
+        """Queue a command capsule; returns its CID.
 
-        Data to write goes in-capsule when it fits ``in_capsule_limit``, otherwise it waits for
-        R2T. A ``read_buffer`` receives the C2HData. The caller must keep both buffers alive
-        and unchanged until the command completes.
+        The CID is SQE bytes 2-3 unless ``cid`` is given, in which case it is written into the
+        capsule only (the caller's SQE is never modified). Data to write goes in-capsule when it
+        fits ``in_capsule_limit``, otherwise it waits for R2T. A ``read_buffer`` receives the
+        C2HData. The caller must keep both buffers alive and unchanged until completion.
         """
         if self.state is not HostState.ESTABLISHED:
             raise LocalProtocolError(f"connection is {self.state.value}")
         if len(sqe) != SQE_SIZE:
             raise ValueError("an SQE is 64 bytes")
-        cid = sqe[2] | (sqe[3] << 8)
+        if cid is None:
+            cid = sqe[2] | (sqe[3] << 8)
         if cid in self._cmds:
             raise LocalProtocolError(f"CID {cid} is already outstanding")
         capsule = bytearray(72)
         capsule[8:72] = sqe
+        capsule[10] = cid & 0xFF
+        capsule[11] = cid >> 8
         write = memoryview(write_data).cast("B") if write_data is not None else None
         read = memoryview(read_buffer).cast("B") if read_buffer is not None else None
         inline = write is not None and 0 < len(write) <= in_capsule_limit

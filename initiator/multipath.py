@@ -1,0 +1,336 @@
+"""The namespace head: one shared namespace reached through several paths, with failover.
+
+Rules (the Linux host's drivers/nvme/host/multipath.c, PROTOCOL.md 8):
+
+- :meth:`MultipathHead.submit` is the single submission path, for first attempts, retries and
+  failovers alike. It picks a path with the I/O policy and hands the slot's stable command copy
+  to one of that path's queues.
+- A completion's fate is :func:`~initiator.policy.decide_disposition`. FAILOVER clears the
+  cached path, marks the path ANA-pending on ANA statuses (its controller then re-reads the ANA
+  log) and parks the slot on the head's requeue list. One requeue task per head resubmits
+  parked slots through :meth:`submit` when a usable path exists.
+- No usable path but a controller still connecting: slots stay parked, bounded by
+  ``fast_io_fail_tmo`` (and by ``ctrl_loss_tmo``, after which the controller is gone). No path
+  can come back: parked slots fail with Host Path Error + DNR ("no available path").
+- A write failed over from a path whose controller reports a Command Quiesce Time (CQT) is not
+  resent before CQT has passed since the path error, so a copy still executing on the dead
+  path cannot land after the retry (the ghost-write hazard).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from initiator.policy import IOPOLICIES, SELECTORS, Disposition, decide_disposition, retry_delay
+from initiator.ring import Ring, Slot, SlotState
+from nvmeof.constants import AnaState
+from nvmeof.status import StatusCode, status_word
+
+if TYPE_CHECKING:
+    from initiator.queue import HostQueue
+    from initiator.session import Session
+
+log = logging.getLogger("nvmeof.initiator")
+
+#: Completion status of I/O that no path can ever serve again.
+NO_PATH_STATUS = status_word(StatusCode.HOST_PATH_ERROR, dnr=True)
+_ANA_CODES = {StatusCode.ANA_PERSISTENT_LOSS, StatusCode.ANA_INACCESSIBLE,
+              StatusCode.ANA_TRANSITION}  # fmt: skip
+
+
+@dataclass
+class PathStats:
+    """Per-path counters (what ``nvmeof bench`` and the metrics show)."""
+
+    ios: int = 0
+    bytes: int = 0
+    errors: int = 0
+    failovers: int = 0  # commands that left this path because of an error
+    retries: int = 0
+
+
+@dataclass
+class HeadStats:
+    """Head counters, named like the kernel's multipath diagnostics."""
+
+    failovers: int = 0  # failover events (a path error sending commands elsewhere)
+    requeued: int = 0  # commands put on the requeue list
+    retries: int = 0  # same-path retries
+    no_path_queued: int = 0  # commands parked because no path was usable
+    failed: int = 0  # commands failed because no path was available
+
+
+def _status_name(code: int) -> str:
+    try:
+        return StatusCode(code).name
+    except ValueError:
+        return f"status {code:#x}"
+
+
+class Path:
+    """One namespace as seen through one controller (``nvmeXcYnZ`` in Linux)."""
+
+    def __init__(self, session: Session, nsid: int) -> None:
+        self.session = session
+        self.nsid = nsid
+        self.ana_state = AnaState.OPTIMIZED
+        self.ana_group = 0
+        self.ana_pending = False
+        self.inflight = 0
+        self.stats = PathStats()
+        self.head: MultipathHead | None = None
+        self._next_queue = 0
+
+    @property
+    def label(self) -> str:
+        return self.session.label
+
+    @property
+    def usable(self) -> bool:
+        return self.session.live and not self.ana_pending and self.ana_state.usable
+
+    @property
+    def state(self) -> str:
+        return self.session.state.value
+
+    def send(self, slot: Slot) -> bool:
+        """Hand ``slot`` to one of this path's I/O queues; False if none can take it now."""
+        queues = self.session.io_queues
+        count = len(queues)
+        for step in range(count):
+            queue = queues[(self._next_queue + step) % count]
+            if queue.send_slot(slot):
+                self._next_queue = (self._next_queue + step + 1) % count
+                return True
+        return False
+
+    def __repr__(self) -> str:
+        return f"Path({self.label}, nsid={self.nsid}, {self.ana_state.label}, {self.state})"
+
+
+class MultipathHead:
+    """A shared namespace (``/dev/nvmeXnY``): its paths, I/O policy and requeue list.
+
+    Args:
+        subnqn / nsid: what identifies the namespace (its IDs must match on every path).
+        block_size / nlbas: its format, from Identify Namespace.
+        iopolicy: ``numa`` (default), ``round-robin`` or ``queue-depth``.
+    """
+
+    def __init__(self, subnqn: str, nsid: int, *, block_size: int, nlbas: int,
+                 ids: dict[str, object] | None = None, iopolicy: str = "numa") -> None:  # fmt: skip
+        self.subnqn = subnqn
+        self.nsid = nsid
+        self.nsid_bytes = nsid.to_bytes(4, "little")
+        self.block_size = block_size
+        self.nlbas = nlbas
+        self.ids = ids or {}
+        self.paths: list[Path] = []
+        self.iopolicy = iopolicy
+        self._select = SELECTORS[iopolicy]
+        self._current: int | None = None
+        self._requeue: deque[Slot] = deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._kicked = False
+        self.stats = HeadStats()
+        self.events: list[tuple[float, str]] = []  # (time, what) for live views and plots
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def set_iopolicy(self, name: str) -> None:
+        if name not in SELECTORS:
+            raise ValueError(f"unknown iopolicy {name!r} (one of {', '.join(IOPOLICIES)})")
+        self.iopolicy = name
+        self._select = SELECTORS[name]
+        self._current = None
+
+    def add_path(self, path: Path) -> None:
+        if path not in self.paths:
+            path.head = self
+            self.paths.append(path)
+            self.kick()
+
+    def remove_path(self, path: Path) -> None:
+        if path in self.paths:
+            self.paths.remove(path)
+            self._current = None
+            self.kick()
+
+    def ring(self, entries: int = 64) -> Ring:
+        """A new submission/completion ring over this head."""
+        return Ring(self, entries)
+
+    def note(self, what: str) -> None:
+        self.events.append((trio.current_time(), what))
+        del self.events[:-1000]
+
+    # -- submission ------------------------------------------------------------------------------
+
+    def submit(self, slot: Slot) -> None:
+        """Send ``slot`` on the path the I/O policy picks, or park it."""
+        index = self._select(self.paths, self._current)
+        if index is None:
+            self._park(slot, no_path=True)
+            return
+        path = self.paths[index]
+        self._current = index
+        if not path.send(slot):
+            self._park(slot, no_path=False)
+            return
+        slot.move(SlotState.INFLIGHT)
+        slot.path = path
+        path.inflight += 1
+
+    def _park(self, slot: Slot, *, no_path: bool) -> None:
+        if no_path:
+            if not self.may_recover():
+                self._fail(slot, "no available path")
+                return
+            self.stats.no_path_queued += 1
+        slot.move(SlotState.REQUEUED)
+        self._requeue.append(slot)
+        self.kick()
+
+    def _fail(self, slot: Slot, why: str) -> None:
+        self.stats.failed += 1
+        log.warning("I/O failed on %s nsid %s: %s", self.subnqn, self.nsid, why)
+        slot.status_word = NO_PATH_STATUS
+        slot.dw0 = slot.dw1 = 0
+        slot.ring.post(slot)
+
+    def may_recover(self) -> bool:
+        """Whether any path is usable or may become usable (controller live or reconnecting)."""
+        return any(p.session.may_recover for p in self.paths)
+
+    # -- completion ------------------------------------------------------------------------------
+
+    def complete(self, slot: Slot, status: int, dw0: int, dw1: int) -> None:
+        """A path's queue completed ``slot`` (status 0x371 if the connection died)."""
+        path = slot.path
+        assert path is not None
+        path.inflight -= 1
+        stats = path.stats
+        disposition = decide_disposition(status, retries=slot.retries,
+                                         path_alive=path.session.live)  # fmt: skip
+        if disposition is Disposition.COMPLETE:
+            stats.ios += 1
+            stats.bytes += len(slot.data_in or slot.data_out or b"")
+            if status & 0xFFFE:
+                stats.errors += 1
+            slot.status_word = status
+            slot.dw0 = dw0
+            slot.dw1 = dw1
+            slot.path_label = path.label
+            slot.ring.post(slot)
+        elif disposition is Disposition.RETRY:
+            slot.retries += 1
+            stats.retries += 1
+            self.stats.retries += 1
+            delay = retry_delay(status, path.session.crdt)
+            slot.not_before = trio.current_time() + delay if delay else 0.0
+            if delay or not path.send(slot):
+                slot.move(SlotState.REQUEUED)
+                self._requeue.append(slot)
+                self.kick()
+            else:
+                path.inflight += 1
+        else:
+            self._failover(slot, path, status)
+
+    def _failover(self, slot: Slot, path: Path, status: int) -> None:
+        now = trio.current_time()
+        code = (status >> 1) & 0x7FF
+        if self._current is not None and self.paths[self._current] is path:
+            self._current = None
+        if code in _ANA_CODES and not path.ana_pending:
+            path.ana_pending = True
+            path.session.request_ana_reread()
+        if path.stats.failovers == 0 or now - path.session.last_failover > 0.5:
+            self.stats.failovers += 1
+            self.note(f"failover from {path.label}: {_status_name(code)}")
+        path.session.last_failover = now
+        path.stats.failovers += 1
+        self.stats.requeued += 1
+        slot.failovers += 1
+        cqt = path.session.cqt
+        slot.not_before = now + cqt if cqt and slot.data_out is not None else 0.0
+        slot.move(SlotState.REQUEUED)
+        self._requeue.append(slot)
+        self.kick()
+
+    # -- requeue task ----------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Wake the requeue task (a path became usable, a slot was parked, a tag was freed)."""
+        if not self._kicked:
+            self._kicked = True
+            self._lot.unpark_all()
+
+    async def run_requeue(self) -> None:
+        """The head's requeue task: resubmit parked slots when a path can take them."""
+        while True:
+            self._kicked = False
+            wake_at = self._drain(trio.current_time())
+            if self._kicked:
+                continue
+            with trio.move_on_at(wake_at):
+                await self._lot.park()
+
+    def _drain(self, now: float) -> float:
+        """Resubmit what can go now; returns when to look again."""
+        wake_at = math.inf
+        parked = self._requeue
+        if not parked:
+            return wake_at
+        if not self.may_recover():
+            while parked:
+                self._fail(parked.popleft(), "no available path")
+            return wake_at
+        fail_after = self.fast_io_fail_tmo()
+        for _ in range(len(parked)):
+            slot = parked.popleft()
+            if slot.not_before > now:
+                parked.append(slot)
+                wake_at = min(wake_at, slot.not_before)
+                continue
+            index = self._select(self.paths, self._current)
+            if index is None:
+                if fail_after is not None and now - slot.submitted_at >= fail_after:
+                    self._fail(slot, f"no usable path for {fail_after:g} s (fast_io_fail_tmo)")
+                    continue
+                parked.append(slot)
+                if fail_after is not None:
+                    wake_at = min(wake_at, slot.submitted_at + fail_after)
+                continue
+            path = self.paths[index]
+            self._current = index
+            if not path.send(slot):
+                parked.append(slot)  # no free tag: a completion will kick us
+                wake_at = min(wake_at, now + 0.01)
+                continue
+            slot.move(SlotState.INFLIGHT)
+            slot.path = path
+            path.inflight += 1
+        return wake_at
+
+    def fast_io_fail_tmo(self) -> float | None:
+        """The shortest non-negative ``fast_io_fail_tmo`` of the paths' controllers, if any."""
+        values = [p.session.options.fast_io_fail_tmo for p in self.paths]
+        bounded = [v for v in values if v is not None and v >= 0]
+        return min(bounded) if bounded else None
+
+    @property
+    def queued(self) -> int:
+        return len(self._requeue)
+
+    def queues(self) -> list[HostQueue]:
+        return [q for p in self.paths for q in p.session.io_queues]
+
+    def __repr__(self) -> str:
+        return f"MultipathHead({self.subnqn}, nsid={self.nsid}, paths={len(self.paths)})"

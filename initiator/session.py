@@ -1,0 +1,275 @@
+"""A controller that stays connected: reconnect, keep-alive, AEN handling, ANA updates.
+
+Like the Linux host's controller states: LIVE while the association works; on connection loss,
+keep-alive or I/O timeout it goes CONNECTING — every outstanding command completes as Host
+Aborted (0x371) and fails over — then reconnects every ``reconnect_delay`` seconds with a full
+new association (PROTOCOL.md 7.3) until ``ctrl_loss_tmo`` expires and it is DELETED.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import trio
+
+from initiator.controller import ControllerOptions, HostController, connect_controller
+from initiator.multipath import Path
+from initiator.queue import HostQueue, QueueClosed
+from nvmeof.constants import (
+    OAES_ANA_CHANGE,
+    OAES_NS_ATTR,
+    AdminOpcode,
+    AenNotice,
+    AenType,
+    AnaState,
+    FeatureId,
+    LogPage,
+)
+from nvmeof.errors import NvmeofError
+from nvmeof.wire.sqe import NO_FIELDS_COMMAND
+
+if TYPE_CHECKING:
+    from initiator.host import Host
+    from initiator.ring import Slot
+
+log = logging.getLogger("nvmeof.initiator")
+
+#: Identify Controller bytes 386-387: Command Quiesce Time in milliseconds (NVMe 2.0).
+_CQT_OFFSET = 386
+_CRDT_OFFSET = 128
+_AER_SQE = NO_FIELDS_COMMAND.build(dict(opcode=AdminOpcode.ASYNC_EVENT_REQUEST))
+
+
+class SessionState(Enum):
+    NEW = "new"
+    LIVE = "live"
+    CONNECTING = "connecting"
+    DELETED = "deleted"
+
+
+class Session:
+    """One controller of the host, kept connected.
+
+    Args:
+        host: the :class:`~initiator.host.Host` that owns the namespace heads.
+        addr / port / subnqn: where and what to connect to.
+        options: identity, queues, timeouts (reconnect_delay, ctrl_loss_tmo, fast_io_fail_tmo).
+    """
+
+    def __init__(self, host: Host, addr: str, port: int, subnqn: str,
+                 options: ControllerOptions) -> None:  # fmt: skip
+        self.host = host
+        self.addr = addr
+        self.port = port
+        self.subnqn = subnqn
+        self.options = options
+        self.label = f"{addr}:{port}"
+        self.state = SessionState.NEW
+        self.assoc: HostController | None = None
+        self.paths: dict[int, Path] = {}
+        self.crdt: tuple[int, int, int] = (0, 0, 0)
+        self.cqt = 0.0
+        self.last_failover = -math.inf
+        self.reconnects = 0
+        self.lost_at: float | None = None
+        self._scope: trio.CancelScope | None = None
+        self._ana_kick = trio.Event()
+        self._deleting = False
+
+    # -- state -------------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return self.state is SessionState.LIVE
+
+    @property
+    def may_recover(self) -> bool:
+        return self.state is not SessionState.DELETED
+
+    @property
+    def io_queues(self) -> list[HostQueue]:
+        assoc = self.assoc
+        return assoc.io_queues if assoc is not None and self.live else []
+
+    @property
+    def cntlid(self) -> int:
+        return self.assoc.cntlid if self.assoc is not None else 0
+
+    def request_ana_reread(self) -> None:
+        self._ana_kick.set()
+
+    def _set_state(self, state: SessionState, why: str = "") -> None:
+        if state is self.state:
+            return
+        self.state = state
+        log.info("controller %s %s %s", self.label, state.value, why)
+        for path in self.paths.values():
+            if path.head is not None:
+                path.head.note(f"{self.label} {state.value}{': ' + why if why else ''}")
+                path.head.kick()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Session] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Connect, serve, and reconnect until deleted. The first connect must succeed."""
+        first = True
+        while not self._deleting:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._scope = nursery.cancel_scope
+                    await self._associate(nursery)
+                    if first:
+                        first = False
+                        task_status.started(self)
+                    await trio.sleep_forever()
+            except (NvmeofError, OSError, trio.TooSlowError) as err:
+                if first:
+                    self._set_state(SessionState.DELETED, f"connect failed: {err}")
+                    raise
+                log.warning("controller %s: %s", self.label, err)
+            self._lost("association ended")
+            if self._deleting:
+                break
+            now = trio.current_time()
+            if self.lost_at is None:
+                self.lost_at = now
+            tmo = self.options.ctrl_loss_tmo
+            if tmo >= 0 and now - self.lost_at >= tmo:
+                self._set_state(SessionState.DELETED, f"ctrl_loss_tmo {tmo:g} s expired")
+                return
+            await trio.sleep(self.options.reconnect_delay)
+            self.reconnects += 1
+        self._set_state(SessionState.DELETED, "disconnected")
+
+    async def _associate(self, nursery: trio.Nursery) -> None:
+        assoc = await connect_controller(nursery, self.addr, self.port, self.subnqn, self.options)
+        self.assoc = assoc
+        data = assoc.identify_data
+        self.crdt = tuple(
+            int.from_bytes(data[_CRDT_OFFSET + 2 * i : _CRDT_OFFSET + 2 * i + 2], "little")
+            for i in range(3)
+        )  # type: ignore[assignment]
+        self.cqt = int.from_bytes(data[_CQT_OFFSET : _CQT_OFFSET + 2], "little") / 1000
+        for queue in [assoc.admin, *assoc.io_queues]:
+            queue.on_close = self._queue_lost
+            queue.on_slot_complete = _complete_slot
+        await self._scan(assoc)
+        self.lost_at = None
+        self._set_state(SessionState.LIVE)
+        nursery.start_soon(self._aer_loop, assoc)
+        nursery.start_soon(self._ana_loop, assoc)
+        nursery.start_soon(self._io_timeout_watch, assoc)
+
+    async def _scan(self, assoc: HostController) -> None:
+        """Namespaces and their ANA state: create or update this controller's paths."""
+        nsids = await assoc.active_namespaces()
+        for nsid in nsids:
+            if nsid not in self.paths:
+                info = await assoc.namespace(nsid)
+                self.paths[nsid] = self.host.register_path(self, info)
+        for nsid in [n for n in self.paths if n not in nsids]:
+            path = self.paths.pop(nsid)
+            if path.head is not None:
+                path.head.remove_path(path)
+        await self._read_ana(assoc)
+
+    async def _read_ana(self, assoc: HostController) -> None:
+        if not assoc.identify.cmic & (1 << 3):
+            for path in self.paths.values():
+                path.ana_state, path.ana_pending = AnaState.OPTIMIZED, False
+            return
+        ana = await assoc.ana_log()
+        for group in ana.groups:
+            state = AnaState(group.state)
+            for nsid in group.nsids:
+                found = self.paths.get(nsid)
+                if found is None:
+                    continue
+                path = found
+                if path.ana_state != state and path.head is not None:
+                    path.head.note(f"{self.label} ANA group {group.grpid} {state.label}")
+                path.ana_state, path.ana_group, path.ana_pending = state, group.grpid, False
+                if path.head is not None:
+                    path.head.kick()
+
+    def _queue_lost(self, err: BaseException) -> None:
+        if self.live:
+            self._lost(f"connection lost: {err}")
+
+    def _lost(self, why: str) -> None:
+        """Error recovery: no longer live, every queue aborted (slots fail over), then reconnect."""
+        if self.state is SessionState.LIVE:
+            self._set_state(SessionState.CONNECTING, why)
+        elif self.state is not SessionState.DELETED and not self._deleting:
+            self.state = SessionState.CONNECTING
+        assoc = self.assoc
+        if assoc is not None:
+            for queue in [*assoc.io_queues, assoc.admin]:
+                queue._fail(QueueClosed(why))
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def disconnect(self) -> None:
+        """Like ``nvme disconnect``: shut the controller down and stop reconnecting."""
+        self._deleting = True
+        assoc = self.assoc
+        if assoc is not None and self.live:
+            self.state = SessionState.DELETED
+            with trio.move_on_after(5):
+                await assoc.shutdown()
+        self._set_state(SessionState.DELETED, "disconnected")
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # -- background work ---------------------------------------------------------------------------
+
+    async def _aer_loop(self, assoc: HostController) -> None:
+        wanted = assoc.identify.oaes & (OAES_ANA_CHANGE | OAES_NS_ATTR)
+        if not wanted:
+            return
+        try:
+            await assoc.set_features(FeatureId.ASYNC_EVENT, wanted)
+            while True:
+                done = await assoc.admin.submit(_AER_SQE, timeout=math.inf)
+                if not done.ok:
+                    log.warning("controller %s: AER failed: %s", self.label, done.status)
+                    return
+                event_type, info = done.dw0 & 0x7, (done.dw0 >> 8) & 0xFF
+                if event_type == AenType.NOTICE and info == AenNotice.ANA_CHANGE:
+                    self.request_ana_reread()
+                elif event_type == AenType.NOTICE and info == AenNotice.NS_ATTR_CHANGED:
+                    await assoc.get_log_page(LogPage.CHANGED_NS, 4096)
+                    await self._scan(assoc)
+        except NvmeofError as err:
+            log.debug("controller %s: AER loop ended: %s", self.label, err)
+
+    async def _ana_loop(self, assoc: HostController) -> None:
+        while True:
+            await self._ana_kick.wait()
+            self._ana_kick = trio.Event()
+            try:
+                await self._read_ana(assoc)
+            except NvmeofError as err:
+                log.debug("controller %s: ANA log read failed: %s", self.label, err)
+                return
+
+    async def _io_timeout_watch(self, assoc: HostController) -> None:
+        timeout = self.options.command_timeout
+        period = min(1.0, timeout / 4)
+        while True:
+            await trio.sleep(period)
+            oldest = min((q.oldest_slot_sent_at() for q in assoc.io_queues), default=math.inf)
+            if trio.current_time() - oldest > timeout:
+                self._lost(f"I/O timeout ({timeout:g} s)")
+                return
+
+
+def _complete_slot(slot: Slot, status: int, dw0: int, dw1: int) -> None:
+    path = slot.path
+    assert path is not None and path.head is not None
+    path.head.complete(slot, status, dw0, dw1)
