@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Protocol
 
 from nvmeof.constants import AnaState
-from nvmeof.status import DNR_BIT, CRD_SHIFT, Sct
+from nvmeof.status import CRD_SHIFT, DNR_BIT, Sct
 
 #: The kernel's ``nvme_max_retries`` default.
 MAX_RETRIES = 5

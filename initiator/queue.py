@@ -268,7 +268,7 @@ class HostQueue:
         if self.on_close is not None:
             self.on_close(err)  # first, so aborted commands see the path as gone
         outstanding = [(cid, ctx) for cid, ctx in enumerate(self._contexts) if ctx is not None]
-        for cid, ctx in outstanding:
+        for cid, _ in outstanding:
             self._contexts[cid] = None
             self._free_cids.append(cid)
         for _, ctx in outstanding:
