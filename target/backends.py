@@ -68,13 +68,16 @@ class RamBackend:
         new = mmap.mmap(-1, size)
         keep = min(size, self.size)
         new[:keep] = self._view[:keep]
-        self._view.release()
-        self._map.close()
+        # Reads in flight may still hold views of the old map: let them keep it alive (it is
+        # unmapped when the last one goes) instead of closing it under them.
         self._map, self._view, self.size = new, memoryview(new), size
 
     def close(self) -> None:
-        self._view.release()
-        self._map.close()
+        try:
+            self._view.release()
+            self._map.close()
+        except BufferError:
+            pass  # a response being sent still references it; freed with the last view
 
 
 class NullBackend:

@@ -25,7 +25,7 @@ from nvmeof.tcp.events import (
     TermReqReceived,
 )
 from target.dispatch import route
-from target.request import Execute, Pending, Reply, Request
+from target.request import Execute, Pending, Reply, Request, fail
 
 if TYPE_CHECKING:
     from target.controller import Controller
@@ -173,6 +173,8 @@ class QueueConnection:
         if self.sq_flow_control and self.sqsize:
             self._sqhd = (self._sqhd + 1) % self.sqsize
         try:
+            if req.cid in self._awaiting_data:
+                raise fail(StatusCode.CMDID_CONFLICT, f"CID {req.cid} is still receiving data")
             prepare, execute = route(self, req)
             if req.data is None and req.transfer_length and _is_write(req):
                 if prepare is not None:

@@ -100,8 +100,7 @@ class Controller:
 
     def touch(self, now: float) -> None:
         """Restart the keep-alive timer (admin Connect, Keep Alive)."""
-        if self.kato_ms:
-            self.keepalive_deadline = now + self.kato_ms / 1000
+        self.keepalive_deadline = now + self.kato_ms / 1000 if self.kato_ms else float("inf")
 
     def keepalive_expired(self, now: float) -> bool:
         return now >= self.keepalive_deadline

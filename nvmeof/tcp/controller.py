@@ -185,6 +185,10 @@ class ControllerConnection:
             raise TransportError(Fes.DATA_TRANSFER_OUT_OF_RANGE,
                                  f"H2CData offset {datao}+{datal}, expected {xfer.received} "
                                  f"of {xfer.total}", header=bytes(pdu.header))  # fmt: skip
+        if datal > self.max_h2c_data:
+            raise TransportError(Fes.DATA_TRANSFER_LIMIT_EXCEEDED, f"H2CData of {datal} bytes "
+                                 f"exceeds MAXH2CDATA {self.max_h2c_data}",
+                                 header=bytes(pdu.header))  # fmt: skip
         xfer.buffer[datao : datao + datal] = pdu.data
         xfer.received += datal
         if not pdu.data_digest_ok:

@@ -180,6 +180,11 @@ class HostConnection:
     def _handle_response(self, pdu: Pdu) -> Event:
         _, _, _, _, _, dw0, dw1, sqhd, sqid, cid, status = CAPSULE_RESP.unpack_from(pdu.header)
         cmd = self._lookup(cid, pdu)
+        if status & 0xFFFE == 0 and cmd.read is not None and cmd.received != len(cmd.read):
+            # nvme_tcp_data_in_short: a successful read must have delivered all its data.
+            raise TransportError(Fes.PDU_SEQUENCE_ERROR, f"successful read for CID {cid} got "
+                                 f"{cmd.received} of {len(cmd.read)} bytes",
+                                 header=bytes(pdu.header))  # fmt: skip
         del self._cmds[cid]
         if not cmd.digest_ok and status == 0:
             status = _DATA_XFER_ERROR
