@@ -38,13 +38,12 @@ from nvmeof.wire.logpages import (
 )
 from target.controller import AERL, ERROR_LOG_ENTRIES, Controller
 from target.request import PENDING, ExecuteResult, QueueContext, Reply, Request, fail
-from target.state import MAX_ANA_GROUPS
+from target.state import MAX_ANA_GROUPS, MAX_NAMESPACES
 
 FIRMWARE_REVISION = "0.1.0"
 #: Maximum data transfer: 2^MDTS x 4 KiB = 1 MiB.
 MDTS = 8
 MAX_TRANSFER = (1 << MDTS) * 4096
-MAX_NAMESPACES = 1024
 KAS_100MS = 10  # keep-alive granularity 1 s
 ANATT_S = 10
 ONCS_COMPARE, ONCS_DSM, ONCS_WRITE_ZEROES = 1 << 0, 1 << 2, 1 << 3
@@ -93,11 +92,20 @@ def identify_controller(ctrl: Controller) -> bytes:
     })  # fmt: skip
 
 
+_SUPPORTED_CNS = frozenset(
+    {Cns.NAMESPACE, Cns.CONTROLLER, Cns.ACTIVE_NS_LIST, Cns.NS_DESC_LIST, Cns.CS_NAMESPACE,
+     Cns.CS_CONTROLLER}
+)  # fmt: skip
+
+
 def execute_identify(q: QueueContext, req: Request) -> ExecuteResult:
     ctrl = controller_of(q)
     cns = req.sqe[40]
-    if req.transfer_length < IDENTIFY_SIZE:
-        raise fail(StatusCode.SGL_INVALID_DATA, "Identify needs a 4096-byte buffer")
+    if cns not in _SUPPORTED_CNS:
+        raise fail(_INVALID_FIELD, f"unsupported CNS {cns:#x}")
+    if req.transfer_length != IDENTIFY_SIZE:
+        # A longer buffer would be a short successful read, fatal for the Linux host.
+        raise fail(StatusCode.SGL_INVALID_DATA, f"Identify SGL of {req.transfer_length} bytes")
     if cns == Cns.CONTROLLER:
         return Reply(data=identify_controller(ctrl))
     sub = ctrl.subsystem
@@ -152,6 +160,8 @@ def execute_get_log_page(q: QueueContext, req: Request) -> ExecuteResult:
     offset = int.from_bytes(sqe[48:56], "little")
     if length != req.transfer_length:
         raise fail(StatusCode.SGL_INVALID_DATA, f"NUMD {numd} != SGL {req.transfer_length}")
+    if length > MAX_TRANSFER:
+        raise fail(_INVALID_FIELD, f"log page transfer of {length} bytes exceeds MDTS")
     if offset % 4:
         raise fail(_INVALID_FIELD, f"log page offset {offset} not dword aligned")
     page = _log_page(q, ctrl, lid, lsp & 0x7F, rae)

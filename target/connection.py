@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from nvmeof.constants import AdminOpcode, is_host_to_controller
+from nvmeof.constants import CONNECT_DATA_SIZE, AdminOpcode, FabricsType, is_host_to_controller
 from nvmeof.errors import CommandError, TransportError
 from nvmeof.status import StatusCode, status_word
 from nvmeof.tcp.controller import ConnState, ControllerConnection
@@ -24,6 +24,7 @@ from nvmeof.tcp.events import (
     DataReceived,
     TermReqReceived,
 )
+from target.admin import MAX_TRANSFER
 from target.dispatch import route
 from target.request import Execute, Pending, Reply, Request, fail
 
@@ -173,10 +174,12 @@ class QueueConnection:
         if self.sq_flow_control and self.sqsize:
             self._sqhd = (self._sqhd + 1) % self.sqsize
         try:
-            if req.cid in self._awaiting_data:
+            if self._awaiting_data.pop(req.cid, None) is not None:
+                # Both commands are gone: the host broke the CID rules.
                 raise fail(StatusCode.CMDID_CONFLICT, f"CID {req.cid} is still receiving data")
             prepare, execute = route(self, req)
             if req.data is None and req.transfer_length and _is_write(req):
+                _check_r2t_length(req)
                 if prepare is not None:
                     prepare(self, req)
                 buffer = bytearray(req.transfer_length)
@@ -285,6 +288,15 @@ class QueueConnection:
                 self.state.discovery_controllers.pop(ctrl.cntlid, None)
         elif ctrl.queues.get(self.qid) is self:
             del ctrl.queues[self.qid]
+
+
+def _check_r2t_length(req: Request) -> None:
+    """Refuse a data length we would never accept before allocating a buffer for it."""
+    connect = req.opcode == AdminOpcode.FABRICS and req.sqe[4] == FabricsType.CONNECT
+    if connect and req.transfer_length != CONNECT_DATA_SIZE:
+        raise fail(StatusCode.SGL_INVALID_DATA, "Connect data must be 1024 bytes")
+    if req.transfer_length > MAX_TRANSFER:
+        raise fail(StatusCode.INVALID_FIELD, f"{req.transfer_length} bytes exceed MDTS")
 
 
 def _is_write(req: Request) -> bool:

@@ -128,7 +128,7 @@ class Controller:
         self.errors.appendleft(ErrorEntry(self.error_count, sqid, cid, status, nsid, lba))
 
     def note_changed_ns(self, nsid: int) -> None:
-        if len(self.changed_nsids) >= 1024:
+        if nsid not in self.changed_nsids and len(self.changed_nsids) >= 1024:
             self.changed_overflow = True
         else:
             self.changed_nsids.add(nsid)

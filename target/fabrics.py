@@ -33,6 +33,8 @@ _SQE_OFFSET_RECFMT = 40
 _SQE_OFFSET_QID = 42
 _SQE_OFFSET_SQSIZE = 44
 _IATTR_DATA = 1 << 16
+#: Discovery controllers accept the host's default queue size (128) without clamping.
+DISCOVERY_MQES = 127
 
 
 def invalid_param(offset: int, in_data: bool, message: str) -> CommandError:
@@ -91,7 +93,7 @@ def _create_controller(
     if subnqn == DISCOVERY_NQN:
         cntlid = state.allocate_discovery_cntlid()
         ctrl = Controller(cntlid=cntlid, subsystem=None, port=q.port, hostnqn=hostnqn,
-                          hostid=hostid, kato_ms=kato, mqes=31)  # fmt: skip
+                          hostid=hostid, kato_ms=kato, mqes=DISCOVERY_MQES)  # fmt: skip
         state.discovery_controllers[cntlid] = ctrl
         return ctrl
     sub = state.subsystems.get(subnqn)

@@ -35,7 +35,7 @@ def _namespace(q: QueueContext, req: Request) -> tuple[Controller, Namespace]:
     ns = ctrl.subsystem.active_namespace(req.nsid)
     if ns is None:
         raise fail(StatusCode.INVALID_NS, f"NSID {req.nsid} is not active")
-    ana = q.port.ana_state(ns.ana_group)
+    ana = ctrl.port.ana_state(ns.ana_group)  # ANA belongs to the controller's port
     if ana in ANA_STATUS:
         raise fail(ANA_STATUS[ana], f"ANA group {ns.ana_group} is {ana.label}", dnr=False)
     return ctrl, ns

@@ -29,6 +29,8 @@ log = logging.getLogger("nvmeof.target")
 
 #: ANAGRPMAX / NANAGRPID reported in Identify Controller.
 MAX_ANA_GROUPS = 128
+#: NN / MNAN reported in Identify Controller: the highest NSID a namespace may have.
+MAX_NAMESPACES = 1024
 #: TREQ: secure channel not required (2); SQ flow control disable supported (bit 2) is not
 #: advertised, so nvme connect-all does not ask for it.
 DISCOVERY_TREQ = 0x2
@@ -121,6 +123,8 @@ class TargetState:
 
     def add_namespace(self, nqn: str, cfg: NamespaceConfig) -> Namespace:
         sub = self.subsystems[nqn]
+        if not 1 <= cfg.nsid <= MAX_NAMESPACES:
+            raise ValueError(f"NSID {cfg.nsid} outside 1..{MAX_NAMESPACES} (Identify NN)")
         if cfg.nsid in sub.namespaces:
             raise ValueError(f"NSID {cfg.nsid} already exists in {nqn}")
         ns = Namespace(nqn, cfg)

@@ -188,7 +188,8 @@ class PduReader:
         """Validate the common header; returns whether a header digest is present."""
 
         def bad(offset: int, why: str, fes: Fes = Fes.INVALID_PDU_HEADER_FIELD) -> TransportError:
-            raw = bytes(self._view[start : start + min(CH_SIZE, self._end - start)])
+            echo = min(max(hlen, CH_SIZE), TERMREQ_MAX_DATA, self._end - start)
+            raw = bytes(self._view[start : start + echo])
             return TransportError(fes, why, fei=offset, header=raw)
 
         if pdu_type not in self.receives:

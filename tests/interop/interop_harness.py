@@ -1,0 +1,290 @@
+"""Helpers for the interop tests (imported by conftest.py and the tests; not a test module).
+
+* :class:`LinuxVM` runs a guest script with ../shared/linuxvm's ``run`` and returns a
+  :class:`GuestRun`: a guest script prints its steps between ``=== BEGIN <step>`` /
+  ``=== END <step> rc=<n>`` markers and ``INFO key=value ...`` lines, parsed into
+  :class:`Step` objects and dicts.
+* :class:`TargetProcess` is a running ``nvmeof-target serve`` with its log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GUEST_DIR = Path(__file__).resolve().parent / "guest"
+DEMO_NQN = "nqn.2026-11.io.nvmeof-emu:demo"
+DEMO_PORTS = (4420, 4421, 8009)  # ANA group 1 optimized, non-optimized; discovery only
+GUEST_HOST_IP = "10.0.2.2"  # the host's 127.0.0.1 as the guest sees it (QEMU user networking)
+
+BUILD_TIMEOUT = 900  # s: a cold build downloads ~110 MB of .debs (and may apt-get install QEMU)
+TARGET_START_TIMEOUT = 15.0  # s until the three "listening" lines
+TARGET_STOP_TIMEOUT = 10.0  # s after SIGTERM before SIGKILL
+
+FIGURES = pytest.StashKey[list[str]]()
+
+LISTENING = re.compile(r'msg="listening port=(\d+) addr=([^ ]+):(\d+) subsystems=([^ "]+)"')
+_PROBLEM = re.compile(r"\blevel=(error|warning)\b")
+
+
+# ---------------------------------------------------------------------------------------------
+# linuxvm
+
+
+def linuxvm_run_path() -> Path:
+    """``$LINUXVM_RUN``, else ``<repo>/../shared/linuxvm/run``."""
+    override = os.environ.get("LINUXVM_RUN")
+    return Path(override) if override else REPO_ROOT.parent / "shared" / "linuxvm" / "run"
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+@dataclass
+class Step:
+    """One ``=== BEGIN``/``=== END`` block of a guest script; ``rc`` None: no END marker."""
+
+    name: str
+    rc: int | None
+    output: str
+
+    def json(self) -> Any:
+        """The output parsed as JSON (text before the first ``{`` is ignored)."""
+        start = self.output.find("{")
+        if start < 0:
+            raise AssertionError(f"step {self.name}: no JSON in output:\n{self.output}")
+        return json.loads(self.output[start:])
+
+
+@dataclass
+class GuestRun:
+    """A finished ``linuxvm run``: exit status, output, parsed steps and INFO lines."""
+
+    name: str
+    argv: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+    duration: float
+    target_log: str = ""  # what the target logged while this VM ran
+    steps: dict[str, Step] = field(default_factory=dict)
+    info: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, run: GuestRun) -> GuestRun:
+        current: str | None = None
+        lines: list[str] = []
+        for line in run.stdout.splitlines():
+            if current is None:
+                if line.startswith("=== BEGIN "):
+                    current, lines = line[len("=== BEGIN ") :].strip(), []
+                elif line.startswith("INFO "):
+                    run.info.append(dict(_kv(tok) for tok in line.split()[1:] if "=" in tok))
+                continue
+            # (the marker may follow output that did not end with a newline)
+            end = re.search(r"=== END (\S+) rc=(\d+)$", line)
+            if end and end.group(1) == current:
+                if line[: end.start()]:
+                    lines.append(line[: end.start()])
+                run.steps[current] = Step(current, int(end.group(2)), "\n".join(lines))
+                current = None
+            else:
+                lines.append(line)
+        if current is not None:  # the VM died inside a step
+            run.steps[current] = Step(current, None, "\n".join(lines))
+        return run
+
+    def step(self, name: str) -> Step:
+        if name not in self.steps:
+            raise AssertionError(
+                f"{self.name}: the guest did not run step {name!r}\n{self.context()}"
+            )
+        return self.steps[name]
+
+    def infos(self, key: str) -> list[dict[str, str]]:
+        """INFO lines that have ``key``."""
+        return [i for i in self.info if key in i]
+
+    def context(self) -> str:
+        """What to show when an assertion about this run fails."""
+        parts = [
+            f"--- VM run {self.name!r}: rc={self.rc}, {self.duration:.1f} s: {shlex.join(self.argv)}"
+        ]
+        if self.rc not in (0, 1):
+            parts.append(f"(124: VM timeout, 125: the VM failed)\n--- stderr\n{tail(self.stderr)}")
+        failed = [s.name for s in self.steps.values() if s.rc != 0 and s.name != "dmesg-nvme"]
+        if failed:
+            parts.append(f"--- failed guest steps: {', '.join(failed)}")
+        if "dmesg-tail" in self.steps:
+            parts.append(f"--- guest dmesg (tail)\n{self.steps['dmesg-tail'].output}")
+        elif "dmesg-nvme" in self.steps:
+            parts.append(f"--- guest dmesg (nvme)\n{self.steps['dmesg-nvme'].output}")
+        else:
+            parts.append(f"--- guest output (tail)\n{tail(self.stdout)}")
+        parts.append(f"--- target log during the run (tail)\n{tail(self.target_log, 30)}")
+        return "\n".join(parts)
+
+
+def _kv(token: str) -> tuple[str, str]:
+    key, _, value = token.partition("=")
+    return key, value
+
+
+@dataclass
+class LinuxVM:
+    """The linuxvm ``run`` command."""
+
+    run_path: Path
+
+    def run(
+        self,
+        name: str,
+        script: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        timeout: int = 300,
+        target: TargetProcess | None = None,
+    ) -> GuestRun:
+        """Boot a VM running ``script`` (``-t timeout``), wait for it, parse its output.
+
+        With ``target``, the target's log lines written meanwhile are kept in ``target_log``.
+        """
+        argv = [str(self.run_path), "-t", str(timeout)]
+        for key, value in (env or {}).items():
+            argv += ["-e", f"{key}={value}"]
+        argv.append(str(script))
+        log_start = target.log_size() if target else 0
+        started = time.monotonic()
+        # Own session, so a stuck run can be stopped with everything it started. On SIGTERM
+        # `run` kills QEMU itself (QEMU also runs under `timeout -t`, so it cannot outlive it).
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout + 60)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc, grace=15.0)
+            stdout, stderr = proc.communicate(timeout=30)
+            stderr += f"\n(interop: killed `run` after {timeout + 60} s)"
+        finally:
+            if proc.poll() is None:
+                _stop_group(proc, grace=5.0)
+                proc.communicate(timeout=30)
+        run = GuestRun(name, argv, proc.returncode, stdout, stderr, time.monotonic() - started)
+        if target is not None:
+            run.target_log = target.log_text(log_start)
+        return GuestRun.parse(run)
+
+
+def _stop_group(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM the process, then SIGKILL its whole process group after ``grace`` seconds."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# the target
+
+
+@dataclass
+class TargetProcess:
+    """A running ``nvmeof-target serve``; its stdout+stderr go to ``log_path``."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    io_ports: tuple[int, ...] = ()  # bound TCP ports serving the subsystem, by port id
+    discovery_port: int = 0  # the discovery-only port
+    listening: dict[int, tuple[str, int, str]] = field(default_factory=dict)
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log_text(self, start: int = 0) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(start)
+            return log.read().decode("utf-8", "replace")
+
+    def problems(self, text: str | None = None) -> list[str]:
+        """Log lines at level error or warning (of ``text``, default the whole log)."""
+        lines = (self.log_text() if text is None else text).splitlines()
+        return [line for line in lines if _PROBLEM.search(line)]
+
+
+def target_argv(config: Path | None) -> list[str]:
+    script = Path(sys.executable).with_name("nvmeof-target")
+    argv = [str(script)] if script.is_file() else [sys.executable, "-m", "target"]
+    argv.append("serve")
+    if config is not None:
+        argv += ["--config", str(config)]
+    return [*argv, "--advertise", GUEST_HOST_IP, "--log-level", "info"]
+
+
+def port_busy(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the target does
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def free_ports_config(path: Path) -> Path:
+    """The embedded demo, but every port 0 (the OS picks free ones)."""
+    ns = "\n".join(
+        f'  [[subsystem.namespace]]\n  nsid = {nsid}\n  size = "256MiB"\n  block_size = {bs}\n'
+        for nsid, bs in ((1, 512), (2, 4096))
+    )
+    ports = "\n".join(
+        f'[[port]]\nid = {pid}\naddr = "127.0.0.1"\nport = 0\nsubsystems = {subs}\n{ana}'
+        for pid, subs, ana in (
+            (1, f'["{DEMO_NQN}"]', 'ana = { 1 = "optimized" }\n'),
+            (2, f'["{DEMO_NQN}"]', 'ana = { 1 = "non-optimized" }\n'),
+            (3, "[]", ""),
+        )
+    )
+    path.write_text(f'[[subsystem]]\nnqn = "{DEMO_NQN}"\n{ns}\n{ports}', encoding="utf-8")
+    return path
+
+
+def stop_target(proc: subprocess.Popen[bytes]) -> int | None:
+    """SIGTERM, bounded wait, SIGKILL if needed. Returns the exit status (None: killed)."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=TARGET_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        return None
