@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,7 @@ import trio
 from initiator.policy import IOPOLICIES, SELECTORS, Disposition, decide_disposition, retry_delay
 from initiator.ring import Ring, Slot, SlotState
 from nvmeof.constants import AnaState
+from nvmeof.errors import NvmeofError
 from nvmeof.status import StatusCode, status_word
 
 if TYPE_CHECKING:
@@ -64,6 +66,14 @@ class HeadStats:
     retries: int = 0  # same-path retries
     no_path_queued: int = 0  # commands parked because no path was usable
     failed: int = 0  # commands failed because no path was available
+
+
+class IoError(NvmeofError):
+    """An I/O completed with an error status (after any retries and failovers)."""
+
+    def __init__(self, status_word: int, message: str) -> None:
+        super().__init__(message)
+        self.status_word = status_word
 
 
 def _status_name(code: int) -> str:
@@ -165,6 +175,39 @@ class MultipathHead:
     def ring(self, entries: int = 64) -> Ring:
         """A new submission/completion ring over this head."""
         return Ring(self, entries)
+
+    # -- plain async helpers -----------------------------------------------------------------------
+
+    async def read(self, slba: int, nblocks: int) -> bytearray:
+        """Read ``nblocks`` blocks at ``slba``; raises :class:`IoError` on a failed status."""
+        buffer = bytearray(nblocks * self.block_size)
+        await self._one(lambda s: s.prep_read(slba, nblocks, buffer))
+        return buffer
+
+    async def write(self, slba: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` (a whole number of blocks) at ``slba``."""
+        nblocks = len(data) // self.block_size
+        await self._one(lambda s: s.prep_write(slba, nblocks, data))
+
+    async def flush(self) -> None:
+        await self._one(lambda s: s.prep_flush())
+
+    async def passthru(self, cmd64: bytes | bytearray, *, data_out: bytes | None = None,
+                       data_in: bytearray | None = None) -> Slot:  # fmt: skip
+        """Run a raw 64-byte I/O command; returns the completed slot (status, DW0/DW1)."""
+        return await self._one(lambda s: s.prep_cmd(cmd64, data_out=data_out, data_in=data_in),
+                               check=False)  # fmt: skip
+
+    async def _one(self, prep: Callable[[Slot], object], *, check: bool = True) -> Slot:
+        ring = Ring(self, 1)
+        slot = ring.get_sqe()
+        assert slot is not None
+        prep(slot)
+        await ring.submit_and_wait(1)
+        if check and not slot.ok:
+            raise IoError(slot.status_word, f"{slot.kind} failed on {self.subnqn} nsid "
+                          f"{self.nsid}: {slot.status}")  # fmt: skip
+        return slot
 
     def note(self, what: str) -> None:
         self.events.append((trio.current_time(), what))
