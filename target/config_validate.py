@@ -119,9 +119,6 @@ class Table:
         """A ConfigError about ``key`` (or the table itself when None)."""
         return config_error(self.source, self.sub(key) if key else self.path, message)
 
-    def has(self, key: str) -> bool:
-        return key in self.data
-
     def raw(self, key: str) -> object:
         """The value of ``key`` unchecked (None if absent)."""
         return self.data.get(key)

@@ -1,0 +1,222 @@
+"""``nvmeof bench``: a fio-like load generator over a multipath namespace head.
+
+Each job owns one ring (``iodepth`` slots, each with a registered buffer) and a region of the
+namespace (``size`` bytes at ``job * size``). With ``verify``, every written block carries a
+header (block address, write generation, job) repeated over the block, and every read checks
+it; blocks with a write in flight are never read at the same time. Read workloads are
+preconditioned by a write pass so there is something to verify.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from initiator.latency import LatencyHistogram
+from initiator.multipath import MultipathHead
+from initiator.ring import Ring, Slot
+
+RW_MODES = ("read", "write", "randread", "randwrite", "randrw")
+_HEADER = struct.Struct("<QIIQ8x")  # block, generation, job, magic; 32 bytes divide any bs
+_MAGIC = 0x6E766D656F662D65  # "nvmeof-e"
+
+
+@dataclass
+class BenchOptions:
+    rw: str = "randread"
+    bs: int = 4096
+    iodepth: int = 32
+    numjobs: int = 1
+    runtime: float = 10.0
+    size: int = 64 << 20
+    verify: bool = False
+    rwmixread: int = 50
+    seed: int = 1
+
+
+@dataclass
+class Direction:
+    """Totals for reads or writes."""
+
+    ios: int = 0
+    bytes: int = 0
+    lat: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+@dataclass
+class BenchResult:
+    read: Direction = field(default_factory=Direction)
+    write: Direction = field(default_factory=Direction)
+    errors: int = 0
+    verify_errors: int = 0
+    first_error: str = ""
+    elapsed: float = 0.0
+
+
+class BenchJob:
+    """One job: a ring, a region, and the loop that keeps ``iodepth`` commands in flight."""
+
+    def __init__(self, head: MultipathHead, opts: BenchOptions, index: int,
+                 result: BenchResult) -> None:  # fmt: skip
+        if opts.bs % head.block_size:
+            raise ValueError(f"bs {opts.bs} is not a multiple of the block size {head.block_size}")
+        self.head = head
+        self.opts = opts
+        self.index = index
+        self.result = result
+        self.nblocks = opts.bs // head.block_size
+        capacity = head.nlbas * head.block_size
+        self.units = max(1, min(opts.size, capacity - index * opts.size) // opts.bs)
+        if index * opts.size + self.units * opts.bs > capacity:
+            raise ValueError(f"job {index}: region beyond the namespace ({capacity} bytes)")
+        self.base_lba = index * opts.size // head.block_size
+        self.ring = Ring(head, opts.iodepth)
+        self.buffers = [bytearray(opts.bs) for _ in range(opts.iodepth)]
+        self.ring.register_buffers(self.buffers)  # type: ignore[arg-type]
+        self.generation = [0] * self.units
+        self.busy = bytearray(self.units)
+        self.random = random.Random(opts.seed + index)
+        self.next_seq = 0
+        self.stop_at = 0.0
+
+    def _pick(self, sequential: bool) -> int | None:
+        for _ in range(8):
+            if sequential:
+                unit = self.next_seq
+                self.next_seq = (self.next_seq + 1) % self.units
+            else:
+                unit = self.random.randrange(self.units)
+            if not self.busy[unit]:
+                return unit
+        return None
+
+    def _fill(self, slot_index: int, unit: int, generation: int) -> None:
+        header = _HEADER.pack(self.base_lba + unit * self.nblocks, generation, self.index, _MAGIC)
+        self.buffers[slot_index][:] = header * (self.opts.bs // _HEADER.size)
+
+    def _check(self, slot: Slot, unit: int) -> None:
+        expected = self.generation[unit]
+        if not expected:
+            return  # never written by us: nothing to verify
+        data = self.buffers[slot.index]
+        header = _HEADER.pack(self.base_lba + unit * self.nblocks, expected, self.index, _MAGIC)
+        if data != header * (self.opts.bs // _HEADER.size):
+            self.result.verify_errors += 1
+            if not self.result.first_error:
+                got = _HEADER.unpack_from(data)
+                self.result.first_error = (f"verify failed at LBA {self.base_lba + unit * self.nblocks}: "
+                                           f"expected generation {expected}, found {got[:3]}")  # fmt: skip
+
+    async def precondition(self) -> None:
+        """Write every unit once (not counted), so later reads have data to verify."""
+        await self._run(lambda: "write", sequential=True, count=self.units, record=False)
+
+    async def run(self, stop_at: float) -> None:
+        mode = self.opts.rw
+        mix = self.opts.rwmixread
+        sequential = mode in ("read", "write")
+        if mode in ("read", "randread"):
+            choose: Callable[[], str] = lambda: "read"  # noqa: E731
+        elif mode in ("write", "randwrite"):
+            choose = lambda: "write"  # noqa: E731
+        else:
+            choose = lambda: "read" if self.random.randrange(100) < mix else "write"  # noqa: E731
+        await self._run(choose, sequential=sequential, stop_at=stop_at)
+
+    async def verify_pass(self) -> None:
+        """Read back and check every unit written (after a write workload)."""
+        await self._run(lambda: "read", sequential=True, count=self.units, record=False)
+
+    async def _run(self, choose: Callable[[], str], *, sequential: bool, stop_at: float = 0.0,
+                   count: int = 0, record: bool = True) -> None:  # fmt: skip
+        ring = self.ring
+        result = self.result
+        verify = self.opts.verify
+        issued = 0
+        pending: dict[int, tuple[str, int]] = {}
+        while True:
+            now = time.monotonic()
+            more = issued < count if count else now < stop_at
+            while more and ring.ready == 0:
+                slot = ring.get_sqe()
+                if slot is None:
+                    break
+                unit = self._pick(sequential)
+                if unit is None:
+                    ring.submit()  # returns the unprepared slot to the free list
+                    break
+                op = choose()
+                lba = self.base_lba + unit * self.nblocks
+                if op == "write":
+                    generation = self.generation[unit] + 1
+                    if verify or not record:
+                        self._fill(slot.index, unit, generation)
+                    slot.prep_write(lba, self.nblocks, slot.index)
+                    slot.user_data = generation
+                else:
+                    slot.prep_read(lba, self.nblocks, slot.index)
+                self.busy[unit] = 1
+                pending[slot.index] = (op, unit)
+                issued += 1
+                more = issued < count if count else time.monotonic() < stop_at
+            if not pending:
+                return
+            await ring.submit_and_wait(1)
+            now_trio = trio.current_time()
+            for cqe in ring.completions():
+                op, unit = pending.pop(cqe.index)
+                self.busy[unit] = 0
+                if not cqe.ok:
+                    result.errors += 1
+                    if not result.first_error:
+                        result.first_error = f"{op} at unit {unit}: {cqe.status}"
+                    continue
+                if op == "write":
+                    self.generation[unit] = cqe.user_data
+                elif verify or not record:
+                    self._check(cqe, unit)
+                if record:
+                    direction = result.write if op == "write" else result.read
+                    direction.ios += 1
+                    direction.bytes += self.opts.bs
+                    direction.lat.record(int((now_trio - cqe.submitted_at) * 1e9))
+
+
+async def run_bench(head: MultipathHead, opts: BenchOptions,
+                    on_tick: Callable[[float], Any] | None = None) -> BenchResult:  # fmt: skip
+    """Run the workload on ``head``; ``on_tick(elapsed)`` is called about once a second."""
+    if opts.rw not in RW_MODES:
+        raise ValueError(f"unknown rw {opts.rw!r} (one of {', '.join(RW_MODES)})")
+    result = BenchResult()
+    jobs = [BenchJob(head, opts, i, result) for i in range(opts.numjobs)]
+    if opts.verify and opts.rw in ("read", "randread", "randrw"):
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(job.precondition)
+    started = time.monotonic()
+    stop_at = started + opts.runtime
+    async with trio.open_nursery() as nursery:
+        if on_tick is not None:
+            nursery.start_soon(_ticker, on_tick, started, stop_at)
+        async with trio.open_nursery() as workers:
+            for job in jobs:
+                workers.start_soon(job.run, stop_at)
+        result.elapsed = time.monotonic() - started
+        nursery.cancel_scope.cancel()
+    if opts.verify and opts.rw in ("write", "randwrite"):
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(job.verify_pass)
+    return result
+
+
+async def _ticker(on_tick: Callable[[float], Any], started: float, stop_at: float) -> None:
+    while True:
+        await trio.sleep(1.0)
+        on_tick(time.monotonic() - started)

@@ -1,0 +1,226 @@
+"""``nvmeof``: the initiator's command line, with nvme-cli's habits.
+
+    nvmeof discover -a 127.0.0.1 -s 8009
+    nvmeof connect-all -a 127.0.0.1 -s 8009            # stays attached, prints path changes
+    nvmeof list-subsys -a 127.0.0.1 -s 8009
+    nvmeof id-ctrl --path 127.0.0.1:4420 -n NQN
+    nvmeof bench -a 127.0.0.1 -s 8009 --rw randread --bs 4k --iodepth 32 --runtime 10
+
+Paths come from discovery (``-a``/``-s``), or are given directly with ``--path ADDR:PORT``
+(repeatable; needed where the discovery log shows addresses this host cannot reach).
+A bad argument prints one line naming it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from initiator.bench import RW_MODES
+from initiator.controller import ControllerOptions
+from initiator.policy import IOPOLICIES
+from nvmeof.constants import DISCOVERY_PORT, IO_PORT
+
+EXIT_USAGE = 2
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def size_arg(text: str) -> int:
+    """``4096``, ``4k``, ``1M``, ``256MiB`` -> bytes (binary units)."""
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = raw[-1:] if raw[-1:] in _UNITS else ""
+    number = raw[: len(raw) - len(unit)]
+    try:
+        value = int(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
+
+
+def path_arg(text: str) -> tuple[str, int]:
+    addr, sep, port = text.rpartition(":")
+    if not sep or not addr or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected ADDR:PORT, got {text!r}")
+    return addr.strip("[]"), int(port)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0 and value != -1:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (or -1): {text!r}")
+    return value
+
+
+def _connection_args(parser: argparse.ArgumentParser, *, discovery: bool = True) -> None:
+    group = parser.add_argument_group("connection (nvme-cli style)")
+    group.add_argument("-t", "--transport", default="tcp", choices=["tcp"])
+    group.add_argument("-a", "--traddr", help="discovery (or target) address")
+    group.add_argument(
+        "-s",
+        "--trsvcid",
+        type=int,
+        help=f"port (default {DISCOVERY_PORT} for discovery, {IO_PORT} for I/O)",
+    )
+    group.add_argument("-n", "--nqn", help="subsystem NQN (default: every one discovered)")
+    group.add_argument(
+        "--path",
+        action="append",
+        type=path_arg,
+        default=[],
+        metavar="ADDR:PORT",
+        help="connect this path directly instead of discovering (repeatable)",
+    )
+    group.add_argument("-q", "--hostnqn", default="", help="host NQN (default: a fresh uuid NQN)")
+    group.add_argument(
+        "-k", "--keep-alive-tmo", type=_positive_float, default=5.0, metavar="SECONDS"
+    )
+    group.add_argument(
+        "-c", "--reconnect-delay", type=_positive_float, default=2.0, metavar="SECONDS"
+    )
+    group.add_argument(
+        "-l",
+        "--ctrl-loss-tmo",
+        type=_positive_float,
+        default=600.0,
+        metavar="SECONDS",
+        help="-1 = reconnect forever",
+    )
+    group.add_argument(
+        "--fast-io-fail-tmo", type=_positive_float, default=-1.0, metavar="SECONDS", help="-1 = off"
+    )
+    group.add_argument("-g", "--hdr-digest", action="store_true")
+    group.add_argument("-G", "--data-digest", action="store_true")
+    group.add_argument("-i", "--nr-io-queues", type=int, default=2)
+    group.add_argument("-Q", "--queue-size", type=int, default=128)
+    group.add_argument("--iopolicy", choices=IOPOLICIES, default="numa")
+    group.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="command timeout")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nvmeof", description="NVMe/TCP initiator (nvmeof-emu)")
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), default="warning"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, text in (
+        ("discover", "read a discovery log"),
+        ("connect-all", "connect every path and stay attached, printing path changes"),
+        ("list-subsys", "subsystems, their paths, ANA states and iopolicy"),
+        ("id-ctrl", "Identify Controller"),
+        ("id-ns", "Identify Namespace"),
+        ("ana-log", "the ANA log page of each path"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        _connection_args(cmd)
+        cmd.add_argument("-o", "--output-format", choices=("normal", "json"), default="normal")
+        if name == "id-ns":
+            cmd.add_argument("-N", "--namespace-id", type=int, default=1)
+        if name == "connect-all":
+            cmd.add_argument(
+                "--duration",
+                type=float,
+                default=0.0,
+                help="detach after this many seconds (default: until Ctrl-C)",
+            )
+    for name in ("read", "write"):
+        cmd = sub.add_parser(name, help=f"{name} blocks (pattern write / verify)")
+        _connection_args(cmd)
+        cmd.add_argument("-N", "--namespace-id", type=int, default=1)
+        cmd.add_argument("--slba", "-z", type=int, default=0)
+        cmd.add_argument("--blocks", type=int, default=8, help="number of blocks")
+        cmd.add_argument(
+            "--pattern",
+            type=lambda v: int(v, 0),
+            default=0xA5,
+            help="byte pattern to write / expect (default 0xa5)",
+        )
+        if name == "read":
+            cmd.add_argument("--verify", action="store_true", help="check the pattern")
+            cmd.add_argument("--data", metavar="FILE", help="write the data read to FILE")
+    bench = sub.add_parser("bench", help="fio-like load over the multipath head")
+    _connection_args(bench)
+    bench.add_argument("-N", "--namespace-id", type=int, default=1)
+    bench.add_argument("--rw", choices=RW_MODES, default="randread")
+    bench.add_argument("--bs", type=size_arg, default=4096)
+    bench.add_argument("--iodepth", type=int, default=32)
+    bench.add_argument("--numjobs", type=int, default=1)
+    bench.add_argument("--runtime", type=float, default=10.0, metavar="SECONDS")
+    bench.add_argument("--size", type=size_arg, default=64 << 20, help="bytes per job")
+    bench.add_argument("--rwmixread", type=int, default=50)
+    bench.add_argument("--verify", action="store_true", help="write patterns and check reads")
+    bench.add_argument("--json", action="store_true", help="fio-style JSON on stdout")
+    bench.add_argument("--quiet", action="store_true", help="no live per-path view")
+    return parser  # fmt: skip
+
+
+def controller_options(args: argparse.Namespace) -> ControllerOptions:
+    fast = args.fast_io_fail_tmo
+    return ControllerOptions(
+        hostnqn=args.hostnqn, kato_ms=int(args.keep_alive_tmo * 1000),
+        io_queues=max(1, args.nr_io_queues), queue_size=max(2, args.queue_size),
+        header_digest=args.hdr_digest, data_digest=args.data_digest,
+        command_timeout=args.timeout, reconnect_delay=args.reconnect_delay,
+        ctrl_loss_tmo=args.ctrl_loss_tmo, fast_io_fail_tmo=None if fast < 0 else fast,
+    )  # fmt: skip
+
+
+def _validate(args: argparse.Namespace) -> str | None:
+    if not args.path and not args.traddr:
+        return "give -a/--traddr (discovery) or --path ADDR:PORT"
+    if args.path and not args.nqn and args.command != "discover":
+        return "--path needs -n/--nqn"
+    if args.command == "bench":
+        if args.iodepth < 1 or args.numjobs < 1 or args.runtime <= 0:
+            return "--iodepth, --numjobs and --runtime must be positive"
+        if not 0 <= args.rwmixread <= 100:
+            return "--rwmixread must be 0..100"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    problem = _validate(args)
+    if problem:
+        print(f"nvmeof {args.command}: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    from initiator import commands  # after argument checks: keeps --help fast
+
+    commands.setup_logging(args.log_level)
+    status = 1
+    try:
+        status = trio.run(commands.run, args)
+    except* KeyboardInterrupt:
+        status = 130
+    except* Exception as group:  # one clear line, not a traceback
+        print(f"nvmeof {args.command}: {_first_leaf(group)}", file=sys.stderr)
+    return status
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def dump_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""The async bodies of the ``nvmeof`` commands (argument parsing lives in :mod:`initiator.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+import trio
+
+from initiator.bench import BenchOptions, BenchResult, Direction, run_bench
+from initiator.cli import controller_options, dump_json
+from initiator.host import Host, open_host
+from initiator.multipath import MultipathHead
+from initiator.session import Session
+from nvmeof.constants import DISCOVERY_PORT, IO_PORT, AnaState, Cns, DiscoverySubtype
+from nvmeof.wire.identify import parse_identify_ns
+
+log = logging.getLogger("nvmeof.initiator")
+PERCENTILES = (1.0, 5.0, 10.0, 50.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99)
+
+
+def setup_logging(level: str) -> None:
+    from target.logs import setup_logging as setup
+
+    setup(level)
+
+
+def err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def run(args: argparse.Namespace) -> int:
+    handler = _COMMANDS[args.command]
+    async with open_host(controller_options(args), iopolicy=args.iopolicy) as host:
+        return await handler(host, args)
+
+
+# -- connecting ------------------------------------------------------------------------------------
+
+
+async def connect_paths(host: Host, args: argparse.Namespace) -> list[Session]:
+    """Connect ``--path``s, or every discovered entry (filtered by ``-n``)."""
+    if args.path:
+        return [await host.connect(addr, port, args.nqn) for addr, port in args.path]
+    sessions = []
+    port = args.trsvcid or DISCOVERY_PORT
+    for entry in await host.discover(args.traddr, port):
+        if entry.subtype != DiscoverySubtype.NVME or (args.nqn and entry.subnqn != args.nqn):
+            continue
+        sessions.append(await host.connect(entry.traddr, int(entry.trsvcid), entry.subnqn))
+    if not sessions:
+        raise LookupError(f"no subsystem{' ' + args.nqn if args.nqn else ''} discovered at "
+                          f"{args.traddr}:{port}")  # fmt: skip
+    return sessions
+
+
+def pick_head(host: Host, args: argparse.Namespace) -> MultipathHead:
+    try:
+        return host.namespace(args.nqn, args.namespace_id)
+    except KeyError:
+        raise LookupError(
+            f"namespace {args.namespace_id} not found on the connected paths"
+        ) from None
+
+
+# -- discovery and listing -------------------------------------------------------------------------
+
+
+async def cmd_discover(host: Host, args: argparse.Namespace) -> int:
+    if args.path:
+        addr, port = args.path[0]
+    else:
+        addr, port = args.traddr, args.trsvcid or DISCOVERY_PORT
+    entries = await host.discover(addr, port)
+    if args.output_format == "json":
+        dump_json({"records": [
+            {"trtype": "tcp", "adrfam": "ipv6" if e.adrfam == 2 else "ipv4",
+             "subtype": {1: "referral", 2: "nvme subsystem", 3: "current discovery subsystem"}
+             .get(e.subtype, str(e.subtype)), "portid": e.portid, "trsvcid": e.trsvcid,
+             "subnqn": e.subnqn, "traddr": e.traddr} for e in entries]})  # fmt: skip
+        return 0
+    print(f"Discovery Log Number of Records {len(entries)}")
+    for i, e in enumerate(entries):
+        print(f"=====Discovery Log Entry {i}======")
+        print("trtype:  tcp")
+        print(
+            f"subtype: {'nvme subsystem' if e.subtype == 2 else 'referral' if e.subtype == 1 else e.subtype}"
+        )
+        print(f"portid:  {e.portid}")
+        print(f"trsvcid: {e.trsvcid}")
+        print(f"subnqn:  {e.subnqn}")
+        print(f"traddr:  {e.traddr}")
+    return 0
+
+
+def subsystems_view(host: Host) -> list[dict[str, Any]]:
+    subsystems: dict[str, dict[str, Any]] = {}
+    for session in host.sessions:
+        sub = subsystems.setdefault(session.subnqn, {"nqn": session.subnqn, "paths": [],
+                                                     "iopolicy": host.iopolicy})  # fmt: skip
+        states = sorted({p.ana_state.label for p in session.paths.values()})
+        sub["paths"].append({
+            "name": f"nvme{host.sessions.index(session)}", "transport": "tcp",
+            "address": f"traddr={session.addr},trsvcid={session.port}",
+            "cntlid": session.cntlid, "state": session.state.value,
+            "ana_state": ",".join(states) or "-",
+        })  # fmt: skip
+    return list(subsystems.values())
+
+
+async def cmd_list_subsys(host: Host, args: argparse.Namespace) -> int:
+    await connect_paths(host, args)
+    view = subsystems_view(host)
+    if args.output_format == "json":
+        dump_json({"subsystems": view})
+        return 0
+    for sub in view:
+        print(f"nvme-subsys - NQN={sub['nqn']}  iopolicy={sub['iopolicy']}")
+        print("\\")
+        for p in sub["paths"]:
+            print(f" +- {p['name']} {p['transport']} {p['address']} cntlid={p['cntlid']} "
+                  f"{p['state']} {p['ana_state']}")  # fmt: skip
+    return 0
+
+
+async def cmd_connect_all(host: Host, args: argparse.Namespace) -> int:
+    sessions = await connect_paths(host, args)
+    for sub in subsystems_view(host):
+        for p in sub["paths"]:
+            print(f"connected {sub['nqn']} {p['address']} cntlid={p['cntlid']} {p['ana_state']}",
+                  flush=True)  # fmt: skip
+    seen = {id(h): len(h.events) for h in host.heads.values()}
+    deadline = trio.current_time() + args.duration if args.duration else float("inf")
+    while trio.current_time() < deadline:
+        await trio.sleep(min(0.2, max(0.0, deadline - trio.current_time())))
+        for head in host.heads.values():
+            start = seen.get(id(head), 0)
+            for _, what in head.events[start:]:
+                print(f"nsid {head.nsid}: {what}", flush=True)
+            seen[id(head)] = len(head.events)
+    del sessions
+    return 0
+
+
+# -- identify and logs -----------------------------------------------------------------------------
+
+
+def _first_session(host: Host) -> Session:
+    for session in host.sessions:
+        if session.assoc is not None:
+            return session
+    raise LookupError("no controller connected")
+
+
+async def cmd_id_ctrl(host: Host, args: argparse.Namespace) -> int:
+    await connect_paths(host, args)
+    for session in host.sessions:
+        assert session.assoc is not None
+        ident = session.assoc.identify
+        fields = {
+            k: v for k, v in ident.items() if not k.startswith("_") and k not in ("psd", "vs")
+        }
+        _print_fields(f"NVME Identify Controller {session.label}", fields, args.output_format)
+    return 0
+
+
+async def cmd_id_ns(host: Host, args: argparse.Namespace) -> int:
+    await connect_paths(host, args)
+    session = _first_session(host)
+    assert session.assoc is not None
+    raw = await session.assoc.identify_raw(Cns.NAMESPACE, args.namespace_id)
+    ns = parse_identify_ns(raw)
+    fields = {k: v for k, v in ns.items() if not k.startswith("_") and k not in ("lbaf", "vs")}
+    fields["lbaf0"] = dict(ns.lbaf[0])
+    _print_fields(f"NVME Identify Namespace {args.namespace_id}", fields, args.output_format)
+    return 0
+
+
+async def cmd_ana_log(host: Host, args: argparse.Namespace) -> int:
+    await connect_paths(host, args)
+    out: list[dict[str, Any]] = []
+    for session in host.sessions:
+        assert session.assoc is not None
+        ana = await session.assoc.ana_log()
+        groups = [{"grpid": g.grpid, "state": AnaState(g.state).label, "chgcnt": g.chgcnt,
+                   "nsids": list(g.nsids)} for g in ana.groups]  # fmt: skip
+        out.append({"path": session.label, "chgcnt": ana.chgcnt, "groups": groups})
+    if args.output_format == "json":
+        dump_json({"ana_logs": out})
+        return 0
+    for item in out:
+        print(f"Asymmetric Namespace Access Log for {item['path']}: chgcnt {item['chgcnt']}")
+        for g in item["groups"]:
+            print(f"  grpid {g['grpid']}: {g['state']:14} nsids {g['nsids']} chgcnt {g['chgcnt']}")
+    return 0
+
+
+def _print_fields(title: str, fields: dict[str, Any], fmt: str) -> None:
+    clean = {k: (v.hex() if isinstance(v, bytes | bytearray) else v) for k, v in fields.items()}
+    if fmt == "json":
+        dump_json(clean)
+        return
+    print(title)
+    for key, value in clean.items():
+        print(f"{key:12}: {hex(value) if isinstance(value, int) and value > 9 else value}")
+
+
+# -- read / write ----------------------------------------------------------------------------------
+
+
+async def cmd_write(host: Host, args: argparse.Namespace) -> int:
+    await connect_paths(host, args)
+    head = pick_head(host, args)
+    data = bytes([args.pattern & 0xFF]) * (args.blocks * head.block_size)
+    await head.write(args.slba, data)
+    print(f"wrote {args.blocks} blocks at LBA {args.slba} (pattern {args.pattern:#04x})")
+    return 0
+
+
+async def cmd_read(host: Host, args: argparse.Namespace) -> int:
+    await connect_paths(host, args)
+    head = pick_head(host, args)
+    data = await head.read(args.slba, args.blocks)
+    if args.data:
+        await trio.Path(args.data).write_bytes(bytes(data))
+    if args.verify:
+        expected = bytes([args.pattern & 0xFF]) * len(data)
+        if data != expected:
+            bad = next(i for i, (a, b) in enumerate(zip(data, expected, strict=True)) if a != b)
+            print(
+                f"verify FAILED: first mismatch at byte {bad} (LBA {args.slba + bad // head.block_size})"
+            )
+            return 1
+        print(f"read {args.blocks} blocks at LBA {args.slba}: pattern {args.pattern:#04x} verified")
+    else:
+        print(f"read {args.blocks} blocks at LBA {args.slba}")
+    return 0
+
+
+# -- bench -----------------------------------------------------------------------------------------
+
+
+class LiveView:
+    """Prints per-path IOPS, in-flight, requeues and state once a second (stderr)."""
+
+    def __init__(self, head: MultipathHead, quiet: bool) -> None:
+        self.head = head
+        self.quiet = quiet
+        self.last = {id(p): p.stats.ios for p in head.paths}
+        self.seen_events = len(head.events)
+        self.samples: list[tuple[float, dict[str, int]]] = []
+
+    def tick(self, elapsed: float) -> None:
+        head = self.head
+        parts = []
+        sample = {}
+        for path in head.paths:
+            ios = path.stats.ios
+            rate = ios - self.last.get(id(path), 0)
+            self.last[id(path)] = ios
+            sample[path.label] = rate
+            parts.append(f"{path.label} {path.state}/{path.ana_state.label} iops={rate} "
+                         f"inflight={path.inflight} failovers={path.stats.failovers}")  # fmt: skip
+        self.samples.append((elapsed, sample))
+        if self.quiet:
+            return
+        for _, what in head.events[self.seen_events :]:
+            err(f"[{elapsed:5.1f}s] event: {what}")
+        self.seen_events = len(head.events)
+        err(f"[{elapsed:5.1f}s] " + " | ".join(parts) + f" | requeued={head.stats.requeued} "
+            f"queued={head.queued}")  # fmt: skip
+
+
+async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
+    await connect_paths(host, args)
+    head = pick_head(host, args)
+    opts = BenchOptions(rw=args.rw, bs=args.bs, iodepth=args.iodepth, numjobs=args.numjobs,
+                        runtime=args.runtime, size=args.size, verify=args.verify,
+                        rwmixread=args.rwmixread)  # fmt: skip
+    view = LiveView(head, args.quiet or args.json)
+    if not args.json:
+        err(f"bench: {args.rw} bs={args.bs} iodepth={args.iodepth} numjobs={args.numjobs} "
+            f"runtime={args.runtime:g}s over {len(head.paths)} paths, iopolicy {head.iopolicy}")  # fmt: skip
+    result = await run_bench(head, opts, view.tick)
+    report = bench_report(head, opts, result)
+    if args.json:
+        dump_json(report)
+    else:
+        print_report(report)
+    return 0 if not result.errors and not result.verify_errors else 1
+
+
+def _direction(d: Direction, elapsed: float) -> dict[str, Any]:
+    lat = d.lat
+    return {
+        "io_bytes": d.bytes, "io_kbytes": d.bytes // 1024,
+        "bw": int(d.bytes / 1024 / elapsed) if elapsed else 0,  # KiB/s, like fio
+        "bw_bytes": int(d.bytes / elapsed) if elapsed else 0,
+        "iops": d.ios / elapsed if elapsed else 0.0, "runtime": int(elapsed * 1000),
+        "total_ios": d.ios,
+        "lat_ns": {
+            "min": lat.min_ns, "max": lat.max_ns, "mean": lat.mean_ns,
+            "percentile": {f"{p:.6f}": lat.percentile(p) for p in PERCENTILES},
+        },
+    }  # fmt: skip
+
+
+def bench_report(head: MultipathHead, opts: BenchOptions, result: BenchResult) -> dict[str, Any]:
+    """fio's JSON shape (``jobs[0].read/write``), plus ``multipath`` and ``paths``."""
+    stats = head.stats
+    return {
+        "fio version": "nvmeof-emu-0.1",
+        "timestamp": int(time.time()),
+        "jobs": [{
+            "jobname": f"nvmeof-{opts.rw}", "groupid": 0,
+            "error": 1 if result.errors or result.verify_errors else 0,
+            "first_error": result.first_error, "verify_errors": result.verify_errors,
+            "io_errors": result.errors, "elapsed": round(result.elapsed, 3),
+            "job options": {"rw": opts.rw, "bs": str(opts.bs), "iodepth": str(opts.iodepth),
+                            "numjobs": str(opts.numjobs), "runtime": str(opts.runtime),
+                            "size": str(opts.size), "verify": "1" if opts.verify else "0"},
+            "read": _direction(result.read, result.elapsed),
+            "write": _direction(result.write, result.elapsed),
+        }],
+        "multipath": {"failovers": stats.failovers, "requeued": stats.requeued,
+                      "retries": stats.retries, "no_path_queued": stats.no_path_queued,
+                      "failed": stats.failed, "iopolicy": head.iopolicy},
+        "paths": [{"addr": p.label, "cntlid": p.session.cntlid,
+                   "ana_state": p.ana_state.label, "state": p.state, "ios": p.stats.ios,
+                   "bytes": p.stats.bytes, "failovers": p.stats.failovers,
+                   "reconnects": p.session.reconnects} for p in head.paths],
+    }  # fmt: skip
+
+
+def print_report(report: dict[str, Any]) -> None:
+    job = report["jobs"][0]
+    print(f"{job['jobname']}: (groupid=0, jobs={job['job options']['numjobs']}): "
+          f"err={job['error']}")  # fmt: skip
+    for name in ("read", "write"):
+        d = job[name]
+        if not d["total_ios"]:
+            continue
+        lat = d["lat_ns"]
+        pct = lat["percentile"]
+        print(
+            f"  {name}: IOPS={d['iops']:.0f}, BW={d['bw_bytes'] / 1048576:.1f}MiB/s "
+            f"({d['io_bytes'] / 1048576:.1f}MiB/{d['runtime']}msec)"
+        )
+        print(
+            f"    lat (usec): min={lat['min'] / 1000:.0f}, max={lat['max'] / 1000:.0f}, "
+            f"avg={lat['mean'] / 1000:.1f}"
+        )
+        print("    clat percentiles (usec): " + ", ".join(
+            f"{float(k):g}th=[{v / 1000:.0f}]" for k, v in pct.items()
+            if float(k) in (50.0, 90.0, 99.0, 99.9)))  # fmt: skip
+    if job["first_error"]:
+        print(f"  first error: {job['first_error']}")
+    mp = report["multipath"]
+    print(
+        f"  multipath ({mp['iopolicy']}): failovers={mp['failovers']} requeued={mp['requeued']} "
+        f"retries={mp['retries']} no_path_queued={mp['no_path_queued']} failed={mp['failed']}"
+    )
+    for p in report["paths"]:
+        print(f"  path {p['addr']} cntlid={p['cntlid']} {p['state']}/{p['ana_state']}: "
+              f"ios={p['ios']} bytes={p['bytes']} failovers={p['failovers']} "
+              f"reconnects={p['reconnects']}")  # fmt: skip
+
+
+_COMMANDS = {
+    "discover": cmd_discover,
+    "connect-all": cmd_connect_all,
+    "list-subsys": cmd_list_subsys,
+    "id-ctrl": cmd_id_ctrl,
+    "id-ns": cmd_id_ns,
+    "ana-log": cmd_ana_log,
+    "read": cmd_read,
+    "write": cmd_write,
+    "bench": cmd_bench,
+}
+
+__all__ = ["IO_PORT", "run", "setup_logging"]
