@@ -127,7 +127,11 @@ class Session:
                         first = False
                         task_status.started(self)
                     await trio.sleep_forever()
-            except (NvmeofError, OSError, trio.TooSlowError) as err:
+            except BaseException as exc:
+                # A Trio nursery delivers even a single error as an ExceptionGroup.
+                err = _recoverable(exc)
+                if err is None:
+                    raise
                 if first:
                     self._set_state(SessionState.DELETED, f"connect failed: {err}")
                     raise
@@ -267,6 +271,24 @@ class Session:
             if trio.current_time() - oldest > timeout:
                 self._lost(f"I/O timeout ({timeout:g} s)")
                 return
+
+
+#: Errors that end an association but not the controller: reconnect after them.
+_RECOVERABLE = (NvmeofError, OSError, trio.TooSlowError)
+
+
+def _recoverable(exc: BaseException) -> BaseException | None:
+    """The error to report if ``exc`` (bare or an ExceptionGroup) consists only of errors a
+    reconnect can cure, else None (cancellation, bugs: let them propagate)."""
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(_RECOVERABLE)
+        if matched is None or rest is not None:
+            return None
+        leaf: BaseException = matched
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        return leaf
+    return exc if isinstance(exc, _RECOVERABLE) else None
 
 
 def _complete_slot(slot: Slot, status: int, dw0: int, dw1: int) -> None:

@@ -260,6 +260,7 @@ class HostConnection:
         capsule[8:72] = sqe
         capsule[10] = cid & 0xFF
         capsule[11] = cid >> 8
+        capsule[9] = (capsule[9] & 0x3F) | 0x40  # PSDT 01b: SGLs, as nvme_tcp_setup_cmd_pdu sets
         write = memoryview(write_data).cast("B") if write_data is not None else None
         read = memoryview(read_buffer).cast("B") if read_buffer is not None else None
         inline = write is not None and 0 < len(write) <= in_capsule_limit
