@@ -248,7 +248,8 @@ class MultipathHead:
         slot.ring.post(slot)
 
     def may_recover(self) -> bool:
-        """Whether any path is usable or may become usable (controller live or reconnecting)."""
+        """Whether any path is usable or may become usable: a controller live, or reconnecting
+        and within its ``fast_io_fail_tmo`` (``nvme_available_path``)."""
         return any(p.session.may_recover for p in self.paths)
 
     # -- completion ------------------------------------------------------------------------------
@@ -278,6 +279,7 @@ class MultipathHead:
             delay = retry_delay(status, path.session.crdt)
             slot.not_before = trio.current_time() + delay if delay else 0.0
             if delay or not path.send(slot):
+                slot.pinned = True  # a retry goes to the same path, after the CRD delay
                 slot.move(SlotState.REQUEUED)
                 self._requeue.append(slot)
                 self.kick()
@@ -301,6 +303,8 @@ class MultipathHead:
         path.stats.failovers += 1
         self.stats.requeued += 1
         slot.failovers += 1
+        slot.retries = 0  # a failed-over command is a fresh request (nvme_failover_req)
+        slot.pinned = False
         cqt = path.session.cqt
         slot.not_before = now + cqt if cqt and slot.data_out is not None else 0.0
         slot.move(SlotState.REQUEUED)
@@ -335,38 +339,34 @@ class MultipathHead:
             while parked:
                 self._fail(parked.popleft(), "no available path")
             return wake_at
-        fail_after = self.fast_io_fail_tmo()
         for _ in range(len(parked)):
             slot = parked.popleft()
             if slot.not_before > now:
                 parked.append(slot)
                 wake_at = min(wake_at, slot.not_before)
                 continue
-            index = self._select(self.paths, self._current)
-            if index is None:
-                if fail_after is not None and now - slot.submitted_at >= fail_after:
-                    self._fail(slot, f"no usable path for {fail_after:g} s (fast_io_fail_tmo)")
+            path = slot.path if slot.pinned else None
+            if path is None or not path.usable:
+                slot.pinned = False
+                index = self._select(self.paths, self._current)
+                if index is None:
+                    parked.append(slot)
                     continue
-                parked.append(slot)
-                if fail_after is not None:
-                    wake_at = min(wake_at, slot.submitted_at + fail_after)
-                continue
-            path = self.paths[index]
-            self._current = index
+                path = self.paths[index]
+                self._current = index
             if not path.send(slot):
                 parked.append(slot)  # no free tag: a completion will kick us
                 wake_at = min(wake_at, now + 0.01)
                 continue
+            slot.pinned = False
             slot.move(SlotState.INFLIGHT)
             slot.path = path
             path.inflight += 1
+        if parked:
+            # Parked with no usable path: look again when a controller's fast_io_fail_tmo
+            # expires (paths becoming usable kick us).
+            wake_at = min(wake_at, *(p.session.failfast_deadline for p in self.paths))
         return wake_at
-
-    def fast_io_fail_tmo(self) -> float | None:
-        """The shortest non-negative ``fast_io_fail_tmo`` of the paths' controllers, if any."""
-        values = [p.session.options.fast_io_fail_tmo for p in self.paths]
-        bounded = [v for v in values if v is not None and v >= 0]
-        return min(bounded) if bounded else None
 
     @property
     def queued(self) -> int:

@@ -94,23 +94,23 @@ def select_numa(paths: Sequence[PathView], current: int | None) -> int | None:
 
 
 def select_round_robin(paths: Sequence[PathView], current: int | None) -> int | None:
-    """``round-robin`` (``nvme_round_robin_path``): the next usable optimized path after the
-    current one; failing that stay on the current optimized path, else use a non-optimized one."""
+    """``round-robin``, as ``nvme_round_robin_path``: walk the paths after the current one;
+    the first usable optimized one wins, else the last usable non-optimized one seen. Fall back
+    to the current path when it is optimized, or when nothing else is usable."""
     count = len(paths)
     if not count:
         return None
-    start = current if current is not None and current < count else count - 1
-    for step in range(1, count + 1):
-        index = (start + step) % count
+    old = current if current is not None and current < count else count - 1
+    found: int | None = None
+    for step in range(1, count):
+        index = (old + step) % count
         if _optimized(paths[index]):
             return index
-    if current is not None and current < count and _non_optimized(paths[current]):
-        return current
-    for step in range(1, count + 1):
-        index = (start + step) % count
         if _non_optimized(paths[index]):
-            return index
-    return None
+            found = index
+    if _optimized(paths[old]) or (found is None and _non_optimized(paths[old])):
+        return old
+    return found
 
 
 def select_queue_depth(paths: Sequence[PathView], current: int | None) -> int | None:

@@ -64,9 +64,28 @@ class Slot:
     """
 
     __slots__ = (
-        "cid", "cmd", "data_in", "data_out", "dw0", "dw1", "failovers", "index", "kind",
-        "not_before", "path", "path_label", "retries", "ring", "sent_at", "state",
-        "status_word", "submitted_at", "user_data", "view",
+        "cid",
+        "cmd",
+        "data_in",
+        "data_out",
+        "dw0",
+        "dw1",
+        "failovers",
+        "generation",
+        "index",
+        "kind",
+        "not_before",
+        "path",
+        "path_label",
+        "pinned",
+        "retries",
+        "ring",
+        "sent_at",
+        "state",
+        "status_word",
+        "submitted_at",
+        "user_data",
+        "view",
     )  # fmt: skip
 
     def __init__(self, ring: Ring, index: int) -> None:
@@ -90,6 +109,8 @@ class Slot:
         self.not_before = 0.0
         self.submitted_at = 0.0
         self.sent_at = 0.0
+        self.generation = 0  # completions so far (tells a reused slot's new completion apart)
+        self.pinned = False  # a same-path retry waiting for its CRD delay
 
     def move(self, new: SlotState) -> None:
         if new not in TRANSITIONS[self.state]:
@@ -109,6 +130,7 @@ class Slot:
         self.path = None
         self.path_label = ""
         self.not_before = 0.0
+        self.pinned = False
         if self.state is SlotState.FREE:
             self.move(SlotState.PREPARED)
 
@@ -216,6 +238,7 @@ class Ring:
         self._buffers: list[memoryview] = []
         self._lot = trio.lowlevel.ParkingLot()
         self._wanted = 0
+        self._reaping: Slot | None = None  # the completion completions() is yielding
         self.inflight = 0
 
     # -- buffers -------------------------------------------------------------------------------
@@ -274,6 +297,7 @@ class Ring:
     def post(self, slot: Slot) -> None:
         """Called by the head when ``slot`` completed for good."""
         slot.move(SlotState.DONE)
+        slot.generation += 1
         self.inflight -= 1
         self._done.append(slot)
         if len(self._done) >= self._wanted and self._lot:
@@ -286,20 +310,30 @@ class Ring:
         """Release a completion (and its slot) back to the ring."""
         if self._done and self._done[0] is slot:
             self._done.popleft()
-        else:
+        elif slot is not self._reaping:
             self._done.remove(slot)
+        self._release(slot)
+
+    def _release(self, slot: Slot) -> None:
+        if slot is self._reaping:
+            self._reaping = None
         slot.move(SlotState.FREE)
-        slot.data_in = slot.data_out = None
+        slot.data_in = slot.data_out = None  # drop references to the caller's objects
         slot.user_data = None
         self._free.append(slot)
 
     def completions(self) -> Iterator[Slot]:
-        """Every ready completion, each released after the loop body ran."""
-        while self._done:
-            slot = self._done[0]
+        """Every ready completion, each released after the loop body ran (unless the body
+        already released it with :meth:`cqe_seen`)."""
+        done = self._done
+        while done:
+            slot = done.popleft()
+            generation = slot.generation
+            self._reaping = slot
             yield slot
-            if self._done and self._done[0] is slot:
-                self.cqe_seen(slot)
+            if slot is self._reaping and slot.generation == generation:
+                self._release(slot)
+            self._reaping = None
 
     @property
     def ready(self) -> int:

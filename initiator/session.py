@@ -87,7 +87,18 @@ class Session:
 
     @property
     def may_recover(self) -> bool:
-        return self.state is not SessionState.DELETED
+        """Live, or reconnecting with I/O still allowed to wait (fast_io_fail_tmo not expired)."""
+        if self.state is SessionState.DELETED:
+            return False
+        return trio.current_time() < self.failfast_deadline
+
+    @property
+    def failfast_deadline(self) -> float:
+        """When I/O stops waiting for this controller (inf when live or no fast_io_fail_tmo)."""
+        tmo = self.options.fast_io_fail_tmo
+        if tmo is None or tmo < 0 or self.lost_at is None or self.live:
+            return math.inf
+        return self.lost_at + tmo
 
     @property
     def io_queues(self) -> list[HostQueue]:
@@ -207,6 +218,8 @@ class Session:
 
     def _lost(self, why: str) -> None:
         """Error recovery: no longer live, every queue aborted (slots fail over), then reconnect."""
+        if self.lost_at is None:
+            self.lost_at = trio.current_time()  # starts ctrl_loss_tmo and fast_io_fail_tmo
         if self.state is SessionState.LIVE:
             self._set_state(SessionState.CONNECTING, why)
         elif self.state is not SessionState.DELETED and not self._deleting:

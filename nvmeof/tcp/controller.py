@@ -16,13 +16,24 @@ from enum import Enum
 
 from nvmeof.constants import (
     CH_SIZE,
+    FLAG_DDGSTF,
+    FLAG_HDGSTF,
+    FLAG_LAST_PDU,
+    FLAG_SUCCESS,
+    PDU_C2H_DATA,
+    PDU_C2H_TERM_REQ,
+    PDU_CAPSULE_CMD,
+    PDU_CAPSULE_RESP,
+    PDU_H2C_DATA,
+    PDU_H2C_TERM_REQ,
+    PDU_ICREQ,
+    PDU_ICRESP,
+    PDU_R2T,
+    SGL_TRANSPORT,
     SQE_SIZE,
     AdminOpcode,
     DigestFlags,
     FatalErrorStatus as Fes,
-    PduFlags,
-    PduType,
-    SglType,
     is_host_to_controller,
 )
 from nvmeof.digest import crc32c
@@ -122,18 +133,18 @@ class ControllerConnection:
             raise
 
     def _handle(self, pdu: Pdu) -> Event | None:
-        if pdu.type == PduType.H2C_TERM_REQ:
+        if pdu.type == PDU_H2C_TERM_REQ:
             _, _, _, _, _, fes, fei = TERM_REQ.unpack_from(pdu.header)
             self.state = ConnState.TERMINATED
             return TermReqReceived(fes, fei)
         if self.state is ConnState.AWAIT_ICREQ:
-            if pdu.type != PduType.ICREQ:
+            if pdu.type != PDU_ICREQ:
                 raise TransportError(Fes.PDU_SEQUENCE_ERROR, "PDU before ICReq",
                                      header=bytes(pdu.header))  # fmt: skip
             return self._handle_icreq(pdu)
-        if pdu.type == PduType.CAPSULE_CMD:
+        if pdu.type == PDU_CAPSULE_CMD:
             return self._handle_capsule(pdu)
-        if pdu.type == PduType.H2C_DATA:
+        if pdu.type == PDU_H2C_DATA:
             return self._handle_h2c_data(pdu)
         raise TransportError(Fes.PDU_SEQUENCE_ERROR, "second ICReq", header=bytes(pdu.header))
 
@@ -152,7 +163,7 @@ class ControllerConnection:
         self.data_digest = bool(digest & DigestFlags.DATA)
         self._c2h_align = (hpda + 1) * 4
         resp = bytearray(128)
-        CH.pack_into(resp, 0, PduType.ICRESP, 0, 128, 0, 128)
+        CH.pack_into(resp, 0, PDU_ICRESP, 0, 128, 0, 128)
         resp[11] = digest & 0x3  # mirror the digests the host asked for
         resp[12:16] = self.max_h2c_data.to_bytes(4, "little")
         self._out.append(bytes(resp))
@@ -166,7 +177,7 @@ class ControllerConnection:
         cid = sqe[2] | (sqe[3] << 8)
         _, length, sgl_type = SGL.unpack_from(sqe, SGL_OFFSET)
         data = bytes(pdu.data) if pdu.data else None
-        if data is None and sgl_type == SglType.TRANSPORT_DATA_BLOCK:
+        if data is None and sgl_type == SGL_TRANSPORT:
             opcode = sqe[0]
             if not is_host_to_controller(opcode, sqe[4] if opcode == AdminOpcode.FABRICS else 0):
                 return CommandReceived(cid, sqe, None, length)
@@ -194,7 +205,7 @@ class ControllerConnection:
         if not pdu.data_digest_ok:
             xfer.digest_ok = False
         done = xfer.received == xfer.total
-        if bool(flags & PduFlags.LAST_PDU) != done:
+        if bool(flags & FLAG_LAST_PDU) != done:
             raise TransportError(Fes.PDU_SEQUENCE_ERROR, "LAST_PDU does not end the R2T",
                                  header=bytes(pdu.header))  # fmt: skip
         if not done:
@@ -219,7 +230,7 @@ class ControllerConnection:
         self._next_ttag = (ttag + 1) & 0xFFFF
         self._transfers[ttag] = _H2CTransfer(cid, ttag, view)
         self._ttag_of_cid[cid] = ttag
-        self._out.append(self._header(PduType.R2T, R2T, 0, cid, ttag, 0, len(view)))
+        self._out.append(self._header(PDU_R2T, R2T, 0, cid, ttag, 0, len(view)))
 
     def send_data(self, cid: int, data: memoryview | bytes | bytearray, *, success: bool) -> None:
         """Queue C2HData PDUs carrying ``data``; ``success`` sets the SUCCESS flag on the last
@@ -237,10 +248,10 @@ class ControllerConnection:
             chunk = view[offset : offset + self.max_c2h_data]
             n = len(chunk)
             last = offset + n >= total
-            flags = (PduFlags.DDGSTF if dd else 0) | (PduFlags.HDGSTF if hd else 0)
+            flags = (FLAG_DDGSTF if dd else 0) | (FLAG_HDGSTF if hd else 0)
             if last:
-                flags |= PduFlags.LAST_PDU | (PduFlags.SUCCESS if success else 0)
-            hdr = DATA_PDU.pack(PduType.C2H_DATA, flags, 24, pdo, pdo + n + dd, cid, 0, offset, n)
+                flags |= FLAG_LAST_PDU | (FLAG_SUCCESS if success else 0)
+            hdr = DATA_PDU.pack(PDU_C2H_DATA, flags, 24, pdo, pdo + n + dd, cid, 0, offset, n)
             self._out.append(hdr + crc32c(hdr).to_bytes(4, "little") if hd else hdr)
             if pad:
                 self._out.append(pad)
@@ -260,7 +271,7 @@ class ControllerConnection:
         self.cancel_transfer(cid)
         hd = 4 if self.header_digest else 0
         hdr = CAPSULE_RESP.pack(
-            PduType.CAPSULE_RESP, PduFlags.HDGSTF if hd else 0, 24, 0, 24 + hd,
+            PDU_CAPSULE_RESP, FLAG_HDGSTF if hd else 0, 24, 0, 24 + hd,
             dw0, dw1, sqhd, sqid, cid, status,
         )  # fmt: skip
         self._out.append(hdr + crc32c(hdr).to_bytes(4, "little") if hd else hdr)
@@ -276,7 +287,7 @@ class ControllerConnection:
         if self.state is ConnState.TERMINATED:
             return
         self.state = ConnState.TERMINATED
-        self._out.append(build_term_req(PduType.C2H_TERM_REQ, err))
+        self._out.append(build_term_req(PDU_C2H_TERM_REQ, err))
 
     def data_to_send(self) -> list[bytes | memoryview]:
         """Everything queued for the host since the last call, in order."""
@@ -286,7 +297,7 @@ class ControllerConnection:
     def _header(self, pdu_type: int, codec: object, flags: int, *fields: int) -> bytes:
         hd = 4 if self.header_digest else 0
         hdr: bytes = codec.pack(  # type: ignore[attr-defined]
-            pdu_type, flags | (PduFlags.HDGSTF if hd else 0), 24, 0, 24 + hd, *fields
+            pdu_type, flags | (FLAG_HDGSTF if hd else 0), 24, 0, 24 + hd, *fields
         )
         return hdr + crc32c(hdr).to_bytes(4, "little") if hd else hdr
 
@@ -299,7 +310,7 @@ class ControllerConnection:
         return len(self._transfers)
 
 
-def build_term_req(pdu_type: PduType, err: TransportError) -> bytes:
+def build_term_req(pdu_type: int, err: TransportError) -> bytes:
     """A TermReq PDU (never digested) echoing up to 128 bytes of the offending header."""
     data = err.header[:128]
     hdr = TERM_REQ.pack(pdu_type, 0, 24, 0, 24 + len(data), err.fes, err.fei)

@@ -1,11 +1,14 @@
-"""Events produced by the NVMe/TCP connection state machines (past tense, like h2/aioquic)."""
+"""Events produced by the NVMe/TCP connection state machines (past tense, like h2/aioquic).
+
+Not frozen: one is created per PDU, and a frozen dataclass costs twice as much to build.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionEstablished:
     """ICReq/ICResp exchange finished; digests and limits are now in force."""
 
@@ -15,7 +18,7 @@ class ConnectionEstablished:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CommandReceived:
     """Controller side: a command capsule arrived.
 
@@ -32,7 +35,7 @@ class CommandReceived:
     data_digest_ok: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataReceived:
     """Controller side: all data requested by :meth:`request_data` for ``cid`` arrived."""
 
@@ -40,7 +43,7 @@ class DataReceived:
     data_digest_ok: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ResponseReceived:
     """Host side: a command completed (CapsuleResp, or C2HData with the SUCCESS flag)."""
 
@@ -52,7 +55,7 @@ class ResponseReceived:
     sqid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TermReqReceived:
     """The peer terminated the connection with a TermReq."""
 

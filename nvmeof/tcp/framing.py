@@ -17,11 +17,20 @@ from __future__ import annotations
 
 from nvmeof.constants import (
     CH_SIZE,
+    FLAG_DDGSTF,
+    FLAG_HDGSTF,
+    PDU_C2H_DATA,
+    PDU_C2H_TERM_REQ,
+    PDU_CAPSULE_CMD,
+    PDU_CAPSULE_RESP,
+    PDU_H2C_DATA,
+    PDU_H2C_TERM_REQ,
+    PDU_ICREQ,
+    PDU_ICRESP,
+    PDU_R2T,
     TERMREQ_HLEN,
     TERMREQ_MAX_DATA,
     FatalErrorStatus as Fes,
-    PduFlags,
-    PduType,
 )
 from nvmeof.digest import crc32c
 from nvmeof.errors import TransportError
@@ -29,29 +38,25 @@ from nvmeof.wire.fast import CH
 
 #: Exact header length of each PDU type.
 HLEN: dict[int, int] = {
-    PduType.ICREQ: 128,
-    PduType.ICRESP: 128,
-    PduType.H2C_TERM_REQ: TERMREQ_HLEN,
-    PduType.C2H_TERM_REQ: TERMREQ_HLEN,
-    PduType.CAPSULE_CMD: 72,
-    PduType.CAPSULE_RESP: 24,
-    PduType.H2C_DATA: 24,
-    PduType.C2H_DATA: 24,
-    PduType.R2T: 24,
+    PDU_ICREQ: 128,
+    PDU_ICRESP: 128,
+    PDU_H2C_TERM_REQ: TERMREQ_HLEN,
+    PDU_C2H_TERM_REQ: TERMREQ_HLEN,
+    PDU_CAPSULE_CMD: 72,
+    PDU_CAPSULE_RESP: 24,
+    PDU_H2C_DATA: 24,
+    PDU_C2H_DATA: 24,
+    PDU_R2T: 24,
 }
 #: PDU types that carry a header digest when it was negotiated.
 HEADER_DIGEST_TYPES = frozenset(
-    {PduType.CAPSULE_CMD, PduType.CAPSULE_RESP, PduType.H2C_DATA, PduType.C2H_DATA, PduType.R2T}
+    {PDU_CAPSULE_CMD, PDU_CAPSULE_RESP, PDU_H2C_DATA, PDU_C2H_DATA, PDU_R2T}
 )
 #: PDU types that may carry data (and then a data digest when negotiated).
-DATA_TYPES = frozenset({PduType.CAPSULE_CMD, PduType.H2C_DATA, PduType.C2H_DATA})
+DATA_TYPES = frozenset({PDU_CAPSULE_CMD, PDU_H2C_DATA, PDU_C2H_DATA})
 #: What each side may receive.
-CONTROLLER_RECEIVES = frozenset(
-    {PduType.ICREQ, PduType.H2C_TERM_REQ, PduType.CAPSULE_CMD, PduType.H2C_DATA}
-)
-HOST_RECEIVES = frozenset(
-    {PduType.ICRESP, PduType.C2H_TERM_REQ, PduType.CAPSULE_RESP, PduType.C2H_DATA, PduType.R2T}
-)
+CONTROLLER_RECEIVES = frozenset({PDU_ICREQ, PDU_H2C_TERM_REQ, PDU_CAPSULE_CMD, PDU_H2C_DATA})
+HOST_RECEIVES = frozenset({PDU_ICRESP, PDU_C2H_TERM_REQ, PDU_CAPSULE_RESP, PDU_C2H_DATA, PDU_R2T})
 
 # Offsets of the common header fields, for FEI.
 _OFF_TYPE, _OFF_FLAGS, _OFF_HLEN, _OFF_PDO, _OFF_PLEN = 0, 1, 2, 3, 4
@@ -89,7 +94,7 @@ class PduReader:
             Data Transfer Limit Exceeded error.
     """
 
-    def __init__(self, receives: frozenset[PduType], max_data: int) -> None:
+    def __init__(self, receives: frozenset[int], max_data: int) -> None:
         self.receives = receives
         self.max_data = max_data
         self.header_digest = False
@@ -173,7 +178,7 @@ class PduReader:
                 )
         ok = True
         if pdo:
-            ddgst = _DIGEST if flags & PduFlags.DDGSTF else 0
+            ddgst = _DIGEST if flags & FLAG_DDGSTF else 0
             data = view[start + pdo : start + plen - ddgst]
             if ddgst:
                 expected = int.from_bytes(view[start + plen - _DIGEST : start + plen], "little")
@@ -197,7 +202,7 @@ class PduReader:
         if hlen != HLEN[pdu_type]:
             raise bad(_OFF_HLEN, f"PDU type {pdu_type:#x} with hlen {hlen}")
         hdgst = pdu_type in HEADER_DIGEST_TYPES and self.header_digest
-        if bool(flags & PduFlags.HDGSTF) != hdgst:
+        if bool(flags & FLAG_HDGSTF) != hdgst:
             raise bad(_OFF_FLAGS, "header digest flag does not match the negotiated digests")
         hd = _DIGEST if hdgst else 0
         if pdu_type in _TERM_TYPES:
@@ -205,17 +210,17 @@ class PduReader:
                 raise bad(_OFF_PLEN, f"TermReq plen {plen}")
             return False
         if pdu_type not in DATA_TYPES:
-            if flags & PduFlags.DDGSTF or pdo != 0 or plen != hlen + hd:
-                field = _OFF_FLAGS if flags & PduFlags.DDGSTF else _OFF_PDO if pdo else _OFF_PLEN
+            if flags & FLAG_DDGSTF or pdo != 0 or plen != hlen + hd:
+                field = _OFF_FLAGS if flags & FLAG_DDGSTF else _OFF_PDO if pdo else _OFF_PLEN
                 raise bad(field, f"PDU type {pdu_type:#x} cannot carry data")
             return hdgst
         if plen == hlen + hd:  # a data-capable PDU without data (e.g. CapsuleCmd, no ICD)
-            if pdo != 0 or flags & PduFlags.DDGSTF:
+            if pdo != 0 or flags & FLAG_DDGSTF:
                 raise bad(_OFF_PDO if pdo else _OFF_FLAGS, "PDO/DDGSTF set on a PDU without data")
-            if pdu_type != PduType.CAPSULE_CMD:
+            if pdu_type != PDU_CAPSULE_CMD:
                 raise bad(_OFF_PLEN, "data PDU without data")
             return hdgst
-        if bool(flags & PduFlags.DDGSTF) != self.data_digest:
+        if bool(flags & FLAG_DDGSTF) != self.data_digest:
             raise bad(_OFF_FLAGS, "data digest flag does not match the negotiated digests")
         dd = _DIGEST if self.data_digest else 0
         if pdo < hlen + hd or pdo + dd >= plen or pdo % 4:
@@ -226,4 +231,4 @@ class PduReader:
         return hdgst
 
 
-_TERM_TYPES = frozenset({PduType.H2C_TERM_REQ, PduType.C2H_TERM_REQ})
+_TERM_TYPES = frozenset({PDU_H2C_TERM_REQ, PDU_C2H_TERM_REQ})

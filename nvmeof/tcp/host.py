@@ -15,13 +15,25 @@ from __future__ import annotations
 from enum import Enum
 
 from nvmeof.constants import (
+    FLAG_DDGSTF,
+    FLAG_HDGSTF,
+    FLAG_LAST_PDU,
+    FLAG_SUCCESS,
     MIN_MAXH2CDATA,
+    PDU_C2H_DATA,
+    PDU_C2H_TERM_REQ,
+    PDU_CAPSULE_CMD,
+    PDU_CAPSULE_RESP,
+    PDU_H2C_DATA,
+    PDU_H2C_TERM_REQ,
+    PDU_ICREQ,
+    PDU_ICRESP,
+    PDU_R2T,
+    SGL_IN_CAPSULE,
+    SGL_TRANSPORT,
     SQE_SIZE,
     DigestFlags,
     FatalErrorStatus as Fes,
-    PduFlags,
-    PduType,
-    SglType,
 )
 from nvmeof.digest import crc32c
 from nvmeof.errors import LocalProtocolError, TransportError
@@ -87,7 +99,7 @@ class HostConnection:
         if self.state is not HostState.IDLE:
             raise LocalProtocolError("ICReq already sent")
         icreq = bytearray(128)
-        CH.pack_into(icreq, 0, PduType.ICREQ, 0, 128, 0, 128)
+        CH.pack_into(icreq, 0, PDU_ICREQ, 0, 128, 0, 128)
         icreq[11] = (DigestFlags.HEADER if self.want_header_digest else 0) | (
             DigestFlags.DATA if self.want_data_digest else 0
         )
@@ -147,25 +159,25 @@ class HostConnection:
         except TransportError as err:
             if not self.terminated:
                 self.state = HostState.TERMINATED
-                self._out.append(build_term_req(PduType.H2C_TERM_REQ, err))
+                self._out.append(build_term_req(PDU_H2C_TERM_REQ, err))
             raise
 
     def _handle(self, pdu: Pdu) -> Event | None:
         kind = pdu.type
-        if kind == PduType.C2H_TERM_REQ:
+        if kind == PDU_C2H_TERM_REQ:
             _, _, _, _, _, fes, fei = TERM_REQ.unpack_from(pdu.header)
             self.state = HostState.TERMINATED
             return TermReqReceived(fes, fei)
         if self.state is HostState.AWAIT_ICRESP:
-            if kind != PduType.ICRESP:
+            if kind != PDU_ICRESP:
                 raise TransportError(Fes.PDU_SEQUENCE_ERROR, "PDU before ICResp",
                                      header=bytes(pdu.header))  # fmt: skip
             return self._handle_icresp(pdu)
-        if kind == PduType.CAPSULE_RESP:
+        if kind == PDU_CAPSULE_RESP:
             return self._handle_response(pdu)
-        if kind == PduType.C2H_DATA:
+        if kind == PDU_C2H_DATA:
             return self._handle_c2h_data(pdu)
-        if kind == PduType.R2T:
+        if kind == PDU_R2T:
             self._handle_r2t(pdu)
             return None
         raise TransportError(Fes.PDU_SEQUENCE_ERROR, "unexpected ICResp", header=bytes(pdu.header))
@@ -206,9 +218,9 @@ class HostConnection:
         cmd.received += datal
         if not pdu.data_digest_ok:
             cmd.digest_ok = False
-        if not flags & PduFlags.SUCCESS:
+        if not flags & FLAG_SUCCESS:
             return None
-        if not flags & PduFlags.LAST_PDU:
+        if not flags & FLAG_LAST_PDU:
             raise TransportError(Fes.INVALID_PDU_HEADER_FIELD, "SUCCESS without LAST_PDU", fei=1,
                                  header=raw)  # fmt: skip
         if cmd.received != len(read):
@@ -266,18 +278,18 @@ class HostConnection:
         inline = write is not None and 0 < len(write) <= in_capsule_limit
         if inline:
             assert write is not None
-            SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, len(write), SglType.DATA_BLOCK_OFFSET)
+            SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, len(write), SGL_IN_CAPSULE)
         else:
             length = len(write) if write is not None else len(read) if read is not None else 0
-            SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, length, SglType.TRANSPORT_DATA_BLOCK)
+            SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, length, SGL_TRANSPORT)
         hd = 4 if self.header_digest else 0
-        flags = PduFlags.HDGSTF if hd else 0
+        flags = FLAG_HDGSTF if hd else 0
         if inline:
             assert write is not None
             dd = 4 if self.data_digest else 0
             pdo = -(-(72 + hd) // self._h2c_align) * self._h2c_align
-            flags |= PduFlags.DDGSTF if dd else 0
-            CH.pack_into(capsule, 0, PduType.CAPSULE_CMD, flags, 72, pdo, pdo + len(write) + dd)
+            flags |= FLAG_DDGSTF if dd else 0
+            CH.pack_into(capsule, 0, PDU_CAPSULE_CMD, flags, 72, pdo, pdo + len(write) + dd)
             self._append_header(capsule, hd)
             if pdo > 72 + hd:
                 self._out.append(bytes(pdo - 72 - hd))
@@ -285,7 +297,7 @@ class HostConnection:
             if dd:
                 self._out.append(crc32c(write).to_bytes(4, "little"))
         else:
-            CH.pack_into(capsule, 0, PduType.CAPSULE_CMD, flags, 72, 0, 72 + hd)
+            CH.pack_into(capsule, 0, PDU_CAPSULE_CMD, flags, 72, 0, 72 + hd)
             self._append_header(capsule, hd)
         self._cmds[cid] = _Outstanding(write, read, len(write) if inline and write else 0)
         return cid
@@ -305,10 +317,10 @@ class HostConnection:
         while offset < end:
             n = min(self.max_h2c_data, end - offset)
             chunk = data[offset : offset + n]
-            flags = (PduFlags.HDGSTF if hd else 0) | (PduFlags.DDGSTF if dd else 0)
+            flags = (FLAG_HDGSTF if hd else 0) | (FLAG_DDGSTF if dd else 0)
             if offset + n == end:
-                flags |= PduFlags.LAST_PDU
-            hdr = bytearray(DATA_PDU.pack(PduType.H2C_DATA, flags, 24, pdo, pdo + n + dd, cid, ttag,
+                flags |= FLAG_LAST_PDU
+            hdr = bytearray(DATA_PDU.pack(PDU_H2C_DATA, flags, 24, pdo, pdo + n + dd, cid, ttag,
                                           offset, n))  # fmt: skip
             self._append_header(hdr, hd)
             if pdo > 24 + hd:
