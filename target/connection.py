@@ -8,13 +8,22 @@ must wait (file I/O) get a task, in this connection's nursery. Sends go through 
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable
+import socket
+import struct
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
 
-from nvmeof.constants import CONNECT_DATA_SIZE, AdminOpcode, FabricsType, is_host_to_controller
+from nvmeof.constants import (
+    CONNECT_DATA_SIZE,
+    DISCOVERY_NQN,
+    AdminOpcode,
+    FabricsType,
+    is_host_to_controller,
+)
 from nvmeof.errors import CommandError, TransportError
 from nvmeof.status import StatusCode, status_word
 from nvmeof.tcp.controller import ConnState, ControllerConnection
@@ -30,6 +39,7 @@ from target.request import Execute, Pending, Reply, Request, fail
 
 if TYPE_CHECKING:
     from target.controller import Controller
+    from target.faults import FaultRule
     from target.port import Port
     from target.state import TargetState
 
@@ -46,8 +56,11 @@ class QueueConnection:
     """Serves one queue: implements the handlers' :class:`~target.request.QueueContext` and the
     controller's :class:`~target.controller.QueueHandle`."""
 
-    def __init__(self, state: TargetState, port: Port, stream: trio.SocketStream) -> None:
+    def __init__(self, state: TargetState, port: Port, stream: trio.SocketStream,
+                 spawn_detached: Callable[..., object] | None = None) -> None:  # fmt: skip
         self.state = state
+        #: Starts a task that outlives this connection (ghost writes).
+        self.spawn_detached = spawn_detached
         self.port = port
         self.stream = stream
         self.qid = -1
@@ -70,6 +83,10 @@ class QueueConnection:
         self._nursery: trio.Nursery | None = None
         self.close_reason = ""
         self.commands = 0
+        self._flowing = trio.Event()  # cleared while the port is blackholed
+        self._flowing.set()
+        self._rx_resume_at = 0.0
+        self._tx_resume_at = 0.0
 
     # -- QueueContext --------------------------------------------------------------------------
 
@@ -96,6 +113,24 @@ class QueueConnection:
         if not self.close_reason:
             self.close_reason = reason
         self._cancel.cancel()
+
+    def reset(self, reason: str) -> None:
+        """Close with a TCP RST instead of a FIN (SO_LINGER 0)."""
+        with contextlib.suppress(OSError):
+            self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))  # fmt: skip
+        self.close(reason)
+
+    def blackhole(self, on: bool) -> None:
+        """Stop (or resume) reading and answering; the connection itself stays open."""
+        if on and self._flowing.is_set():
+            self._flowing = trio.Event()
+        elif not on:
+            self._flowing.set()
+
+    @property
+    def blackholed(self) -> bool:
+        return not self._flowing.is_set()
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -128,6 +163,10 @@ class QueueConnection:
 
     async def _receive_and_serve(self) -> bool:
         conn = self.conn
+        if not self._flowing.is_set():
+            await self._flowing.wait()
+        if self._rx_resume_at > trio.current_time():
+            await trio.sleep_until(self._rx_resume_at)
         try:
             # Straight into the framer's preallocated buffer: no per-receive allocation.
             nbytes = await self.stream.socket.recv_into(conn.reader.get_buffer())
@@ -196,6 +235,9 @@ class QueueConnection:
         self._execute(req, execute)
 
     def _execute(self, req: Request, execute: Execute) -> None:
+        faults = self.state.faults
+        if faults.rules and self.controller is not None and self._fault(req, execute):
+            return
         try:
             result = execute(self, req)
         except CommandError as err:
@@ -227,12 +269,17 @@ class QueueConnection:
         await self._flush()
 
     def _complete(self, req: Request, reply: Reply) -> None:
+        fault = req.fault
+        if fault is not None and self._complete_with_fault(req, reply, fault):
+            return
         if reply.data is not None and reply.status == 0:
             success = not self.sq_flow_control and not reply.dw0 and not reply.dw1
-            self.conn.send_data(req.cid, reply.data, success=success)
+            corrupt = fault is not None and fault.action == "corrupt-ddgst"
+            self.conn.send_data(req.cid, reply.data, success=success, corrupt_digest=corrupt)
             if success:
                 return
-        self._respond(req.cid, reply.status, reply.dw0, reply.dw1)
+        corrupt = fault is not None and fault.action == "corrupt-hdgst"
+        self._respond(req.cid, reply.status, reply.dw0, reply.dw1, corrupt)
         if reply.status and self.controller is not None:
             self.controller.record_error(self.qid, req.cid, reply.status, req.nsid)
 
@@ -244,14 +291,84 @@ class QueueConnection:
             self.controller.record_error(max(self.qid, 0), req.cid, word, req.nsid)
         self._respond(req.cid, word, err.result, 0)
 
-    def _respond(self, cid: int, status: int, dw0: int, dw1: int) -> None:
+    def _respond(self, cid: int, status: int, dw0: int, dw1: int, corrupt: bool = False) -> None:
         sqhd = self._sqhd if self.sq_flow_control else 0xFFFF
-        self.conn.send_response(cid, status, dw0=dw0, dw1=dw1, sqhd=sqhd, sqid=max(self.qid, 0))
+        self.conn.send_response(cid, status, dw0=dw0, dw1=dw1, sqhd=sqhd, sqid=max(self.qid, 0),
+                                corrupt_digest=corrupt)  # fmt: skip
+
+    # -- fault injection -------------------------------------------------------------------------
+
+    def _fault(self, req: Request, execute: Execute) -> bool:
+        """Match the fault rules; True when a fault took the command over."""
+        ctrl = self.controller
+        assert ctrl is not None
+        rule = self.state.faults.match(
+            port=self.port.id, subsystem=ctrl.subsystem.nqn if ctrl.subsystem else DISCOVERY_NQN,
+            nsid=req.nsid, opcode=req.opcode, host=ctrl.hostnqn, qid=self.qid,
+        )  # fmt: skip
+        if rule is None:
+            return False
+        self.state.fault_fired(rule, f"peer={self.peer} qid={self.qid} cid={req.cid} "
+                               f"opcode={req.opcode:#x}")  # fmt: skip
+        req.fault = rule
+        action = rule.action
+        if action == "status":
+            self._respond(req.cid, status_word(rule.status, dnr=rule.dnr), 0, 0)
+            return True
+        if action == "close":
+            self.reset(f"fault rule {rule.id}: close")
+            return True
+        if action == "stall":
+            resume = trio.current_time() + rule.duration_ms / 1000
+            if rule.direction == "rx":
+                self._rx_resume_at = resume
+            else:
+                self._tx_resume_at = resume
+            return False
+        if action == "ghost-write" and _is_write(req) and self.spawn_detached is not None:
+            self.spawn_detached(self._ghost_write, req, execute, rule.delay_ms / 1000)
+            return True
+        return False  # delay, drop and corruption apply when the command completes
+
+    def _complete_with_fault(self, req: Request, reply: Reply, fault: FaultRule) -> bool:
+        if fault.action == "drop":
+            return True
+        if fault.action == "delay" and self._nursery is not None:
+            req.fault = None
+            self._nursery.start_soon(self._complete_after, req, reply, fault.delay_ms / 1000)
+            return True
+        return False
+
+    async def _complete_after(self, req: Request, reply: Reply, delay: float) -> None:
+        await trio.sleep(delay)
+        self._complete(req, reply)
+        await self._flush()
+
+    async def _ghost_write(self, req: Request, execute: Execute, delay: float) -> None:
+        """A write held back, then executed even if its connection is gone by now."""
+        await trio.sleep(delay)
+        try:
+            result = execute(self, req)
+            reply = result if isinstance(result, Reply) else await result  # type: ignore[misc]
+        except Exception as err:  # a ghost must never take the target down
+            log.warning("ghost write cid=%s failed: %s", req.cid, err)
+            return
+        alive = not self._cancel.cancel_called and self.conn.state is ConnState.ESTABLISHED
+        log.info("ghost write landed peer=%s qid=%s cid=%s connection=%s", self.peer, self.qid,
+                 req.cid, "alive" if alive else "gone")  # fmt: skip
+        if alive:
+            req.fault = None
+            self._complete(req, reply)
+            self._kick()
 
     # -- output ----------------------------------------------------------------------------------
 
     async def _flush(self) -> None:
         async with self._send_lock:
+            if not self._flowing.is_set():
+                await self._flowing.wait()
+            if self._tx_resume_at > trio.current_time():
+                await trio.sleep_until(self._tx_resume_at)
             buffers = self.conn.data_to_send()
             if not buffers:
                 return

@@ -1,26 +1,32 @@
-"""The target daemon: listeners for every port, one task per connection, clean shutdown."""
+"""The target daemon: a listener per port, one task per connection, operator actions, shutdown.
+
+Connections live in the target's nursery, not under their port's listener, so a port can stop
+accepting (``refuse``) while its established connections carry on.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
-from functools import partial
 
 import trio
 
 from target.config import TargetConfig
 from target.connection import QueueConnection
+from target.control import Operations
 from target.port import Port
 from target.state import TargetState
 
 log = logging.getLogger("nvmeof.target")
 
 
-class Target:
+class Target(Operations):
     """An NVMe/TCP target serving a :class:`~target.config.TargetConfig`.
 
     Use ``await nursery.start(target.serve)``; the ports are bound when ``start`` returns (port 0
-    in the configuration picks a free port: see ``port.bound_port``).
+    in the configuration picks a free port: see ``port.bound_port``). The operator actions of
+    :class:`~target.control.Operations` (port down/up, ANA changes, namespaces, faults) are
+    methods of the target.
     """
 
     def __init__(self, config: TargetConfig, *, advertise: str | None = None) -> None:
@@ -30,6 +36,9 @@ class Target:
                 port.advertise = advertise
         self.connections: set[QueueConnection] = set()
         self._cancel: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._listeners: dict[int, trio.CancelScope] = {}
+        super().__init__()
 
     @property
     def ports(self) -> dict[int, Port]:
@@ -42,14 +51,12 @@ class Target:
         try:
             with trio.CancelScope() as self._cancel:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     for port in sorted(self.state.ports.values(), key=lambda p: p.id):
-                        listeners = await trio.open_tcp_listeners(port.port, host=port.addr)
-                        port.bound_port = listeners[0].socket.getsockname()[1]
-                        nursery.start_soon(self._serve_port, port, listeners)
-                        log.info("listening port=%s addr=%s:%s subsystems=%s", port.id, port.addr,
-                                 port.bound_port, ",".join(port.subsystems) or "-")  # fmt: skip
+                        await self.open_listener(port)
                     task_status.started(self)
         finally:
+            self._nursery = None
             self.state.close()
             log.info("target stopped")
 
@@ -60,14 +67,60 @@ class Target:
         if self._cancel is not None:
             self._cancel.cancel()
 
-    async def _serve_port(self, port: Port, listeners: list[trio.SocketListener]) -> None:
-        await trio.serve_listeners(partial(self._handle, port), listeners)
+    # -- listeners -------------------------------------------------------------------------------
+
+    async def open_listener(self, port: Port) -> None:
+        """Bind ``port`` (again, on the same TCP port once it was bound) and accept on it."""
+        assert self._nursery is not None, "the target is not serving"
+        bind = port.bound_port if port.bound_port else port.port
+        listeners = await trio.open_tcp_listeners(bind, host=port.addr)
+        port.bound_port = listeners[0].socket.getsockname()[1]
+        scope = trio.CancelScope()
+        self._listeners[port.id] = scope
+        self._nursery.start_soon(self._accept_loop, port, listeners, scope)
+        log.info("listening port=%s addr=%s:%s subsystems=%s", port.id, port.addr,
+                 port.bound_port, ",".join(port.subsystems) or "-")  # fmt: skip
+
+    def close_listener(self, port: Port) -> None:
+        """Stop accepting on ``port``: new connections are refused by the kernel."""
+        scope = self._listeners.pop(port.id, None)
+        if scope is not None:
+            scope.cancel()
+
+    def listening(self, port: Port) -> bool:
+        return port.id in self._listeners
+
+    async def _accept_loop(self, port: Port, listeners: list[trio.SocketListener],
+                           scope: trio.CancelScope) -> None:  # fmt: skip
+        try:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    for listener in listeners:
+                        nursery.start_soon(self._accept, port, listener)
+        finally:
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+
+    async def _accept(self, port: Port, listener: trio.SocketListener) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as err:  # e.g. EMFILE: log, breathe, carry on (serve_listeners)
+                log.error("accept failed port=%s: %s", port.id, err)
+                await trio.sleep(0.1)
+                continue
+            assert self._nursery is not None
+            self._nursery.start_soon(self._handle, port, stream)
 
     async def _handle(self, port: Port, stream: trio.SocketStream) -> None:
         if not port.enabled:
             await stream.aclose()
             return
-        queue = QueueConnection(self.state, port, stream)
+        assert self._nursery is not None
+        queue = QueueConnection(self.state, port, stream, self._nursery.start_soon)
+        if port.mode == "blackhole":
+            queue.blackhole(True)
         self.connections.add(queue)
         try:
             await queue.run()

@@ -25,6 +25,8 @@ class Port:
         self.ana: dict[int, AnaState] = dict(cfg.ana_states)
         self.ana_chgcnt: dict[int, int] = {}
         self.enabled = True
+        #: Operator state: "up", or how it was taken down (reset, close, blackhole, refuse).
+        self.mode = "up"
 
     def ana_state(self, group: int) -> AnaState:
         return self.ana.get(group, AnaState.OPTIMIZED)

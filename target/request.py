@@ -17,6 +17,7 @@ from nvmeof.status import Status, StatusCode
 
 if TYPE_CHECKING:
     from target.controller import Controller
+    from target.faults import FaultRule
     from target.port import Port
     from target.state import TargetState
 
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 class Request:
     """One command being served on a queue."""
 
-    __slots__ = ("cid", "data", "data_digest_ok", "nsid", "opcode", "sqe", "transfer_length")
+    __slots__ = ("cid", "data", "data_digest_ok", "fault", "nsid", "opcode", "sqe",
+                 "transfer_length")  # fmt: skip
 
     def __init__(self, cid: int, sqe: bytes, data: bytes | bytearray | None, length: int) -> None:
         self.cid = cid
@@ -34,6 +36,7 @@ class Request:
         self.data = data
         self.transfer_length = length
         self.data_digest_ok = True
+        self.fault: FaultRule | None = None
 
     def dword(self, index: int) -> int:
         """CDW``index`` (10..15 are the command-specific ones)."""

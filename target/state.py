@@ -22,6 +22,7 @@ from nvmeof.constants import (
 from nvmeof.wire.logpages import AnaGroupDescriptor, DiscoveryEntry
 from target.config import NamespaceConfig, TargetConfig
 from target.controller import Controller
+from target.faults import FaultRule, FaultSet
 from target.port import Port
 from target.subsystem import Namespace, Subsystem
 
@@ -47,6 +48,8 @@ class TargetState:
         self.discovery_genctr = 0
         self.discovery_controllers: dict[int, Controller] = {}
         self._next_disc_cntlid = 1
+        self.faults = FaultSet()
+        self.faults_fired: dict[str, int] = {}
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -154,6 +157,10 @@ class TargetState:
         self.discovery_genctr += 1
         for ctrl in self.discovery_controllers.values():
             ctrl.post_event(DISCOVERY_CHANGE, OAES_DISCOVERY_CHANGE)
+
+    def fault_fired(self, rule: FaultRule, where: str) -> None:
+        self.faults_fired[rule.action] = self.faults_fired.get(rule.action, 0) + 1
+        log.info("fault fired rule=%s action=%s %s", rule.id, rule.action, where)
 
     def close(self) -> None:
         for ctrl in self.controllers():

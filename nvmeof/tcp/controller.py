@@ -232,9 +232,11 @@ class ControllerConnection:
         self._ttag_of_cid[cid] = ttag
         self._out.append(self._header(PDU_R2T, R2T, 0, cid, ttag, 0, len(view)))
 
-    def send_data(self, cid: int, data: memoryview | bytes | bytearray, *, success: bool) -> None:
+    def send_data(self, cid: int, data: memoryview | bytes | bytearray, *, success: bool,
+                  corrupt_digest: bool = False) -> None:  # fmt: skip
         """Queue C2HData PDUs carrying ``data``; ``success`` sets the SUCCESS flag on the last
-        one, in which case no response may follow for ``cid``."""
+        one, in which case no response may follow for ``cid``. ``corrupt_digest`` sends a
+        wrong data digest on the last PDU (fault injection; needs data digests)."""
         self._require_established()
         view = memoryview(data)
         total = len(view)
@@ -257,16 +259,18 @@ class ControllerConnection:
                 self._out.append(pad)
             self._out.append(chunk)
             if dd:
-                self._out.append(crc32c(chunk).to_bytes(4, "little"))
+                digest = crc32c(chunk) ^ (0xFFFFFFFF if last and corrupt_digest else 0)
+                self._out.append(digest.to_bytes(4, "little"))
             offset += n
             if last:
                 return
 
     def send_response(
         self, cid: int, status: int = 0, *, dw0: int = 0, dw1: int = 0, sqhd: int = 0,
-        sqid: int = 0,
+        sqid: int = 0, corrupt_digest: bool = False,
     ) -> None:  # fmt: skip
-        """Queue a CapsuleResp for ``cid`` with the 16-bit status word and result dwords."""
+        """Queue a CapsuleResp for ``cid`` with the 16-bit status word and result dwords.
+        ``corrupt_digest`` sends a wrong header digest (fault injection; needs header digests)."""
         self._require_established()
         self.cancel_transfer(cid)
         hd = 4 if self.header_digest else 0
@@ -274,7 +278,10 @@ class ControllerConnection:
             PDU_CAPSULE_RESP, FLAG_HDGSTF if hd else 0, 24, 0, 24 + hd,
             dw0, dw1, sqhd, sqid, cid, status,
         )  # fmt: skip
-        self._out.append(hdr + crc32c(hdr).to_bytes(4, "little") if hd else hdr)
+        if hd:
+            digest = crc32c(hdr) ^ (0xFFFFFFFF if corrupt_digest else 0)
+            hdr += digest.to_bytes(4, "little")
+        self._out.append(hdr)
 
     def cancel_transfer(self, cid: int) -> None:
         """Forget an outstanding R2T of ``cid`` (the command is being completed anyway)."""
