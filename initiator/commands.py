@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -246,9 +247,10 @@ async def cmd_read(host: Host, args: argparse.Namespace) -> int:
 class LiveView:
     """Prints per-path IOPS, in-flight, requeues and state once a second (stderr)."""
 
-    def __init__(self, head: MultipathHead, quiet: bool) -> None:
+    def __init__(self, head: MultipathHead, quiet: bool, out: Callable[[str], None] = err) -> None:
         self.head = head
         self.quiet = quiet
+        self.out = out
         self.last = {id(p): p.stats.ios for p in head.paths}
         self.seen_events = len(head.events)
         self.samples: list[tuple[float, dict[str, int]]] = []
