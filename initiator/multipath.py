@@ -365,7 +365,10 @@ class MultipathHead:
         if parked:
             # Parked with no usable path: look again when a controller's fast_io_fail_tmo
             # expires (paths becoming usable kick us).
-            wake_at = min(wake_at, *(p.session.failfast_deadline for p in self.paths))
+            for path in self.paths:
+                deadline = path.session.failfast_deadline
+                if now < deadline < wake_at:  # an expired deadline must not wake us at once
+                    wake_at = deadline
         return wake_at
 
     @property

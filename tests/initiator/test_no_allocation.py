@@ -1,3 +1,5 @@
+# mypy: disable-error-code="comparison-overlap"
+# (slot.state is changed by the calls between two checks; mypy narrows it as if it could not)
 """No per-I/O allocation in steady state on the ring + head submission/completion path.
 
 What is measured
@@ -30,10 +32,10 @@ per-I/O memory (a list or log that grows with every command, a per-command event
 that is kept) or per-I/O buffers/objects for the command: every slot owns one 64-byte
 ``bytearray`` (``slot.cmd``) and one memoryview over it for its whole life, and a registered
 buffer is the same memoryview every time. Both properties are asserted: the memory bound
-(< 4 KiB in total, no single traceback growing by 1 KiB or more, over tens of thousands of
-I/Os: one retained byte per I/O would already exceed it) and object identity of the slots,
-their command copies and the buffer views before and after. A control run (the head's event
-log, which does retain entries) proves that the measurement sees retained growth.
+(< 4 KiB in total, no single traceback growing by 1 KiB or more, over 2,000 to 20,000 I/Os:
+one retained object of 16 bytes or more per I/O would exceed it) and the identity of the
+slots, their command copies and the buffer views before and after. A control run (the head's
+event log, which does retain entries) proves that the measurement sees retained growth.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ MEASURED = 20_000
 BATCH_WARMUP = 100  # batches of 8
 BATCH_MEASURED = 1_000
 FAILOVER_WARMUP = 300
-FAILOVER_MEASURED = 3_000
+FAILOVER_MEASURED = 2_000
 
 
 @contextmanager

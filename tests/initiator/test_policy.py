@@ -153,7 +153,7 @@ def test_every_status_word_exhaustively() -> None:
             assert got is reference(w, retries, alive, MAX_RETRIES), (hex(w), retries, alive)
 
 
-@settings(derandomize=True, max_examples=2000, deadline=None)
+@settings(derandomize=True, max_examples=500, deadline=None)
 @given(
     w=st.integers(0, 0xFFFF),
     retries=st.integers(0, 12),
