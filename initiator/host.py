@@ -105,7 +105,7 @@ class Host:
             raise NvmeofError(f"namespace {info.nsid} of {session.subnqn}: IDs differ between "
                               f"paths ({session.label})")  # fmt: skip
         path = Path(session, info.nsid)
-        head.add_path(path)
+        head.add_path(path, session.max_transfer)
         return path
 
     def namespace(self, subnqn: str | None = None, nsid: int = 1) -> MultipathHead:

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nvmeof.initiator")
 
+#: Transfer cap when a controller reports MDTS 0 ("no limit", as nvmet does over TCP): what the
+#: Linux host's block layer would send at most, and below nvmet's multi-PDU digest bug.
+DEFAULT_MAX_TRANSFER = 1 << 20
 #: Completion status of I/O that no path can ever serve again.
 NO_PATH_STATUS = status_word(StatusCode.HOST_PATH_ERROR, dnr=True)
 _ANA_CODES = {StatusCode.ANA_PERSISTENT_LOSS, StatusCode.ANA_INACCESSIBLE,
@@ -134,12 +137,15 @@ class MultipathHead:
     """
 
     def __init__(self, subnqn: str, nsid: int, *, block_size: int, nlbas: int,
+                 max_transfer: int = DEFAULT_MAX_TRANSFER,
                  ids: dict[str, object] | None = None, iopolicy: str = "numa") -> None:  # fmt: skip
         self.subnqn = subnqn
         self.nsid = nsid
         self.nsid_bytes = nsid.to_bytes(4, "little")
         self.block_size = block_size
         self.nlbas = nlbas
+        #: Largest transfer per command: the smallest MDTS of the paths (set as they join).
+        self.max_transfer = max_transfer
         self.ids = ids or {}
         self.paths: list[Path] = []
         self.iopolicy = iopolicy
@@ -160,8 +166,9 @@ class MultipathHead:
         self._select = SELECTORS[name]
         self._current = None
 
-    def add_path(self, path: Path) -> None:
+    def add_path(self, path: Path, max_transfer: int = DEFAULT_MAX_TRANSFER) -> None:
         if path not in self.paths:
+            self.max_transfer = min(self.max_transfer, max_transfer)
             path.head = self
             self.paths.append(path)
             self.kick()

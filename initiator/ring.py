@@ -189,6 +189,7 @@ class Slot:
             raise ValueError("NVMe/TCP moves data in one direction per command")
         out = self.ring.buffer(data_out) if data_out is not None else None
         into = self.ring.buffer(data_in) if data_in is not None else None
+        self._check_transfer(len(out) if out is not None else len(into) if into is not None else 0)
         self._prep("passthru", user_data)
         self.cmd[:] = cmd64
         self.data_out, self.data_in = out, into
@@ -198,6 +199,13 @@ class Slot:
         expected = nblocks * self.ring.head.block_size
         if nblocks < 1 or nblocks > 0x10000 or len(view) != expected:
             raise ValueError(f"{nblocks} blocks need a {expected}-byte buffer, got {len(view)}")
+        self._check_transfer(expected)
+
+    def _check_transfer(self, length: int) -> None:
+        limit = getattr(self.ring.head, "max_transfer", None)
+        if limit is not None and length > limit:
+            raise ValueError(f"a {length}-byte transfer exceeds the controller limit (MDTS) of "
+                             f"{limit} bytes: split it")  # fmt: skip
 
     # -- completion view ----------------------------------------------------------------------------
 

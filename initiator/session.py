@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from initiator.controller import ControllerOptions, HostController, connect_controller
-from initiator.multipath import Path
+from initiator.multipath import DEFAULT_MAX_TRANSFER, Path
 from initiator.queue import HostQueue, QueueClosed
 from nvmeof.constants import (
     OAES_ANA_CHANGE,
@@ -104,6 +104,12 @@ class Session:
     def io_queues(self) -> list[HostQueue]:
         assoc = self.assoc
         return assoc.io_queues if assoc is not None and self.live else []
+
+    @property
+    def max_transfer(self) -> int:
+        """Largest transfer per command: 2^MDTS x 4 KiB, or the default cap for MDTS 0."""
+        mdts = self.assoc.identify.mdts if self.assoc is not None else 0
+        return (1 << mdts) * 4096 if mdts else DEFAULT_MAX_TRANSFER
 
     @property
     def cntlid(self) -> int:
