@@ -2,24 +2,47 @@
 
 Commands:
     serve [--config FILE] [--advertise ADDR] [--log-level LEVEL]
+          [--control ADDR:PORT|off] [--control-token-file FILE] [--metrics ADDR:PORT|off]
     config export [--config FILE] [--output FILE]   (nvmetcli JSON)
     config check FILE
+    ctl ...   (operate a running target: see :mod:`target.ctl`)
 Bad configuration or arguments print one line naming the problem and exit with status 2.
+
+``serve`` runs the control API (default 127.0.0.1:9465; off loopback it needs
+``--control-token-file``) and the Prometheus listener (default 127.0.0.1:9464) next to the
+target, and installs the configuration's ``[[fault]]`` rules before serving.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
+import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
 from target.config import ConfigError, TargetConfig, default_config
 from target.config_files import dump_nvmetcli_json, load_config
-from target.daemon import Target, run_until_signalled
+from target.ctl import (
+    DEFAULT_CONTROL,
+    ControlSetupError,
+    Endpoint,
+    add_ctl_parser,
+    format_endpoint,
+    is_loopback,
+    parse_endpoint,
+    read_token,
+    run_ctl,
+)
+from target.daemon import Target
+from target.httpapi import DEFAULT_METRICS, serve_control
 from target.logs import LEVELS, first_leaf, setup_logging
+
+log = logging.getLogger("nvmeof.target")
 
 EXIT_USAGE = 2
 
@@ -38,6 +61,13 @@ def _address(text: str) -> str:
     return text
 
 
+def _endpoint(text: str) -> Endpoint | None:
+    try:
+        return parse_endpoint(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nvmeof-target", description="NVMe/TCP target emulator")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -50,6 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="address written into discovery log entries (e.g. 10.0.2.2)",
     )
     serve.add_argument("--log-level", choices=LEVELS, default="info")
+    serve.add_argument(
+        "--control",
+        metavar="ADDR:PORT",
+        type=_endpoint,
+        default=DEFAULT_CONTROL,
+        help="HTTP control API (default 127.0.0.1:9465; off to disable)",
+    )
+    serve.add_argument(
+        "--control-token-file",
+        metavar="FILE",
+        help="bearer token for the control API (required off loopback)",
+    )
+    serve.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        type=_endpoint,
+        default=DEFAULT_METRICS,
+        help="Prometheus /metrics listener (default 127.0.0.1:9464; off)",
+    )
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     export = config_sub.add_parser("export", help="write the configuration as nvmetcli JSON")
@@ -57,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
     check = config_sub.add_parser("check", help="validate a configuration file")
     check.add_argument("file")
+    add_ctl_parser(sub, _Parser)
     return parser  # fmt: skip
 
 
@@ -64,10 +114,59 @@ def _load(path: str | None) -> TargetConfig:
     return load_config(path) if path else default_config()
 
 
-def _serve(target: Target) -> int:
+def add_config_faults(target: Target, config: TargetConfig) -> None:
+    """Install the configuration's fault rules (``[[fault]]``) on a new target."""
+    for rule in config.faults:
+        target.fault_add(dict(rule))
+
+
+async def _serve_target(
+    target: Target, stopped: trio.Event, *, task_status: trio.TaskStatus[Target]
+) -> None:
+    try:
+        await target.serve(task_status=task_status)
+    finally:
+        stopped.set()
+
+
+async def _stop_on_signal(target: Target) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("signal %s: shutting down, closing %s connections",
+                     signal.Signals(signum).name, len(target.connections))  # fmt: skip
+            target.stop()
+            return
+
+
+async def run_with_control(
+    target: Target, control: Endpoint | None, metrics: Endpoint | None, token: str | None
+) -> None:
+    """Serve ``target`` with its control API and metrics listener until SIGINT or SIGTERM
+    (or until the target stops); then everything shuts down."""
+    async with trio.open_nursery() as nursery:
+        stopped = trio.Event()
+        await nursery.start(_serve_target, target, stopped)
+        if control is not None or metrics is not None:
+            await nursery.start(partial(serve_control, target, control=control, metrics=metrics,
+                                        token=token, shutdown_trigger=stopped.wait))  # fmt: skip
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(_stop_on_signal, target)
+            await stopped.wait()
+            watcher.cancel_scope.cancel()
+
+
+def _control_token(args: argparse.Namespace) -> str | None:
+    token = read_token(args.control_token_file) if args.control_token_file else None
+    if args.control is not None and token is None and not is_loopback(args.control[0]):
+        raise ControlSetupError(f"--control {format_endpoint(args.control)} is not a loopback "
+                                "address: give --control-token-file")  # fmt: skip
+    return token
+
+
+def _serve(args: argparse.Namespace, target: Target, token: str | None) -> int:
     status = 0
     try:
-        trio.run(run_until_signalled, target)
+        trio.run(run_with_control, target, args.control, args.metrics, token)
     except* OSError as group:  # typically an address already in use
         print(f"nvmeof-target: cannot listen: {first_leaf(group)}", file=sys.stderr)
         status = 1
@@ -75,12 +174,18 @@ def _serve(target: Target) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "ctl":
+        return run_ctl(args, parser)
     try:
         if args.command == "serve":
             config = _load(args.config)
+            token = _control_token(args)
+            target = Target(config, advertise=args.advertise)
+            add_config_faults(target, config)
             setup_logging(args.log_level)
-            return _serve(Target(config, advertise=args.advertise))
+            return _serve(args, target, token)
         if args.config_command == "export":
             text = dump_nvmetcli_json(_load(args.config))
             if args.output:
@@ -92,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_config(args.file)
         print(f"{args.file}: OK")
         return 0
-    except ConfigError as err:
+    except (ConfigError, ControlSetupError) as err:
         print(f"nvmeof-target: {err}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as err:

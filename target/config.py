@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from nvmeof.constants import DISCOVERY_PORT, AnaState
 
@@ -106,6 +107,8 @@ class TargetConfig:
     subsystems: tuple[SubsystemConfig, ...] = ()
     ports: tuple[PortConfig, ...] = ()
     hosts: tuple[str, ...] = field(default=())
+    #: Fault rules active from the start: keyword arguments of :class:`target.faults.FaultRule`.
+    faults: tuple[dict[str, Any], ...] = ()
 
 
 def default_config() -> TargetConfig:

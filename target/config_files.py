@@ -47,6 +47,15 @@ Native TOML (complete example: ``deploy/target.example.toml``)::
       port = 8009
       portid = 0
 
+    [[fault]]                 # fault rules active from the start (target.faults.FaultRule)
+    action = "status"         # delay|status|drop|corrupt-hdgst|corrupt-ddgst|close|stall|ghost-write
+    port = 1                  # matchers, all optional: port, subsystem, nsid, opcode, host, queue
+    opcode = "0x02"           # an integer, or a string "0x.." (also for status)
+    queue = "io"              # io | admin | any
+    probability = 0.5         # firing: probability, every (Nth match), count (at most)
+    status = "0x370"          # and per action: delay_ms, status, dnr, after, direction,
+    dnr = false               # duration_ms
+
 Omitted keys take the dataclass defaults; unknown keys are errors.
 
 nvmetcli JSON (what ``nvmetcli save`` writes) maps as follows:
@@ -72,6 +81,8 @@ nvmetcli JSON (what ``nvmetcli save`` writes) maps as follows:
   ``nvmeof_emu_queue_size`` (written only when not the default 128). A RAM namespace is
   written with ``"path": ""``. nvmetcli itself ignores the port and subsystem extension keys and
   reports the ``device`` ones as unknown attributes, skipped.
+* Fault rules have no nvmetcli equivalent: a JSON configuration has none, and the export
+  leaves the ``faults`` of a configuration out.
 """
 
 from __future__ import annotations
@@ -94,7 +105,15 @@ from target.config import (
     SubsystemConfig,
     TargetConfig,
 )
-from target.config_validate import ID_LENGTHS, Table, config_error, parse_size, validate
+from target.config_validate import (
+    FAULT_KEYS,
+    ID_LENGTHS,
+    Table,
+    config_error,
+    fault_rule_kwargs,
+    parse_size,
+    validate,
+)
 
 __all__ = [
     "dump_nvmetcli_json",
@@ -157,11 +176,12 @@ def _put(kwargs: dict[str, Any], name: str, value: object) -> None:
 
 def load_native(data: Mapping[str, Any], source: str) -> TargetConfig:
     """Build and validate a TargetConfig from a parsed native TOML document."""
-    top = Table(data, source, "", {"subsystem", "port", "hosts"})
+    top = Table(data, source, "", {"subsystem", "port", "hosts", "fault"})
     config = TargetConfig(
         subsystems=tuple(_native_subsystem(t) for t in top.tables("subsystem", _SUBSYSTEM_KEYS)),
         ports=tuple(_native_port(t) for t in top.tables("port", _PORT_KEYS)),
         hosts=top.texts("hosts") or (),
+        faults=tuple(fault_rule_kwargs(t) for t in top.tables("fault", FAULT_KEYS)),
     )
     validate(config, source)
     return config

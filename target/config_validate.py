@@ -17,9 +17,11 @@ import ipaddress
 import re
 from collections.abc import Collection, Mapping
 from fractions import Fraction
+from typing import Any
 
 from nvmeof.constants import DISCOVERY_NQN, NQN_MAX_LEN
 from target.config import BACKENDS, BLOCK_SIZES, ConfigError, NamespaceConfig, TargetConfig
+from target.faults import ACTIONS, QUEUE_KINDS
 
 MAX_NSID = 0xFFFFFFFE
 MAX_ANA_GROUP = 128
@@ -29,6 +31,10 @@ MAX_INLINE_DATA_SIZE = 1 << 20
 MAX_PORT_ID = 0xFFFF
 SERIAL_MAX_LEN, MODEL_MAX_LEN = 20, 40
 ID_LENGTHS = {"uuid": 16, "nguid": 16, "eui64": 8}
+#: The keys of a fault rule (``[[fault]]`` in TOML, the body of ``POST /faults``).
+FAULT_KEYS = ("action", "port", "subsystem", "nsid", "opcode", "host", "queue", "probability",
+              "every", "count", "delay_ms", "status", "dnr", "after", "direction",
+              "duration_ms")  # fmt: skip
 
 _SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtpe]?)(i?b)?\s*", re.IGNORECASE)
 _INT_RE = re.compile(r"\s*(?:0x[0-9a-f]+|[0-9]+)\s*", re.IGNORECASE)
@@ -169,6 +175,15 @@ class Table:
                 return False
         raise self.error(key, f"must be a boolean, got {describe(value)}")
 
+    def number(self, key: str) -> float | None:
+        """An int or a float (as a float)."""
+        if key not in self.data:
+            return None
+        value = self.data[key]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise self.error(key, f"must be a number, got {describe(value)}")
+
     def size(self, key: str) -> int | None:
         if key not in self.data:
             return None
@@ -284,45 +299,53 @@ class _Checker:
         for h_index, host in enumerate(config.hosts):
             self.text(f"hosts[{h_index}]", host, nqn=True)
         self.ports(config, set(seen_nqns))
+        port_ids = {port.id for port in config.ports}
+        for index, fault in enumerate(config.faults):
+            table = Table(fault, self.source, f"faults[{index}]", FAULT_KEYS)
+            fault_rule_kwargs(table, ports=port_ids, nqns=set(seen_nqns))
 
     def namespaces(self, namespaces: tuple[NamespaceConfig, ...], parent: str) -> None:
         seen: dict[int, str] = {}
         for index, ns in enumerate(namespaces):
             path = f"{parent}.namespaces[{index}]"
-            self.int_in(f"{path}.nsid", ns.nsid, 1, MAX_NSID)
+            self.namespace(ns, f"{path}.")
             if ns.nsid in seen:
                 raise self.fail(f"{path}.nsid", f"duplicate NSID {ns.nsid} (also {seen[ns.nsid]})")
             seen[ns.nsid] = path
-            if ns.block_size not in BLOCK_SIZES:
-                allowed = " or ".join(map(str, BLOCK_SIZES))
-                raise self.fail(f"{path}.block_size", f"must be {allowed}, got {ns.block_size!r}")
-            self.int_in(f"{path}.size", ns.size, 1, 1 << 64)
-            if ns.size % ns.block_size:
-                raise self.fail(
-                    f"{path}.size", f"{ns.size} is not a multiple of block_size {ns.block_size}"
-                )
-            if ns.backend not in BACKENDS:
-                raise self.fail(
-                    f"{path}.backend", f"must be one of {', '.join(BACKENDS)}, got {ns.backend!r}"
-                )
-            if ns.backend == "file":
-                self.text(f"{path}.path", ns.path)
-            elif ns.path is not None:
-                raise self.fail(
-                    f"{path}.path", f"only used by the file backend (backend is {ns.backend!r})"
-                )
-            for name, length in ID_LENGTHS.items():
-                value = getattr(ns, name)
-                if value is None:
-                    continue
-                if not isinstance(value, bytes) or len(value) != length:
-                    got = f"{len(value)} bytes" if isinstance(value, bytes) else describe(value)
-                    raise self.fail(f"{path}.{name}", f"must be {length} bytes, got {got}")
-                if not any(value):
-                    raise self.fail(f"{path}.{name}", "all zeros means 'not set'; omit it")
-            self.int_in(f"{path}.ana_group", ns.ana_group, 1, MAX_ANA_GROUP)
-            if not isinstance(ns.enabled, bool):
-                raise self.fail(f"{path}.enabled", f"must be a boolean, got {describe(ns.enabled)}")
+
+    def namespace(self, ns: NamespaceConfig, path: str) -> None:
+        """Check one namespace; ``path`` prefixes the field names (``"...namespaces[0]."``)."""
+        self.int_in(f"{path}nsid", ns.nsid, 1, MAX_NSID)
+        if ns.block_size not in BLOCK_SIZES:
+            allowed = " or ".join(map(str, BLOCK_SIZES))
+            raise self.fail(f"{path}block_size", f"must be {allowed}, got {ns.block_size!r}")
+        self.int_in(f"{path}size", ns.size, 1, 1 << 64)
+        if ns.size % ns.block_size:
+            raise self.fail(
+                f"{path}size", f"{ns.size} is not a multiple of block_size {ns.block_size}"
+            )
+        if ns.backend not in BACKENDS:
+            raise self.fail(
+                f"{path}backend", f"must be one of {', '.join(BACKENDS)}, got {ns.backend!r}"
+            )
+        if ns.backend == "file":
+            self.text(f"{path}path", ns.path)
+        elif ns.path is not None:
+            raise self.fail(
+                f"{path}path", f"only used by the file backend (backend is {ns.backend!r})"
+            )
+        for name, length in ID_LENGTHS.items():
+            value = getattr(ns, name)
+            if value is None:
+                continue
+            if not isinstance(value, bytes) or len(value) != length:
+                got = f"{len(value)} bytes" if isinstance(value, bytes) else describe(value)
+                raise self.fail(f"{path}{name}", f"must be {length} bytes, got {got}")
+            if not any(value):
+                raise self.fail(f"{path}{name}", "all zeros means 'not set'; omit it")
+        self.int_in(f"{path}ana_group", ns.ana_group, 1, MAX_ANA_GROUP)
+        if not isinstance(ns.enabled, bool):
+            raise self.fail(f"{path}enabled", f"must be a boolean, got {describe(ns.enabled)}")
 
     def ports(self, config: TargetConfig, nqns: set[str]) -> None:
         ids: dict[int, str] = {}
@@ -371,6 +394,53 @@ class _Checker:
                 self.int_in(f"{where}.portid", ref.portid, 0, MAX_PORT_ID)
 
 
+def validate_namespace(ns: NamespaceConfig, source: str) -> None:
+    """Check one namespace as :func:`validate` does (ConfigError ``source: field: problem``)."""
+    _Checker(source).namespace(ns, "")
+
+
+_FAULT_INTEGERS = {"port": (0, MAX_PORT_ID), "nsid": (1, 0xFFFFFFFF), "opcode": (0, 0xFF),
+                   "every": (1, 1 << 32), "count": (0, 1 << 62), "delay_ms": (0, 1 << 32),
+                   "status": (0, 0x7FF), "after": (1, 1 << 32), "duration_ms": (0, 1 << 32)}  # fmt: skip
+_FAULT_CHOICES = {"action": ACTIONS, "queue": QUEUE_KINDS, "direction": ("rx", "tx")}
+
+
+def fault_rule_kwargs(
+    t: Table, *, ports: Collection[int] | None = None, nqns: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for :class:`~target.faults.FaultRule` from a table of
+    :data:`FAULT_KEYS` (``[[fault]]`` in TOML, a JSON request), each field type- and
+    range-checked: ConfigError naming the field. ``opcode`` and ``status`` may also be strings
+    such as ``"0x370"``. With ``ports`` / ``nqns`` the rule must name one of them."""
+    kwargs: dict[str, Any] = {"action": t.require_text("action")}
+    for name in ("subsystem", "host", "queue", "direction"):
+        _put(kwargs, name, t.text(name))
+    for name, choices in _FAULT_CHOICES.items():
+        if name in kwargs and kwargs[name] not in choices:
+            raise t.error(name, f"must be one of {', '.join(choices)}, got {kwargs[name]!r}")
+    for name, (low, high) in _FAULT_INTEGERS.items():
+        value = t.integer(name, strings=name in ("opcode", "status"))
+        if value is not None and not low <= value <= high:
+            fmt = "#x" if name in ("opcode", "status") else "d"
+            raise t.error(name, f"must be {low:{fmt}}..{high:{fmt}}, got {value:{fmt}}")
+        _put(kwargs, name, value)
+    probability = t.number("probability")
+    if probability is not None and not 0.0 <= probability <= 1.0:
+        raise t.error("probability", f"must be between 0 and 1, got {probability}")
+    _put(kwargs, "probability", probability)
+    _put(kwargs, "dnr", t.boolean("dnr"))
+    if ports is not None and kwargs.get("port") not in (None, *ports):
+        raise t.error("port", f"no port {kwargs['port']} (ports: {sorted(ports)})")
+    if nqns is not None and kwargs.get("subsystem") not in (None, *nqns):
+        raise t.error("subsystem", f"no subsystem with NQN {kwargs['subsystem']!r}")
+    return kwargs
+
+
+def _put(kwargs: dict[str, Any], name: str, value: object) -> None:
+    if value is not None:
+        kwargs[name] = value
+
+
 def validate(config: TargetConfig, source: str) -> None:
     """Cross-check a whole configuration; raise ConfigError (one line) at the first problem.
 
@@ -382,6 +452,7 @@ def validate(config: TargetConfig, source: str) -> None:
     uuid/nguid 16 and eui64 8 bytes (not all zeros), ana_group 1..128; per port: id 0..65535
     and unique, addr/advertise IP literals, port 0..65535 (0 = any) with (addr, port) unique,
     subsystems exist (once each), ANA groups 1..128 once each, inline_data_size a multiple of
-    16 in 0..1 MiB, referrals with unique names, IP addresses, port 1..65535, portid 0..65535.
+    16 in 0..1 MiB, referrals with unique names, IP addresses, port 1..65535, portid 0..65535;
+    fault rules as :func:`fault_rule_kwargs` checks them, naming existing ports and subsystems.
     """
     _Checker(source).run(config)

@@ -55,6 +55,8 @@ class Target(Operations):
                     for port in sorted(self.state.ports.values(), key=lambda p: p.id):
                         await self.open_listener(port)
                     task_status.started(self)
+                    # Serve until stop(), even while every port is down and nothing is open.
+                    await trio.sleep_forever()
         finally:
             self._nursery = None
             self.state.close()
