@@ -80,7 +80,9 @@ class Operations:
 
         ``reset``: TCP RST on every connection, new ones refused. ``close``: orderly FIN, new
         ones refused. ``blackhole``: connections (existing and new) stay open but nothing is
-        read or answered. ``refuse``: existing connections stay, new ones are refused.
+        read or answered, and the target's keep-alive timer is suspended for them: the host
+        must detect the dead path itself. ``refuse``: existing connections stay, new ones are
+        refused.
         """
         if mode not in PORT_DOWN_MODES:
             raise ControlError(f"unknown mode {mode!r} (one of {', '.join(PORT_DOWN_MODES)})")
@@ -104,12 +106,15 @@ class Operations:
         return len(conns) if mode != "refuse" else 0
 
     async def port_up(self, port_id: int) -> None:
-        """Restore a path: accept again, resume blackholed connections."""
+        """Restore a path: accept again. Connections left blackholed are reset rather than
+        resumed: the host has given up on them, and running the commands queued in them now
+        would execute stale writes (use the ``ghost-write`` fault to test that hazard)."""
         port = self._port(port_id)
         previous = port.mode
         port.mode = "up"
         for conn in self._port_connections(port):
-            conn.blackhole(False)
+            if conn.blackholed:
+                conn.reset("port up after blackhole")
         if not self.listening(port):
             await self.open_listener(port)
         self._record(f"port {port_id} up (was {previous})")

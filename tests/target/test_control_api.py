@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from initiator.controller import ControllerOptions, HostController, connect_controller
+from initiator.queue import QueueClosed
 from nvmeof.constants import AnaState
 from target.config import DEMO_NQN, NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
 from target.ctl import ControlSetupError, Endpoint
@@ -190,15 +191,22 @@ async def test_blackhole_stops_answers_until_port_up() -> None:
             done: list[Any] = []
 
             async def pending_read() -> None:
-                done.append(await patient.read(1, 0, 8, 512))
+                try:
+                    done.append(await patient.read(1, 0, 8, 512))
+                except QueueClosed as err:
+                    done.append(err)
 
             env.nursery.start_soon(pending_read)
             await trio.sleep(0.3)
             assert not done  # no answer while blackholed
             assert (await env.call("GET", "/status"))[1]["ports"][0]["blackholed"] == 4
             assert (await env.call("POST", "/ports/1/up"))[0] == 200
+            # The blackholed connections are reset, not resumed (no stale commands run)...
             await until(lambda: done)
-            assert done[0][0].ok
+            assert isinstance(done[0], QueueClosed)
+            # ... and the path serves new connections again.
+            fresh = await env.connect(kato_ms=0, command_timeout=5)
+            assert (await fresh.read(1, 0, 8, 512))[0].ok
 
 
 async def test_unknown_port_bad_mode_and_bad_bodies() -> None:
