@@ -12,6 +12,7 @@ import hashlib
 import logging
 import sys
 import time
+from functools import partial
 
 import trio
 
@@ -22,7 +23,9 @@ from initiator.host import open_host
 from nvmeof.constants import DISCOVERY_NQN, DISCOVERY_PORT, AnaState, LogPage
 from nvmeof.wire.logpages import DiscoveryEntry, parse_discovery_entries, parse_discovery_header
 from target.config import DEMO_NQN, default_config
+from target.ctl import DEFAULT_CONTROL, format_endpoint
 from target.daemon import Target
+from target.httpapi import DEFAULT_METRICS, ControlEndpoints, serve_control
 from target.logs import first_leaf, setup_logging
 
 HOST = "127.0.0.1"
@@ -107,6 +110,7 @@ async def demo() -> int:
     async with trio.open_nursery() as nursery:
         target = Target(default_config())
         await nursery.start(target.serve)
+        endpoints = await start_control(nursery, target)
         say("target: serving the embedded default (RAM namespaces)")
         for port in target.ports.values():
             kind = ", ".join(port.subsystems) or "discovery only"
@@ -137,9 +141,12 @@ async def demo() -> int:
         say()
         await failover_act(target)
         say()
+        show_where_to_look(target, endpoints)
+        say()
         say(f"demo: OK - {checks + 1} verified transfers over 2 paths in "
             f"{time.monotonic() - started:.1f} s; stopping the target")  # fmt: skip
         target.stop()
+        nursery.cancel_scope.cancel()  # the control API and metrics listeners too
     return 0
 
 
@@ -176,6 +183,37 @@ async def failover_act(target: Target) -> None:
         check(mp["requeued"] > 0, "the path kill should have requeued commands in flight")
         say(f"  -> {mp['requeued']} in-flight commands requeued to the other path, 0 failed, "
             "every read verified")  # fmt: skip
+
+
+async def start_control(nursery: trio.Nursery, target: Target) -> ControlEndpoints | None:
+    """The control API and metrics on their default ports (any free port if those are busy)."""
+    for control, metrics in ((DEFAULT_CONTROL, DEFAULT_METRICS), ((HOST, 0), (HOST, 0))):
+        endpoints: ControlEndpoints | None = None
+        try:
+            endpoints = await nursery.start(
+                partial(serve_control, target, control=control, metrics=metrics)
+            )
+        except* OSError:
+            pass  # a port is busy: try any free port
+        if endpoints is not None:
+            return endpoints
+    return None
+
+
+def show_where_to_look(target: Target, endpoints: ControlEndpoints | None) -> None:
+    fired = target.state.faults_fired
+    say("operator changes the target recorded:")
+    for change in target.changes:
+        say(f"  {time.strftime('%H:%M:%S', time.localtime(change.time))}  {change.what}")
+    if endpoints is None or endpoints.metrics is None or endpoints.control is None:
+        say("(control API and metrics not started: their ports were busy)")
+        return
+    say(f"metrics:     curl -s http://{format_endpoint(endpoints.metrics)}/metrics | grep nvmeof_")
+    say(f"control API: nvmeof-target ctl --control {format_endpoint(endpoints.control)} status"
+        f"  (OpenAPI: http://{format_endpoint(endpoints.control)}/openapi.json)")  # fmt: skip
+    say("  (both stop with the demo; `nvmeof-target serve` keeps them up: 9464 and 9465)")
+    if fired:
+        say(f"faults fired: {fired}")
 
 
 async def _bounded_demo() -> int:
