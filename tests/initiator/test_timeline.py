@@ -19,6 +19,7 @@ async def test_samples_rates_and_events(autojump_clock: trio.testing.MockClock,
     timeline = Timeline(head, period=0.5)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(timeline.run)
+        await trio.sleep(0.25)  # between samples, so each window sees one step
         for step in range(6):
             head.paths[0].stats.ios += 100 if step < 3 else 0
             head.paths[1].stats.ios += 0 if step < 3 else 50
