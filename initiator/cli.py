@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--verify", action="store_true", help="write patterns and check reads")
     bench.add_argument("--json", action="store_true", help="fio-style JSON on stdout")
     bench.add_argument("--quiet", action="store_true", help="no live per-path view")
+    bench.add_argument("--metrics", type=path_arg, metavar="ADDR:PORT",
+                       help="serve Prometheus metrics on http://ADDR:PORT/metrics while it runs")  # fmt: skip
     return parser  # fmt: skip
 
 

@@ -277,6 +277,12 @@ class LiveView:
 
 
 async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
+    if args.metrics:
+        from initiator.metrics import initiator_registry, serve_metrics
+
+        addr, port = args.metrics
+        bound = await host.nursery.start(serve_metrics, initiator_registry(host), addr, port)
+        err(f"metrics: http://{addr}:{bound}/metrics")
     await connect_paths(host, args)
     head = pick_head(host, args)
     opts = BenchOptions(rw=args.rw, bs=args.bs, iodepth=args.iodepth, numjobs=args.numjobs,

@@ -222,7 +222,7 @@ class HostController:
             await trio.sleep(period)
             try:
                 await self.keep_alive()
-            except NvmeofError as err:
+            except (NvmeofError, trio.TooSlowError) as err:
                 if not self._shutting_down:
                     log.warning("keep-alive failed %s:%s: %s", *self.addr, err)
                 return

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import math
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -47,6 +48,38 @@ DEFAULT_MAX_TRANSFER = 1 << 20
 NO_PATH_STATUS = status_word(StatusCode.HOST_PATH_ERROR, dnr=True)
 _ANA_CODES = {StatusCode.ANA_PERSISTENT_LOSS, StatusCode.ANA_INACCESSIBLE,
               StatusCode.ANA_TRANSITION}  # fmt: skip
+#: Upper bounds (seconds) of the per-path I/O latency histogram (``+Inf`` implied).
+LATENCY_BOUNDS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
+                  0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
+#: Upper bounds (seconds) of the failover time histogram (path error to I/O flowing again).
+FAILOVER_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Buckets:
+    """Histogram counters over fixed bounds: an observation is one bisect and one increment.
+    ``counts`` has one bucket per bound plus ``+Inf``; the metrics make them cumulative."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    sum: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_right(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+def _latency_buckets() -> Buckets:
+    return Buckets(LATENCY_BOUNDS)
 
 
 @dataclass
@@ -58,6 +91,7 @@ class PathStats:
     errors: int = 0
     failovers: int = 0  # commands that left this path because of an error
     retries: int = 0
+    latency: Buckets = field(default_factory=_latency_buckets)  # completions, from sending
 
 
 @dataclass
@@ -156,6 +190,13 @@ class MultipathHead:
         self._kicked = False
         self.stats = HeadStats()
         self.events: list[tuple[float, str]] = []  # (time, what) for live views and plots
+        #: Path error to the first successful completion of a failed-over command.
+        self.failover_latency = Buckets(FAILOVER_BOUNDS)
+        self.failover_started: float | None = None  # the path error being recovered from
+        try:  # the run's clock itself: cheaper than trio.current_time() on every completion
+            self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        except RuntimeError:  # made outside a Trio run
+            self._now = trio.current_time
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -249,6 +290,7 @@ class MultipathHead:
 
     def _fail(self, slot: Slot, why: str) -> None:
         self.stats.failed += 1
+        self.failover_started = None  # that failover did not succeed
         log.warning("I/O failed on %s nsid %s: %s", self.subnqn, self.nsid, why)
         slot.status_word = NO_PATH_STATUS
         slot.dw0 = slot.dw1 = 0
@@ -272,8 +314,16 @@ class MultipathHead:
         if disposition is Disposition.COMPLETE:
             stats.ios += 1
             stats.bytes += len(slot.data_in or slot.data_out or b"")
+            now = self._now()
+            elapsed = now - slot.sent_at
+            latency = stats.latency  # Buckets.observe, inlined: this runs for every I/O
+            latency.counts[bisect_right(LATENCY_BOUNDS, elapsed)] += 1
+            latency.sum += elapsed
             if status & 0xFFFE:
                 stats.errors += 1
+            elif slot.failovers and self.failover_started is not None:
+                self.failover_latency.observe(now - self.failover_started)
+                self.failover_started = None
             slot.status_word = status
             slot.dw0 = dw0
             slot.dw1 = dw1
@@ -298,6 +348,8 @@ class MultipathHead:
     def _failover(self, slot: Slot, path: Path, status: int) -> None:
         now = trio.current_time()
         code = (status >> 1) & 0x7FF
+        if self.failover_started is None:
+            self.failover_started = now
         if self._current is not None and self.paths[self._current] is path:
             self._current = None
         if code in _ANA_CODES and not path.ana_pending:

@@ -13,6 +13,7 @@ import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 import trio
@@ -22,6 +23,7 @@ from nvmeof.constants import (
     DISCOVERY_NQN,
     AdminOpcode,
     FabricsType,
+    IoOpcode,
     is_host_to_controller,
 )
 from nvmeof.errors import CommandError, TransportError
@@ -36,6 +38,7 @@ from nvmeof.tcp.events import (
 from target.admin import MAX_TRANSFER
 from target.dispatch import route
 from target.request import Execute, Pending, Reply, Request, fail
+from target.state import IO_OPCODES
 
 if TYPE_CHECKING:
     from target.controller import Controller
@@ -50,6 +53,11 @@ MAX_H2C_DATA = 128 * 1024
 ICREQ_TIMEOUT = 30.0
 _TRANSIENT_TRANSPORT_ERROR = status_word(StatusCode.TRANSIENT_TR_ERR)
 _INTERNAL_ERROR = status_word(StatusCode.INTERNAL, dnr=True)
+_AER = AdminOpcode.ASYNC_EVENT_REQUEST
+_READ = IO_OPCODES + IoOpcode.READ
+_WRITE = IO_OPCODES + IoOpcode.WRITE
+_MOVES_DATA = frozenset({_READ, _WRITE})
+_NO_BATCH = float("nan")  # _batch_at between batches: no request's arrival time is this object
 
 
 class QueueConnection:
@@ -83,6 +91,17 @@ class QueueConnection:
         self._nursery: trio.Nursery | None = None
         self.close_reason = ""
         self.commands = 0
+        # Metrics counters (target.metrics reads them when scraped); ``commands`` counts those
+        # received. The commands of a receive batch completed while it is served are timed
+        # together by _end_batch: ``completed - _batch_base`` of them.
+        self.stats = state.port_stats(port.id)
+        self.completed = 0
+        self._received_at = 0.0
+        self._batch_at = _NO_BATCH  # _received_at while the batch is being served
+        self._batch_base = 0
+        self._opbase = 0
+        self._read_bytes: dict[int, int] = {}
+        self._written_bytes: dict[int, int] = {}
         self._flowing = trio.Event()  # cleared while the port is blackholed
         self._flowing.set()
         self._rx_resume_at = 0.0
@@ -99,6 +118,10 @@ class QueueConnection:
         self.sqsize = sqsize
         self.sq_flow_control = sq_flow_control
         controller.queues[qid] = self
+        if qid and controller.subsystem is not None:
+            self._opbase = IO_OPCODES
+            counts = self.state.subsystem_bytes(controller.subsystem.nqn)
+            self._read_bytes, self._written_bytes = counts.read, counts.written
         if qid == 0 and self._nursery is not None:
             self._nursery.start_soon(self._watch_keepalive, controller)
 
@@ -106,6 +129,9 @@ class QueueConnection:
 
     def complete_async_event(self, cid: int, dw0: int) -> None:
         if self.conn.state is ConnState.ESTABLISHED:
+            self.stats.ok[_AER] += 1
+            self.completed += 1
+            self._batch_base += 1  # AERs wait by design: no latency sample
             self._respond(cid, 0, dw0, 0)
             self._kick()
 
@@ -127,6 +153,14 @@ class QueueConnection:
             self._flowing = trio.Event()
         elif not on:
             self._flowing.set()
+
+    @property
+    def inflight(self) -> int:
+        """Commands received and not completed yet (outstanding AERs left out: they wait by
+        design)."""
+        ctrl = self.controller
+        waiting = ctrl.aen.outstanding if ctrl is not None and self.qid == 0 else 0
+        return max(0, self.commands - self.completed - waiting)
 
     @property
     def blackholed(self) -> bool:
@@ -174,6 +208,8 @@ class QueueConnection:
             return False
         if not nbytes:
             return False
+        self._received_at = self._batch_at = perf_counter()  # when this batch arrived
+        self._batch_base = self.completed
         conn.reader.commit(nbytes)
         try:
             while (event := conn.next_event()) is not None:
@@ -181,9 +217,13 @@ class QueueConnection:
                     return False
         except TransportError as err:
             log.warning("protocol error peer=%s qid=%s: %s", self.peer, self.qid, err)
+            if conn.state is ConnState.TERMINATED:  # a C2HTermReq is queued
+                self.state.termreqs_sent += 1
             self.close_reason = f"protocol error: {err}"
             await self._flush()
             return False
+        finally:
+            self._end_batch()
         await self._flush()
         return True
 
@@ -193,6 +233,7 @@ class QueueConnection:
         elif isinstance(event, DataReceived):
             req, execute = self._awaiting_data.pop(event.cid)
             if not event.data_digest_ok:
+                self._account(req, _TRANSIENT_TRANSPORT_ERROR)
                 self._respond(req.cid, _TRANSIENT_TRANSPORT_ERROR, 0, 0)
             else:
                 self._execute(req, execute)
@@ -210,6 +251,7 @@ class QueueConnection:
     def _serve(self, event: CommandReceived) -> None:
         self.commands += 1
         req = Request(event.cid, event.sqe, event.data, event.transfer_length)
+        req.received_at = self._received_at
         if self.sq_flow_control and self.sqsize:
             self._sqhd = (self._sqhd + 1) % self.sqsize
         try:
@@ -230,6 +272,7 @@ class QueueConnection:
             self._fail(req, err)
             return
         if not event.data_digest_ok:
+            self._account(req, _TRANSIENT_TRANSPORT_ERROR)
             self._respond(req.cid, _TRANSIENT_TRANSPORT_ERROR, 0, 0)
             return
         self._execute(req, execute)
@@ -246,6 +289,7 @@ class QueueConnection:
         except Exception:
             log.exception("handler failed peer=%s qid=%s opcode=%#x", self.peer, self.qid,
                           req.opcode)  # fmt: skip
+            self._account(req, _INTERNAL_ERROR)
             self._respond(req.cid, _INTERNAL_ERROR, 0, 0)
             return
         if isinstance(result, Reply):
@@ -263,6 +307,7 @@ class QueueConnection:
             log.error("storage error peer=%s qid=%s: %s", self.peer, self.qid, err)
             if self.controller is not None:
                 self.controller.stats.media_errors += 1
+            self._account(req, _INTERNAL_ERROR)
             self._respond(req.cid, _INTERNAL_ERROR, 0, 0)
         else:
             self._complete(req, reply)
@@ -272,6 +317,7 @@ class QueueConnection:
         fault = req.fault
         if fault is not None and self._complete_with_fault(req, reply, fault):
             return
+        self._account(req, reply.status)
         if reply.data is not None and reply.status == 0:
             success = not self.sq_flow_control and not reply.dw0 and not reply.dw1
             corrupt = fault is not None and fault.action == "corrupt-ddgst"
@@ -289,7 +335,31 @@ class QueueConnection:
                   req.cid, req.opcode, err)  # fmt: skip
         if self.controller is not None:
             self.controller.record_error(max(self.qid, 0), req.cid, word, req.nsid)
+        self._account(req, word)
         self._respond(req.cid, word, err.result, 0)
+
+    def _account(self, req: Request, status: int) -> None:
+        """Count a command being completed: latency, status, bytes (plain counters only)."""
+        self.completed += 1
+        if req.received_at is not self._batch_at:  # same float object: in this batch
+            self.stats.observe(perf_counter() - req.received_at)
+            self._batch_base += 1  # timed on its own, not with the batch being served
+        index = self._opbase + req.opcode
+        if status & 0xFFFE:
+            self.stats.count_error(index, status)
+            return
+        self.stats.ok[index] += 1
+        if index in _MOVES_DATA:  # Read or Write on an I/O queue
+            moved = self._read_bytes if index == _READ else self._written_bytes
+            moved[req.nsid] = moved.get(req.nsid, 0) + req.transfer_length
+
+    def _end_batch(self) -> None:
+        """Time the commands completed while their receive batch was served: their responses
+        leave together in the flush that follows (one clock read per batch, not per command)."""
+        self._batch_at = _NO_BATCH
+        done = self.completed - self._batch_base
+        if done:
+            self.stats.observe(perf_counter() - self._received_at, done)
 
     def _respond(self, cid: int, status: int, dw0: int, dw1: int, corrupt: bool = False) -> None:
         sqhd = self._sqhd if self.sq_flow_control else 0xFFFF
@@ -313,7 +383,9 @@ class QueueConnection:
         req.fault = rule
         action = rule.action
         if action == "status":
-            self._respond(req.cid, status_word(rule.status, dnr=rule.dnr), 0, 0)
+            word = status_word(rule.status, dnr=rule.dnr)
+            self._account(req, word)
+            self._respond(req.cid, word, 0, 0)
             return True
         if action == "close":
             self.reset(f"fault rule {rule.id}: close")
@@ -385,9 +457,14 @@ class QueueConnection:
     async def _watch_keepalive(self, ctrl: Controller) -> None:
         while not ctrl.closed:
             now = trio.current_time()
-            if ctrl.keepalive_expired(now):
+            if self.blackholed:
+                # A blackholed path reads nothing, keep-alives included: it is for the host to
+                # notice (its keep-alive timeout), not for us to end the association.
+                ctrl.touch(now)
+            elif ctrl.keepalive_expired(now):
                 log.warning("keep-alive timeout cntlid=%s host=%s kato_ms=%s", ctrl.cntlid,
                             ctrl.hostnqn, ctrl.kato_ms)  # fmt: skip
+                self.state.keepalive_expirations += 1
                 ctrl.close("keep-alive timeout")
                 return
             await trio.sleep_until(min(ctrl.keepalive_deadline, now + 1.0))

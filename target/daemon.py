@@ -37,7 +37,7 @@ class Target(Operations):
         self.connections: set[QueueConnection] = set()
         self._cancel: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
-        self._listeners: dict[int, trio.CancelScope] = {}
+        self._listeners: dict[int, tuple[trio.CancelScope, list[trio.SocketListener]]] = {}
         super().__init__()
 
     @property
@@ -78,15 +78,18 @@ class Target(Operations):
         listeners = await trio.open_tcp_listeners(bind, host=port.addr)
         port.bound_port = listeners[0].socket.getsockname()[1]
         scope = trio.CancelScope()
-        self._listeners[port.id] = scope
+        self._listeners[port.id] = (scope, listeners)
         self._nursery.start_soon(self._accept_loop, port, listeners, scope)
         log.info("listening port=%s addr=%s:%s subsystems=%s", port.id, port.addr,
                  port.bound_port, ",".join(port.subsystems) or "-")  # fmt: skip
 
     def close_listener(self, port: Port) -> None:
         """Stop accepting on ``port``: new connections are refused by the kernel."""
-        scope = self._listeners.pop(port.id, None)
-        if scope is not None:
+        entry = self._listeners.pop(port.id, None)
+        if entry is not None:
+            scope, listeners = entry
+            for listener in listeners:
+                listener.socket.close()  # now, so the port can be bound again at once
             scope.cancel()
 
     def listening(self, port: Port) -> bool:
@@ -108,6 +111,8 @@ class Target(Operations):
         while True:
             try:
                 stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return  # close_listener() closed it: the port is down
             except OSError as err:  # e.g. EMFILE: log, breathe, carry on (serve_listeners)
                 log.error("accept failed port=%s: %s", port.id, err)
                 await trio.sleep(0.1)

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 class Request:
     """One command being served on a queue."""
 
-    __slots__ = ("cid", "data", "data_digest_ok", "fault", "nsid", "opcode", "sqe",
-                 "transfer_length")  # fmt: skip
+    __slots__ = ("cid", "data", "data_digest_ok", "fault", "nsid", "opcode", "received_at",
+                 "sqe", "transfer_length")  # fmt: skip
 
     def __init__(self, cid: int, sqe: bytes, data: bytes | bytearray | None, length: int) -> None:
         self.cid = cid
@@ -37,6 +37,7 @@ class Request:
         self.transfer_length = length
         self.data_digest_ok = True
         self.fault: FaultRule | None = None
+        self.received_at = 0.0  # perf_counter() of the receive batch (latency histogram)
 
     def dword(self, index: int) -> int:
         """CDW``index`` (10..15 are the command-specific ones)."""

@@ -7,6 +7,7 @@ notifies the affected controllers through asynchronous events. No sockets here.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 
 from nvmeof.aen import ANA_CHANGE, DISCOVERY_CHANGE, NS_CHANGED
 from nvmeof.constants import (
@@ -37,6 +38,50 @@ MAX_NAMESPACES = 1024
 DISCOVERY_TREQ = 0x2
 
 
+#: Upper bounds (seconds) of the command latency histogram buckets (``+Inf`` is implied).
+LATENCY_BOUNDS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
+                  0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
+#: Index offset of I/O queue opcodes in :attr:`CommandStats.ok` (admin opcodes start at 0).
+IO_OPCODES = 0x100
+
+
+class CommandStats:
+    """Command counters of one port, bumped by its connections as commands complete.
+
+    Plain lists and ints (one index per command, no allocation): :mod:`target.metrics` reads
+    them at scrape time. ``ok`` counts successes by ``IO_OPCODES * io_queue + opcode``;
+    ``errors`` counts failures by (that index, status code); ``latency`` holds the bucket
+    counts for :data:`LATENCY_BOUNDS` plus one for ``+Inf``.
+    """
+
+    __slots__ = ("errors", "latency", "latency_sum", "ok")
+
+    def __init__(self) -> None:
+        self.ok = [0] * (2 * IO_OPCODES)
+        self.errors: dict[tuple[int, int], int] = {}
+        self.latency = [0] * (len(LATENCY_BOUNDS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, elapsed: float, count: int = 1) -> None:
+        """``count`` commands that took ``elapsed`` seconds."""
+        self.latency[bisect_right(LATENCY_BOUNDS, elapsed)] += count
+        self.latency_sum += elapsed * count
+
+    def count_error(self, index: int, status: int) -> None:
+        key = (index, (status >> 1) & 0x7FF)
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+
+class ByteCounts:
+    """Bytes read and written by successful commands, per NSID of one subsystem."""
+
+    __slots__ = ("read", "written")
+
+    def __init__(self) -> None:
+        self.read: dict[int, int] = {}
+        self.written: dict[int, int] = {}
+
+
 class TargetState:
     """Everything a target serves, independent of how bytes move."""
 
@@ -50,6 +95,11 @@ class TargetState:
         self._next_disc_cntlid = 1
         self.faults = FaultSet()
         self.faults_fired: dict[str, int] = {}
+        # Counters read by target.metrics at scrape time.
+        self.command_stats: dict[int, CommandStats] = {pid: CommandStats() for pid in self.ports}
+        self.byte_counts: dict[str, ByteCounts] = {nqn: ByteCounts() for nqn in self.subsystems}
+        self.keepalive_expirations = 0
+        self.termreqs_sent = 0
 
     # -- lookups -----------------------------------------------------------------------------
 
@@ -58,6 +108,12 @@ class TargetState:
         for sub in self.subsystems.values():
             ctrls.extend(sub.controllers.values())
         return ctrls
+
+    def port_stats(self, port_id: int) -> CommandStats:
+        return self.command_stats.setdefault(port_id, CommandStats())
+
+    def subsystem_bytes(self, nqn: str) -> ByteCounts:
+        return self.byte_counts.setdefault(nqn, ByteCounts())
 
     def allocate_discovery_cntlid(self) -> int:
         while self._next_disc_cntlid in self.discovery_controllers:
