@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--verify", action="store_true", help="write patterns and check reads")
     bench.add_argument("--json", action="store_true", help="fio-style JSON on stdout")
     bench.add_argument("--quiet", action="store_true", help="no live per-path view")
+    bench.add_argument(
+        "--timeline",
+        metavar="FILE.html|FILE.png",
+        help="plot per-path IOPS over time with path and ANA events marked",
+    )
     bench.add_argument("--metrics", type=path_arg, metavar="ADDR:PORT",
                        help="serve Prometheus metrics on http://ADDR:PORT/metrics while it runs")  # fmt: skip
     return parser  # fmt: skip
@@ -192,6 +197,8 @@ def _validate(args: argparse.Namespace) -> str | None:
             return "--iodepth, --numjobs and --runtime must be positive"
         if not 0 <= args.rwmixread <= 100:
             return "--rwmixread must be 0..100"
+        if args.timeline and not args.timeline.lower().endswith((".html", ".png")):
+            return "--timeline wants a .html or .png file"
     return None
 
 

@@ -16,6 +16,7 @@ from initiator.cli import controller_options, dump_json
 from initiator.host import Host, open_host
 from initiator.multipath import MultipathHead
 from initiator.session import Session
+from initiator.timeline import Timeline
 from nvmeof.constants import DISCOVERY_PORT, IO_PORT, AnaState, Cns, DiscoverySubtype
 from nvmeof.wire.identify import parse_identify_ns
 
@@ -292,7 +293,15 @@ async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
     if not args.json:
         err(f"bench: {args.rw} bs={args.bs} iodepth={args.iodepth} numjobs={args.numjobs} "
             f"runtime={args.runtime:g}s over {len(head.paths)} paths, iopolicy {head.iopolicy}")  # fmt: skip
-    result = await run_bench(head, opts, view.tick)
+    timeline = Timeline(head) if args.timeline else None
+    async with trio.open_nursery() as sampler:
+        if timeline is not None:
+            sampler.start_soon(timeline.run)
+        result = await run_bench(head, opts, view.tick)
+        sampler.cancel_scope.cancel()
+    if timeline is not None:
+        await trio.to_thread.run_sync(timeline.write, args.timeline)
+        err(f"timeline: {args.timeline}")
     report = bench_report(head, opts, result)
     if args.json:
         dump_json(report)

@@ -61,6 +61,16 @@ class Timeline:
 
     # -- rendering -------------------------------------------------------------------------------
 
+    def _event_groups(self, window: float = 0.2) -> list[tuple[float, list[str]]]:
+        """Events close in time merged into one marker (a path loss logs several at once)."""
+        groups: list[tuple[float, list[str]]] = []
+        for when, what in self.events:
+            if groups and when - groups[-1][0] <= window:
+                groups[-1][1].append(what)
+            else:
+                groups.append((when, [what]))
+        return groups
+
     def svg(self, width: int = 960, height: int = 360) -> str:
         left, right, top, bottom = 70, 20, 20, 40
         plot_w, plot_h = width - left - right, height - top - bottom
@@ -123,10 +133,13 @@ class Timeline:
         for index, (label, series) in enumerate(sorted(self.iops.items())):
             ax.plot(self.times[: len(series)], series, label=label,
                     color=COLORS[index % len(COLORS)])  # fmt: skip
-        for when, what in self.events:
+        top = ax.get_ylim()[1]
+        for column, (when, texts) in enumerate(self._event_groups()):
             ax.axvline(when, color="#999", linestyle="--", linewidth=0.8)
-            ax.annotate(what[:40], (when, ax.get_ylim()[1] * 0.95), rotation=90, fontsize=7,
-                        va="top", ha="right", color="#555")  # fmt: skip
+            label = "\n".join(text[:48] for text in texts[:3])
+            ax.annotate(label, (when, top * (0.97 - 0.04 * (column % 2))), fontsize=7,
+                        va="top", ha="left", color="#444", xytext=(3, 0),
+                        textcoords="offset points")  # fmt: skip
         ax.set_xlabel("seconds")
         ax.set_ylabel("IOPS")
         ax.set_title("nvmeof bench: per-path IOPS")

@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -20,6 +21,7 @@ from initiator.bench import BenchOptions, run_bench
 from initiator.commands import LiveView, bench_report, print_report
 from initiator.controller import ControllerOptions, HostController, connect_controller
 from initiator.host import open_host
+from initiator.timeline import Timeline
 from nvmeof.constants import DISCOVERY_NQN, DISCOVERY_PORT, AnaState, LogPage
 from nvmeof.wire.logpages import DiscoveryEntry, parse_discovery_entries, parse_discovery_header
 from target.config import DEMO_NQN, default_config
@@ -171,9 +173,12 @@ async def failover_act(target: Target) -> None:
             await target.port_up(1)
             say("  >>> operator: port 1 up again")
 
+        timeline = Timeline(head, period=0.1)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(operator)
+            nursery.start_soon(timeline.run)
             result = await run_bench(head, opts, view.tick)
+            nursery.cancel_scope.cancel()
         report = bench_report(head, opts, result)
         say()
         print_report(report)
@@ -183,6 +188,14 @@ async def failover_act(target: Target) -> None:
         check(mp["requeued"] > 0, "the path kill should have requeued commands in flight")
         say(f"  -> {mp['requeued']} in-flight commands requeued to the other path, 0 failed, "
             "every read verified")  # fmt: skip
+        out = Path("bench-results")
+        await trio.Path(out).mkdir(exist_ok=True)
+        for name in ("demo-timeline.html", "demo-timeline.png"):
+            try:
+                await trio.to_thread.run_sync(timeline.write, out / name)
+            except RuntimeError:
+                continue  # no matplotlib: the HTML one is enough
+            say(f"  timeline of per-path IOPS with the events marked: {out / name}")
 
 
 async def start_control(nursery: trio.Nursery, target: Target) -> ControlEndpoints | None:
