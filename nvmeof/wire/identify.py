@@ -27,7 +27,6 @@ from construct import (
     Array,
     Bytes,
     BytesInteger,
-    ConstructError,
     Default,
     Int8ul,
     Int16ul,
@@ -37,7 +36,13 @@ from construct import (
 )
 
 from nvmeof.constants import IDENTIFY_SIZE
-from nvmeof.wire.fields import Reserved, SpacePadded, nqn_field
+from nvmeof.wire.fields import (
+    Reserved,
+    SpacePadded,
+    build_strict as _build,
+    nqn_field,
+    parse_strict as _parse,
+)
 
 Data: TypeAlias = bytes | bytearray | memoryview
 
@@ -64,25 +69,6 @@ def _u128(name: str) -> Any:
 
 def _raw(name: str, size: int) -> Any:
     return name / Default(Bytes(size), bytes(size))
-
-
-def _build(struct: Any, fields: Mapping[str, Any]) -> bytes:
-    """Build ``struct`` from a partial mapping; unknown names and bad values raise ValueError."""
-    known = {sc.name for sc in struct.subcons if sc.name}
-    unknown = sorted(k for k in fields if not k.startswith("_") and k not in known)
-    if unknown:
-        raise ValueError(f"unknown field(s) {unknown}")
-    try:
-        return bytes(struct.build(dict(fields)))
-    except ConstructError as exc:
-        raise ValueError(f"cannot build: {exc}") from exc
-
-
-def _parse(struct: Any, data: Data) -> Any:
-    try:
-        return struct.parse(bytes(data))
-    except ConstructError as exc:
-        raise ValueError(f"cannot parse: {exc}") from exc
 
 
 def _padded_list(fields: Mapping[str, Any], key: str, count: int) -> dict[str, Any]:

@@ -41,7 +41,13 @@ from construct import (
 )
 
 from nvmeof.constants import DISCOVERY_ENTRY_SIZE
-from nvmeof.wire.fields import Reserved, SpacePadded, nqn_field
+from nvmeof.wire.fields import (
+    Reserved,
+    SpacePadded,
+    build_strict as _build,
+    nqn_field,
+    parse_strict as _parse,
+)
 
 Data: TypeAlias = bytes | bytearray | memoryview
 
@@ -55,25 +61,6 @@ ANA_RSP_HDR_SIZE = 16
 ANA_GROUP_DESC_SIZE = 32  # without the NSID list
 DISC_RSP_PAGE_HDR_SIZE = 1024
 DISC_RSP_PAGE_HDR_SHORT_SIZE = 18  # GENCTR, NUMREC, RECFMT (libnvme reads 20 bytes)
-
-
-def _build(struct: Any, fields: Mapping[str, Any]) -> bytes:
-    """Build ``struct`` from a partial mapping; unknown names and bad values raise ValueError."""
-    known = {sc.name for sc in struct.subcons if sc.name}
-    unknown = sorted(k for k in fields if not k.startswith("_") and k not in known)
-    if unknown:
-        raise ValueError(f"unknown field(s) {unknown}")
-    try:
-        return bytes(struct.build(dict(fields)))
-    except ConstructError as exc:
-        raise ValueError(f"cannot build: {exc}") from exc
-
-
-def _parse(struct: Any, data: Data) -> Any:
-    try:
-        return struct.parse(bytes(data))
-    except ConstructError as exc:
-        raise ValueError(f"cannot parse: {exc}") from exc
 
 
 def _nsid_page(nsids: Sequence[int]) -> list[int]:
