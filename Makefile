@@ -32,3 +32,4 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python bench/matrix.py
+	$(BIN)/python bench/recovery.py

@@ -224,7 +224,8 @@ class HostController:
                 await self.keep_alive()
             except (NvmeofError, trio.TooSlowError) as err:
                 if not self._shutting_down:
-                    log.warning("keep-alive failed %s:%s: %s", *self.addr, err)
+                    why = str(err) or f"no answer within {self.options.kato_ms} ms"
+                    log.warning("keep-alive failed %s:%s: %s", *self.addr, why)
                 return
 
     async def shutdown(self) -> None:
