@@ -248,10 +248,12 @@ async def cmd_read(host: Host, args: argparse.Namespace) -> int:
 class LiveView:
     """Prints per-path IOPS, in-flight, requeues and state once a second (stderr)."""
 
-    def __init__(self, head: MultipathHead, quiet: bool, out: Callable[[str], None] = err) -> None:
+    def __init__(self, head: MultipathHead, quiet: bool, out: Callable[[str], None] = err,
+                 total: float = 0.0) -> None:  # fmt: skip
         self.head = head
         self.quiet = quiet
         self.out = out
+        self.total = total  # seconds the run lasts, for the progress figure
         self.last = {id(p): p.stats.ios for p in head.paths}
         self.seen_events = len(head.events)
         self.samples: list[tuple[float, dict[str, int]]] = []
@@ -271,10 +273,13 @@ class LiveView:
         if self.quiet:
             return
         for _, what in head.events[self.seen_events :]:
-            err(f"[{elapsed:5.1f}s] event: {what}")
+            self.out(f"[{elapsed:5.1f}s] event: {what}")
         self.seen_events = len(head.events)
-        err(f"[{elapsed:5.1f}s] " + " | ".join(parts) + f" | requeued={head.stats.requeued} "
-            f"queued={head.queued}")  # fmt: skip
+        progress = f"{elapsed:5.1f}s"
+        if self.total:
+            progress += f" {min(100, 100 * elapsed / self.total):3.0f}%"
+        self.out(f"[{progress}] " + " | ".join(parts) + f" | requeued={head.stats.requeued} "
+                 f"queued={head.queued}")  # fmt: skip
 
 
 async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
@@ -289,7 +294,7 @@ async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
     opts = BenchOptions(rw=args.rw, bs=args.bs, iodepth=args.iodepth, numjobs=args.numjobs,
                         runtime=args.runtime, size=args.size, verify=args.verify,
                         rwmixread=args.rwmixread)  # fmt: skip
-    view = LiveView(head, args.quiet or args.json)
+    view = LiveView(head, args.quiet or args.json, total=args.runtime)
     if not args.json:
         err(f"bench: {args.rw} bs={args.bs} iodepth={args.iodepth} numjobs={args.numjobs} "
             f"runtime={args.runtime:g}s over {len(head.paths)} paths, iopolicy {head.iopolicy}")  # fmt: skip

@@ -161,7 +161,8 @@ async def failover_act(target: Target) -> None:
         for port_id in (1, 2):
             await host.connect(HOST, target.ports[port_id].bound_port, DEMO_NQN)
         head = host.namespace(DEMO_NQN, 1)
-        view = LiveView(head, quiet=False, out=lambda line: say("  " + line))
+        view = LiveView(head, quiet=False, out=lambda line: say("  " + line),
+                        total=FAILOVER_RUNTIME)  # fmt: skip
         opts = BenchOptions(rw="randrw", bs=4096, iodepth=32, runtime=FAILOVER_RUNTIME,
                             size=32 << 20, verify=True)  # fmt: skip
 
