@@ -241,6 +241,9 @@ async def test_fault_matrix(target: Target, fault: str, op: str, nursery: trio.N
             assert head.paths[1].stats.ios > 0, f"{fault}: I/O should have moved to port 2"
         if fault in ("path-error-status", "digest-corruption", "delay-beyond-io-timeout"):
             assert target.state.faults_fired, "the target counted the fault"
+        if fault == "path-error-status":
+            # Both sides agree: every status the target injected made the host requeue once.
+            assert stats.requeued == target.state.faults_fired["status"] == 40
 
 
 async def test_target_restart_with_file_namespace(tmp_path: Path) -> None:
