@@ -15,6 +15,8 @@ Rules of this module:
 
 from __future__ import annotations
 
+import struct
+
 from nvmeof.constants import (
     CH_SIZE,
     FLAG_DDGSTF,
@@ -34,7 +36,9 @@ from nvmeof.constants import (
 )
 from nvmeof.digest import crc32c
 from nvmeof.errors import TransportError
-from nvmeof.wire.fast import CH
+
+#: The common header as (type | flags << 8 | hlen << 16 | pdo << 24, plen).
+_SIGNATURE = struct.Struct("<II")
 
 #: Exact header length of each PDU type.
 HLEN: dict[int, int] = {
@@ -97,14 +101,35 @@ class PduReader:
     def __init__(self, receives: frozenset[int], max_data: int) -> None:
         self.receives = receives
         self.max_data = max_data
-        self.header_digest = False
-        self.data_digest = False
+        self._header_digest = False
+        self._data_digest = False
+        #: Header shapes (type, flags, hlen, pdo as one u32) already validated: (header digest,
+        #: fixed plen or 0 for data PDUs, data digest bytes). Skips re-checking every PDU.
+        self._known: dict[int, tuple[bool, int, int]] = {}
         # Room for the largest legal PDU (header 128 + digests + data) and one more read.
         self._size = max(65536, 2 * (max_data + 256))
         self._buf = bytearray(self._size)
         self._view = memoryview(self._buf)
         self._start = 0  # first unconsumed byte
         self._end = 0  # one past the last received byte
+
+    @property
+    def header_digest(self) -> bool:
+        return self._header_digest
+
+    @header_digest.setter
+    def header_digest(self, on: bool) -> None:
+        self._header_digest = on
+        self._known.clear()
+
+    @property
+    def data_digest(self) -> bool:
+        return self._data_digest
+
+    @data_digest.setter
+    def data_digest(self, on: bool) -> None:
+        self._data_digest = on
+        self._known.clear()
 
     # -- input -------------------------------------------------------------------------------
 
@@ -164,8 +189,20 @@ class PduReader:
         if avail < CH_SIZE:
             return None
         start = self._start
-        pdu_type, flags, hlen, pdo, plen = CH.unpack_from(self._buf, start)
-        hdgst = self._check_header(pdu_type, flags, hlen, pdo, plen, start)
+        sig, plen = _SIGNATURE.unpack_from(self._buf, start)
+        pdu_type, flags, hlen, pdo = sig & 0xFF, (sig >> 8) & 0xFF, (sig >> 16) & 0xFF, sig >> 24
+        known = self._known.get(sig)
+        if known is not None and (
+            plen == known[1]
+            if known[1]
+            else pdo + known[2] < plen <= pdo + known[2] + self.max_data
+        ):
+            hdgst = known[0]  # a header shape validated before, with a plausible length
+        else:
+            hdgst = self._check_header(pdu_type, flags, hlen, pdo, plen, start)
+            if pdu_type not in _TERM_TYPES:
+                dd = _DIGEST if flags & FLAG_DDGSTF else 0
+                self._known[sig] = (hdgst, 0 if pdo else plen, dd)
         if avail < plen:
             return None
         view = self._view
@@ -188,14 +225,16 @@ class PduReader:
         self._start = start + plen
         return Pdu(pdu_type, flags, plen, header, data, ok)
 
+    def _error(self, start: int, hlen: int, offset: int, why: str, fes: Fes) -> TransportError:
+        echo = min(max(hlen, CH_SIZE), TERMREQ_MAX_DATA, self._end - start)
+        return TransportError(fes, why, fei=offset, header=bytes(self._view[start : start + echo]))
+
     def _check_header(self, pdu_type: int, flags: int, hlen: int, pdo: int, plen: int,
                       start: int) -> bool:  # fmt: skip
         """Validate the common header; returns whether a header digest is present."""
 
         def bad(offset: int, why: str, fes: Fes = Fes.INVALID_PDU_HEADER_FIELD) -> TransportError:
-            echo = min(max(hlen, CH_SIZE), TERMREQ_MAX_DATA, self._end - start)
-            raw = bytes(self._view[start : start + echo])
-            return TransportError(fes, why, fei=offset, header=raw)
+            return self._error(start, hlen, offset, why, fes)
 
         if pdu_type not in self.receives:
             raise bad(_OFF_TYPE, f"unexpected PDU type {pdu_type:#x}")
