@@ -100,6 +100,7 @@ class ControllerConnection:
         self.header_digest = False
         self.data_digest = False
         self._c2h_align = 4  # (HPDA + 1) * 4
+        self._c2h_layout = (24, b"", 0)
         self._out: list[bytes | memoryview] = []
         self._transfers: dict[int, _H2CTransfer] = {}  # by ttag
         self._ttag_of_cid: dict[int, int] = {}
@@ -162,6 +163,7 @@ class ControllerConnection:
         self.header_digest = bool(digest & DigestFlags.HEADER)
         self.data_digest = bool(digest & DigestFlags.DATA)
         self._c2h_align = (hpda + 1) * 4
+        self._c2h_layout = self._compute_c2h_layout()
         resp = bytearray(128)
         CH.pack_into(resp, 0, PDU_ICRESP, 0, 128, 0, 128)
         resp[11] = digest & 0x3  # mirror the digests the host asked for
@@ -237,20 +239,28 @@ class ControllerConnection:
         """Queue C2HData PDUs carrying ``data``; ``success`` sets the SUCCESS flag on the last
         one, in which case no response may follow for ``cid``. ``corrupt_digest`` sends a
         wrong data digest on the last PDU (fault injection; needs data digests)."""
-        self._require_established()
+        if self.state is not ConnState.ESTABLISHED:
+            self._require_established()
         view = memoryview(data)
         total = len(view)
         hd = 4 if self.header_digest else 0
         dd = 4 if self.data_digest else 0
-        align = self._c2h_align
-        pdo = -(-(24 + hd) // align) * align
-        pad = bytes(pdo - 24 - hd)
+        pdo, pad, base_flags = self._c2h_layout
+        out = self._out
         offset = 0
+        if total <= self.max_c2h_data and not hd and not dd:
+            # The common case, one PDU without digests: two appends.
+            flags = base_flags | FLAG_LAST_PDU | (FLAG_SUCCESS if success else 0)
+            out.append(DATA_PDU.pack(PDU_C2H_DATA, flags, 24, pdo, pdo + total, cid, 0, 0, total))
+            if pad:
+                out.append(pad)
+            out.append(view)
+            return
         while True:
             chunk = view[offset : offset + self.max_c2h_data]
             n = len(chunk)
             last = offset + n >= total
-            flags = (FLAG_DDGSTF if dd else 0) | (FLAG_HDGSTF if hd else 0)
+            flags = base_flags
             if last:
                 flags |= FLAG_LAST_PDU | (FLAG_SUCCESS if success else 0)
             hdr = DATA_PDU.pack(PDU_C2H_DATA, flags, 24, pdo, pdo + n + dd, cid, 0, offset, n)
@@ -271,8 +281,10 @@ class ControllerConnection:
     ) -> None:  # fmt: skip
         """Queue a CapsuleResp for ``cid`` with the 16-bit status word and result dwords.
         ``corrupt_digest`` sends a wrong header digest (fault injection; needs header digests)."""
-        self._require_established()
-        self.cancel_transfer(cid)
+        if self.state is not ConnState.ESTABLISHED:
+            self._require_established()
+        if self._ttag_of_cid:
+            self.cancel_transfer(cid)
         hd = 4 if self.header_digest else 0
         hdr = CAPSULE_RESP.pack(
             PDU_CAPSULE_RESP, FLAG_HDGSTF if hd else 0, 24, 0, 24 + hd,
@@ -307,6 +319,13 @@ class ControllerConnection:
             pdu_type, flags | (FLAG_HDGSTF if hd else 0), 24, 0, 24 + hd, *fields
         )
         return hdr + crc32c(hdr).to_bytes(4, "little") if hd else hdr
+
+    def _compute_c2h_layout(self) -> tuple[int, bytes, int]:
+        """(PDO, padding, flags) of every C2HData PDU, fixed once the digests are known."""
+        hd = 4 if self.header_digest else 0
+        pdo = -(-(24 + hd) // self._c2h_align) * self._c2h_align
+        flags = (FLAG_DDGSTF if self.data_digest else 0) | (FLAG_HDGSTF if hd else 0)
+        return pdo, bytes(pdo - 24 - hd), flags
 
     def _require_established(self) -> None:
         if self.state is not ConnState.ESTABLISHED:
