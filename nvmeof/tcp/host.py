@@ -273,8 +273,8 @@ class HostConnection:
         capsule[10] = cid & 0xFF
         capsule[11] = cid >> 8
         capsule[9] = (capsule[9] & 0x3F) | 0x40  # PSDT 01b: SGLs, as nvme_tcp_setup_cmd_pdu sets
-        write = memoryview(write_data).cast("B") if write_data is not None else None
-        read = memoryview(read_buffer).cast("B") if read_buffer is not None else None
+        write = _bytes_view(write_data) if write_data is not None else None
+        read = _bytes_view(read_buffer) if read_buffer is not None else None
         inline = write is not None and 0 < len(write) <= in_capsule_limit
         if inline:
             assert write is not None
@@ -348,3 +348,10 @@ class HostConnection:
     @property
     def outstanding(self) -> int:
         return len(self._cmds)
+
+
+def _bytes_view(buffer: bytes | bytearray | memoryview) -> memoryview:
+    """A flat byte view of ``buffer`` (no new view when it already is one: the common case)."""
+    if type(buffer) is memoryview and buffer.format == "B" and buffer.c_contiguous:
+        return buffer
+    return memoryview(buffer).cast("B")
