@@ -75,6 +75,7 @@ class Session:
         self.last_failover = -math.inf
         self.reconnects = 0
         self.lost_at: float | None = None
+        self.anatt_deadline = math.inf  # armed while an ANA group is in the change state
         self._scope: trio.CancelScope | None = None
         self._ana_kick = trio.Event()
         self._deleting = False
@@ -168,6 +169,7 @@ class Session:
         self._set_state(SessionState.DELETED, "disconnected")
 
     async def _associate(self, nursery: trio.Nursery) -> None:
+        self.anatt_deadline = math.inf
         assoc = await connect_controller(nursery, self.addr, self.port, self.subnqn, self.options)
         self.assoc = assoc
         data = assoc.identify_data
@@ -185,6 +187,7 @@ class Session:
         nursery.start_soon(self._aer_loop, assoc)
         nursery.start_soon(self._ana_loop, assoc)
         nursery.start_soon(self._io_timeout_watch, assoc)
+        nursery.start_soon(self._anatt_watch)
 
     async def _scan(self, assoc: HostController) -> None:
         """Namespaces and their ANA state: create or update this controller's paths."""
@@ -217,6 +220,23 @@ class Session:
                 path.ana_state, path.ana_group, path.ana_pending = state, group.grpid, False
                 if path.head is not None:
                     path.head.kick()
+        self._arm_anatt(assoc, any(g.state == AnaState.CHANGE for g in ana.groups))
+
+    def _arm_anatt(self, assoc: HostController, in_change: bool) -> None:
+        """The kernel's ANATT timer (nvme_anatt_timeout): a group left in the change state for
+        more than 2 x ANATT seconds gets the controller reset; leaving change disarms it."""
+        if not in_change:
+            self.anatt_deadline = math.inf
+        elif self.anatt_deadline == math.inf:
+            self.anatt_deadline = trio.current_time() + 2 * max(1, assoc.identify.anatt)
+
+    async def _anatt_watch(self) -> None:
+        while True:
+            await trio.sleep_until(min(self.anatt_deadline, trio.current_time() + 1.0))
+            if trio.current_time() >= self.anatt_deadline:
+                self.anatt_deadline = math.inf
+                self._lost("ANATT timeout: an ANA group stayed in change, resetting")
+                return
 
     def _queue_lost(self, err: BaseException) -> None:
         if self.live:
