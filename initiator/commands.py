@@ -200,8 +200,19 @@ async def cmd_ana_log(host: Host, args: argparse.Namespace) -> int:
     return 0
 
 
+def _plain(value: Any) -> Any:
+    """A parsed structure as JSON-ready values: bytes as hex, construct's ``_`` keys dropped."""
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _print_fields(title: str, fields: dict[str, Any], fmt: str) -> None:
-    clean = {k: (v.hex() if isinstance(v, bytes | bytearray) else v) for k, v in fields.items()}
+    clean = _plain(fields)
     if fmt == "json":
         dump_json(clean)
         return

@@ -1,0 +1,129 @@
+"""The ``nvmeof`` command line against an in-process target: every command once, the fio-like
+JSON of ``bench``, and one-line errors for bad arguments and unreachable targets.
+
+``main()`` runs ``trio.run`` itself, so each call goes to a worker thread while the target
+serves from the test's event loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from initiator.cli import main
+from target.config import DEMO_NQN, PortConfig, TargetConfig, default_config
+from target.daemon import Target
+
+
+@pytest.fixture
+async def target(nursery: trio.Nursery) -> AsyncIterator[Target]:
+    base = default_config()
+    config = TargetConfig(subsystems=base.subsystems, ports=tuple(
+        PortConfig(id=p.id, port=0, subsystems=p.subsystems, ana_states=p.ana_states)
+        for p in base.ports))  # fmt: skip
+    served: Target = await nursery.start(Target(config).serve)
+    yield served
+    served.stop()
+
+
+async def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    with trio.fail_after(60):
+        code = await trio.to_thread.run_sync(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def paths(target: Target) -> list[str]:
+    return [
+        arg for pid in (1, 2) for arg in ("--path", f"127.0.0.1:{target.ports[pid].bound_port}")
+    ]
+
+
+async def test_discover_and_list_subsys(target: Target, capsys: pytest.CaptureFixture[str]) -> None:
+    disc = str(target.ports[3].bound_port)
+    code, out, _ = await run(capsys, "discover", "-a", "127.0.0.1", "-s", disc)
+    assert code == 0 and "Number of Records 2" in out
+    assert str(target.ports[1].bound_port) in out and str(target.ports[2].bound_port) in out
+    code, out, _ = await run(capsys, "list-subsys", "-a", "127.0.0.1", "-s", disc, "-o", "json")
+    view = json.loads(out)["subsystems"][0]
+    assert code == 0 and view["nqn"] == DEMO_NQN
+    assert sorted(p["ana_state"] for p in view["paths"]) == ["non-optimized", "optimized"]
+    assert all(p["state"] == "live" for p in view["paths"])
+
+
+async def test_identify_and_ana_log(target: Target, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = await run(capsys, "id-ctrl", *paths(target), "-n", DEMO_NQN, "-o", "json")
+    assert code == 0
+    first = json.loads(out.split("\n}\n")[0] + "\n}")
+    assert first["subnqn"] == DEMO_NQN and first["cmic"] == 0x0B
+    code, out, _ = await run(capsys, "id-ns", *paths(target)[:2], "-n", DEMO_NQN, "-N", "2",
+                             "-o", "json")  # fmt: skip
+    assert code == 0 and json.loads(out)["nsze"] == (256 << 20) // 4096
+    code, out, _ = await run(capsys, "ana-log", *paths(target), "-n", DEMO_NQN, "-o", "json")
+    states = [g["state"] for log in json.loads(out)["ana_logs"] for g in log["groups"]]
+    assert code == 0 and sorted(states) == ["non-optimized", "optimized"]
+
+
+async def test_write_then_verified_read(target: Target, capsys: pytest.CaptureFixture[str]) -> None:
+    common = [*paths(target), "-n", DEMO_NQN, "--slba", "64", "--blocks", "16"]
+    code, out, _ = await run(capsys, "write", *common, "--pattern", "0x5c")
+    assert code == 0 and "wrote 16 blocks" in out
+    code, out, _ = await run(capsys, "read", *common, "--pattern", "0x5c", "--verify")
+    assert code == 0 and "verified" in out
+    code, out, _ = await run(capsys, "read", *common, "--pattern", "0x11", "--verify")
+    assert code == 1 and "verify FAILED" in out
+
+
+async def test_bench_json_has_fio_shape_and_timeline(target: Target, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    timeline = tmp_path / "t.html"
+    code, out, err = await run(capsys, "bench", *paths(target), "-n", DEMO_NQN, "--rw",
+                               "randrw", "--bs", "4k", "--iodepth", "8", "--runtime", "1",
+                               "--size", "4M", "--verify", "--json",
+                               "--timeline", str(timeline))  # fmt: skip
+    assert code == 0, err
+    report = json.loads(out)
+    job = report["jobs"][0]
+    assert job["error"] == 0 and job["verify_errors"] == 0
+    for side in ("read", "write"):
+        assert job[side]["iops"] > 0 and job[side]["io_bytes"] > 0
+        assert set(job[side]["lat_ns"]) >= {"min", "max", "mean", "percentile"}
+    assert set(report["multipath"]) >= {"failovers", "requeued", "retries", "no_path_queued",
+                                        "failed"}  # fmt: skip
+    assert {p["addr"] for p in report["paths"]} == {f"127.0.0.1:{target.ports[i].bound_port}"
+                                                    for i in (1, 2)}  # fmt: skip
+    assert "<svg" in timeline.read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["bench"], "give -a/--traddr"),
+        (["bench", "--path", "127.0.0.1:4420"], "--path needs -n/--nqn"),
+        (["bench", "--path", "nowhere"], "expected ADDR:PORT"),
+        (["bench", "-a", "x", "--rwmixread", "200"], "--rwmixread"),
+        (["bench", "-a", "x", "--bs", "4q"], "not a size"),
+        (["bench", "-a", "x", "--timeline", "t.txt"], ".html or .png"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_one_line(argv: list[str], needle: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit; ours return the status
+        code = exc.code  # type: ignore[assignment]
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err
+
+
+async def test_unreachable_target_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = await run(capsys, "discover", "-a", "127.0.0.1", "-s", "1", "--timeout", "2")
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.startswith("nvmeof discover:")]
+    assert len(lines) == 1
