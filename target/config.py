@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nvmeof.constants import DISCOVERY_PORT, AnaState
@@ -131,6 +131,12 @@ def default_config() -> TargetConfig:
             PortConfig(id=3, port=DISCOVERY_PORT),
         ),
     )  # fmt: skip
+
+
+def with_free_ports(config: TargetConfig) -> TargetConfig:
+    """The same configuration with every port on port 0 (any free port): for tests and for
+    embedding a target next to others. The bound ports are in ``Target.ports[id].bound_port``."""
+    return replace(config, ports=tuple(replace(port, port=0) for port in config.ports))
 
 
 def derived_serial(nqn: str) -> str:

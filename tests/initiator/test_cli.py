@@ -15,17 +15,13 @@ import pytest
 import trio
 
 from initiator.cli import main
-from target.config import DEMO_NQN, PortConfig, TargetConfig, default_config
+from target.config import DEMO_NQN, default_config, with_free_ports
 from target.daemon import Target
 
 
 @pytest.fixture
 async def target(nursery: trio.Nursery) -> AsyncIterator[Target]:
-    base = default_config()
-    config = TargetConfig(subsystems=base.subsystems, ports=tuple(
-        PortConfig(id=p.id, port=0, subsystems=p.subsystems, ana_states=p.ana_states)
-        for p in base.ports))  # fmt: skip
-    served: Target = await nursery.start(Target(config).serve)
+    served: Target = await nursery.start(Target(with_free_ports(default_config())).serve)
     yield served
     served.stop()
 

@@ -18,25 +18,16 @@ from initiator import ControllerOptions, Host, MultipathHead, open_host
 from initiator.multipath import NO_PATH_STATUS
 from initiator.ring import Ring
 from nvmeof.constants import AnaState, IoOpcode
-from target.config import DEMO_NQN, PortConfig, TargetConfig, default_config
+from target.config import DEMO_NQN, default_config, with_free_ports
 from target.daemon import Target
 
 HOST = "127.0.0.1"
 MIB = 1 << 20
 
 
-def demo_on_free_ports() -> TargetConfig:
-    base = default_config()
-    return TargetConfig(
-        subsystems=base.subsystems,
-        ports=tuple(PortConfig(id=p.id, port=0, subsystems=p.subsystems,
-                               ana_states=p.ana_states) for p in base.ports),
-    )  # fmt: skip
-
-
 @pytest.fixture
 async def target(nursery: trio.Nursery) -> AsyncIterator[Target]:
-    served: Target = await nursery.start(Target(demo_on_free_ports()).serve)
+    served: Target = await nursery.start(Target(with_free_ports(default_config())).serve)
     yield served
     served.stop()
 

@@ -716,3 +716,14 @@ def test_mutated_documents_raise_only_config_error(data: st.DataObject, kind: st
         if not _paths(doc):
             break
     _only_config_errors(load, doc, f"mutated.{kind}")
+
+
+def test_with_free_ports_keeps_everything_but_the_port() -> None:
+    from target.config import default_config, with_free_ports
+
+    base = default_config()
+    free = with_free_ports(base)
+    assert [p.port for p in free.ports] == [0, 0, 0]
+    assert [p.id for p in free.ports] == [p.id for p in base.ports]
+    assert [p.ana_states for p in free.ports] == [p.ana_states for p in base.ports]
+    assert free.subsystems == base.subsystems
