@@ -1,0 +1,155 @@
+"""``python -m tests.differential``: the same bytes to nvmet and to us, compared.
+
+Boots ../shared/linuxvm with ``examples/nvmet-target.sh`` (one guest for the whole batch; the
+release from ``--release`` or ``LINUXVM_RELEASE``), starts our target in this process with the
+same shape (subsystem, one 256 MiB namespace of 512-byte blocks, ANA group 1, any host, 16 KiB
+in-capsule data like nvmet-tcp's default), runs every case against both and prints each
+divergence. ``--out DIR`` writes ``divergences.json`` (the cases, replayable: golden-bytes
+regression candidates) and ``observations.json`` (nvmet's answers, for tests/target's golden
+tolerance test).
+
+    python -m tests.differential --seed 1 --count 2000            # mutations + all the rest
+    python -m tests.differential --sources sequence,table -v      # show every case
+    python -m tests.differential --nvmet 127.0.0.1:14420 ...      # nvmet already running
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from tests.differential.cases import Case, mutation_cases
+from tests.differential.compare import describe, diff
+from tests.differential.nvmet import NvmetGuest, serve_ours
+from tests.differential.runner import Observation, run_case
+from tests.differential.stories import opcode_cases, sequence_cases
+from tests.differential.table import explain, table_cases
+
+SOURCES = ("table", "sequence", "opcodes", "mutation")
+
+
+def build_cases(sources: list[str], seed: int, count: int) -> list[Case]:
+    cases: list[Case] = []
+    if "table" in sources:
+        cases += table_cases()
+    if "sequence" in sources:
+        cases += sequence_cases()
+    if "opcodes" in sources:
+        cases += opcode_cases()
+    if "mutation" in sources:
+        cases += mutation_cases(seed, count)
+    return cases
+
+
+async def run_all(cases: list[Case], nvmet: tuple[str, int], ours: tuple[str, int],
+                  concurrency: int) -> list[tuple[Case, Observation, Observation]]:  # fmt: skip
+    limiter = trio.CapacityLimiter(concurrency)
+    results: list[tuple[Case, Observation, Observation] | None] = [None] * len(cases)
+
+    async def one(i: int, case: Case) -> None:
+        async with limiter:
+            pair: list[Observation] = [[], []]
+
+            async def side(k: int, addr: tuple[str, int]) -> None:
+                pair[k] = await run_case(addr[0], addr[1], case)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(side, 0, nvmet)
+                nursery.start_soon(side, 1, ours)
+            results[i] = (case, pair[0], pair[1])
+
+    async with trio.open_nursery() as nursery:
+        for i, case in enumerate(cases):
+            nursery.start_soon(one, i, case)
+    return [r for r in results if r is not None]
+
+
+def report(results: list[tuple[Case, Observation, Observation]], *, verbose: bool,
+           termreq: bool) -> list[tuple[Case, Observation, Observation, str]]:  # fmt: skip
+    divergent = []
+    for case, ref, ours in results:
+        text = diff(ref, ours, reference_sends_termreq=termreq)
+        if text:
+            divergent.append((case, ref, ours, text))
+            print(f"DIVERGES [{case.source}] {case.name}\n{text}")
+        elif verbose:
+            print(f"same     [{case.source}] {case.name}\n{describe(ref)}")
+    return divergent
+
+
+async def collect(cases: list[Case], nvmet: tuple[str, int],
+                  concurrency: int) -> list[tuple[Case, Observation, Observation]]:  # fmt: skip
+    """Run every case against nvmet at ``nvmet`` and against our target, started here."""
+    async with trio.open_nursery() as nursery:
+        ours = await nursery.start(serve_ours)
+        started = time.monotonic()
+        results = await run_all(cases, nvmet, ours, concurrency)
+        print(f"differential: ran in {time.monotonic() - started:.0f} s", flush=True)
+        nursery.cancel_scope.cancel()
+    return results
+
+
+def write_out(out: Path, results: list[tuple[Case, Observation, Observation]],
+              divergent: list[tuple[Case, Observation, Observation, str]]) -> None:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "divergences.json").write_text(json.dumps(
+        [{"case": c.to_json(), "nvmet": [x.to_json() for x in r],
+          "ours": [x.to_json() for x in o], "diff": t} for c, r, o, t in divergent],
+        indent=1))  # fmt: skip
+    (out / "observations.json").write_text(json.dumps(
+        {c.name: [x.to_json() for x in r] for c, r, _ in results}, indent=1))  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    sources = [s for s in args.sources.split(",") if s]
+    cases = build_cases(sources, args.seed, args.count)
+    if args.grep:
+        cases = [c for c in cases if args.grep in c.name]
+    print(f"differential: {len(cases)} cases ({', '.join(sources)}; seed {args.seed})",
+          flush=True)  # fmt: skip
+    if args.nvmet:
+        host, _, port = args.nvmet.rpartition(":")
+        results = trio.run(collect, cases, (host, int(port)), args.concurrency)
+    else:
+        with NvmetGuest(args.release) as guest:
+            print(f"differential: nvmet ({guest.kernel}) on 127.0.0.1:{guest.port}", flush=True)
+            results = trio.run(collect, cases, ("127.0.0.1", guest.port), args.concurrency)
+    # nvmet closes a connection without a C2HTermReq (6.1, 6.12); where it sends one, compare.
+    termreq = any(p["t"] == "C2HTermReq" for _, ref, _ in results for c in ref for p in c.pdus)
+    divergent = report(results, verbose=args.verbose, termreq=termreq)
+    unexplained = [d for d in divergent if explain(d[0]) is None]
+    if args.out:
+        write_out(Path(args.out), results, divergent)
+    print(
+        f"differential: {len(results)} cases, {len(divergent)} divergent, "
+        f"{len(unexplained)} unexplained (seed {args.seed}, release {args.release})"
+    )
+    return 1 if unexplained else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.differential", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--count", type=int, default=2000, help="mutation cases")
+    parser.add_argument("--sources", default=",".join(SOURCES))
+    parser.add_argument("--release", default=os.environ.get("LINUXVM_RELEASE", "bookworm"))
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--grep", help="only cases whose name contains this")
+    parser.add_argument("--nvmet", metavar="HOST:PORT", help="an nvmet already serving")
+    parser.add_argument("--nvmet-termreq", action="store_true",
+                        help="with --nvmet: it sends C2HTermReq before closing")  # fmt: skip
+    parser.add_argument("--out", metavar="DIR")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
