@@ -25,6 +25,7 @@ from functools import partial
 
 import trio
 
+from logfmt import LEVELS, first_leaf, setup_logging
 from target.config import ConfigError, TargetConfig, default_config
 from target.config_files import dump_nvmetcli_json, load_config
 from target.ctl import (
@@ -40,7 +41,6 @@ from target.ctl import (
 )
 from target.daemon import Target
 from target.httpapi import DEFAULT_METRICS, serve_control
-from target.logs import LEVELS, first_leaf, setup_logging
 
 log = logging.getLogger("nvmeof.target")
 
