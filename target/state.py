@@ -87,7 +87,9 @@ class TargetState:
 
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
-        self.subsystems: dict[str, Subsystem] = {s.nqn: Subsystem(s) for s in config.subsystems}
+        self.subsystems: dict[str, Subsystem[Controller]] = {
+            s.nqn: Subsystem(s) for s in config.subsystems
+        }
         self.ports: dict[int, Port] = {p.id: Port(p) for p in config.ports}
         self.ana_chgcnt = 0
         self.discovery_genctr = 0
@@ -122,7 +124,7 @@ class TargetState:
         self._next_disc_cntlid = cntlid % 0xFFEF + 1
         return cntlid
 
-    def ana_groups(self, subsystem: Subsystem, port: Port) -> list[AnaGroupDescriptor]:
+    def ana_groups(self, subsystem: Subsystem[Controller], port: Port) -> list[AnaGroupDescriptor]:
         """ANA log descriptors for a controller of ``subsystem`` connected through ``port``."""
         groups: dict[int, list[int]] = {grp: [] for grp in port.ana}
         for nsid in subsystem.active_nsids():
@@ -202,7 +204,7 @@ class TargetState:
         sub.namespaces[nsid].resize(size)
         self._namespace_changed(sub, nsid)
 
-    def _namespace_changed(self, sub: Subsystem, nsid: int) -> None:
+    def _namespace_changed(self, sub: Subsystem[Controller], nsid: int) -> None:
         for ctrl in sub.controllers.values():
             ctrl.note_changed_ns(nsid)
             ctrl.post_event(NS_CHANGED, OAES_NS_ATTR)
