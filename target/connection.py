@@ -35,14 +35,14 @@ from nvmeof.tcp.events import (
     DataReceived,
     TermReqReceived,
 )
-from target.admin import MAX_TRANSFER
-from target.dispatch import route
-from target.request import Execute, Pending, Reply, Request, fail
+from target.commands.admin import MAX_TRANSFER
+from target.commands.dispatch import route
+from target.commands.request import Execute, Pending, Reply, Request, fail
 from target.state import IO_OPCODES
 
 if TYPE_CHECKING:
+    from target.control.faults import FaultRule
     from target.controller import Controller
-    from target.faults import FaultRule
     from target.port import Port
     from target.state import TargetState
 

@@ -22,8 +22,8 @@ from nvmeof.constants import (
 )
 from nvmeof.wire.logpages import AnaGroupDescriptor, DiscoveryEntry
 from target.config import NamespaceConfig, TargetConfig
+from target.control.faults import FaultRule, FaultSet
 from target.controller import Controller
-from target.faults import FaultRule, FaultSet
 from target.port import Port
 from target.subsystem import Namespace, Subsystem
 
@@ -48,7 +48,7 @@ IO_OPCODES = 0x100
 class CommandStats:
     """Command counters of one port, bumped by its connections as commands complete.
 
-    Plain lists and ints (one index per command, no allocation): :mod:`target.metrics` reads
+    Plain lists and ints (one index per command, no allocation): :mod:`target.control.metrics` reads
     them at scrape time. ``ok`` counts successes by ``IO_OPCODES * io_queue + opcode``;
     ``errors`` counts failures by (that index, status code); ``latency`` holds the bucket
     counts for :data:`LATENCY_BOUNDS` plus one for ``+Inf``.
@@ -97,7 +97,7 @@ class TargetState:
         self._next_disc_cntlid = 1
         self.faults = FaultSet()
         self.faults_fired: dict[str, int] = {}
-        # Counters read by target.metrics at scrape time.
+        # Counters read by target.control.metrics at scrape time.
         self.command_stats: dict[int, CommandStats] = {pid: CommandStats() for pid in self.ports}
         self.byte_counts: dict[str, ByteCounts] = {nqn: ByteCounts() for nqn in self.subsystems}
         self.keepalive_expirations = 0
