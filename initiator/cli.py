@@ -14,16 +14,14 @@ A bad argument prints one line naming it and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 import trio
 
 from initiator.bench import RW_MODES
-from initiator.controller import ControllerOptions
 from initiator.policy import IOPOLICIES
+from logfmt import first_leaf, setup_logging
 from nvmeof.constants import DISCOVERY_PORT, IO_PORT
 
 EXIT_USAGE = 2
@@ -176,17 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser  # fmt: skip
 
 
-def controller_options(args: argparse.Namespace) -> ControllerOptions:
-    fast = args.fast_io_fail_tmo
-    return ControllerOptions(
-        hostnqn=args.hostnqn, kato_ms=int(args.keep_alive_tmo * 1000),
-        io_queues=max(1, args.nr_io_queues), queue_size=max(2, args.queue_size),
-        header_digest=args.hdr_digest, data_digest=args.data_digest,
-        command_timeout=args.timeout, reconnect_delay=args.reconnect_delay,
-        ctrl_loss_tmo=args.ctrl_loss_tmo, fast_io_fail_tmo=None if fast < 0 else fast,
-    )  # fmt: skip
-
-
 def _validate(args: argparse.Namespace) -> str | None:
     if not args.path and not args.traddr:
         return "give -a/--traddr (discovery) or --path ADDR:PORT"
@@ -210,25 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from initiator import commands  # after argument checks: keeps --help fast
 
-    commands.setup_logging(args.log_level)
+    setup_logging(args.log_level)
     status = 1
     try:
         status = trio.run(commands.run, args)
     except* KeyboardInterrupt:
         status = 130
     except* Exception as group:  # one clear line, not a traceback
-        print(f"nvmeof {args.command}: {_first_leaf(group)}", file=sys.stderr)
+        print(f"nvmeof {args.command}: {first_leaf(group)}", file=sys.stderr)
     return status
-
-
-def _first_leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
-
-
-def dump_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=False))
 
 
 if __name__ == "__main__":

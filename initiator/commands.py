@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import trio
 
 from initiator.bench import BenchOptions, BenchResult, Direction, run_bench
-from initiator.cli import controller_options, dump_json
+from initiator.controller import ControllerOptions
 from initiator.host import Host, open_host
 from initiator.multipath import MultipathHead
 from initiator.session import Session
@@ -24,10 +25,19 @@ log = logging.getLogger("nvmeof.initiator")
 PERCENTILES = (1.0, 5.0, 10.0, 50.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99)
 
 
-def setup_logging(level: str) -> None:
-    from target.logs import setup_logging as setup
+def controller_options(args: argparse.Namespace) -> ControllerOptions:
+    fast = args.fast_io_fail_tmo
+    return ControllerOptions(
+        hostnqn=args.hostnqn, kato_ms=int(args.keep_alive_tmo * 1000),
+        io_queues=max(1, args.nr_io_queues), queue_size=max(2, args.queue_size),
+        header_digest=args.hdr_digest, data_digest=args.data_digest,
+        command_timeout=args.timeout, reconnect_delay=args.reconnect_delay,
+        ctrl_loss_tmo=args.ctrl_loss_tmo, fast_io_fail_tmo=None if fast < 0 else fast,
+    )  # fmt: skip
 
-    setup(level)
+
+def dump_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))
 
 
 def err(text: str) -> None:
@@ -414,4 +424,4 @@ _COMMANDS = {
     "bench": cmd_bench,
 }
 
-__all__ = ["IO_PORT", "run", "setup_logging"]
+__all__ = ["IO_PORT", "run"]

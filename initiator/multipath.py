@@ -31,6 +31,7 @@ import trio
 
 from initiator.policy import IOPOLICIES, SELECTORS, Disposition, decide_disposition, retry_delay
 from initiator.ring import Ring, Slot, SlotState
+from initiator.session import DEFAULT_MAX_TRANSFER
 from nvmeof.constants import AnaState
 from nvmeof.errors import NvmeofError
 from nvmeof.status import StatusCode, status_word
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nvmeof.initiator")
 
-#: Transfer cap when a controller reports MDTS 0 ("no limit", as nvmet does over TCP): what the
-#: Linux host's block layer would send at most, and below nvmet's multi-PDU digest bug.
-DEFAULT_MAX_TRANSFER = 1 << 20
 #: Completion status of I/O that no path can ever serve again.
 NO_PATH_STATUS = status_word(StatusCode.HOST_PATH_ERROR, dnr=True)
 _ANA_CODES = {StatusCode.ANA_PERSISTENT_LOSS, StatusCode.ANA_INACCESSIBLE,
@@ -145,6 +143,11 @@ class Path:
     @property
     def state(self) -> str:
         return self.session.state.value
+
+    def detach(self) -> None:
+        """Leave the head: the namespace is gone from this path's controller."""
+        if self.head is not None:
+            self.head.remove_path(self)
 
     def send(self, slot: Slot) -> bool:
         """Hand ``slot`` to one of this path's I/O queues; False if none can take it now."""
@@ -305,7 +308,7 @@ class MultipathHead:
 
     def complete(self, slot: Slot, status: int, dw0: int, dw1: int) -> None:
         """A path's queue completed ``slot`` (status 0x371 if the connection died)."""
-        path = slot.path
+        path: Path | None = slot.path
         assert path is not None
         path.inflight -= 1
         stats = path.stats
@@ -404,7 +407,7 @@ class MultipathHead:
                 parked.append(slot)
                 wake_at = min(wake_at, slot.not_before)
                 continue
-            path = slot.path if slot.pinned else None
+            path: Path | None = slot.path if slot.pinned else None
             if path is None or not path.usable:
                 slot.pinned = False
                 index = self._select(self.paths, self._current)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
@@ -24,16 +24,27 @@ from nvmeof.status import Status, StatusCode, status_word
 from nvmeof.tcp.events import ConnectionEstablished, ResponseReceived, TermReqReceived
 from nvmeof.tcp.host import HostConnection
 
-if TYPE_CHECKING:
-    from initiator.ring import Slot
-
 log = logging.getLogger("nvmeof.initiator")
 
 ICRESP_TIMEOUT = 10.0  # what the Linux host allows
 #: Status given to commands outstanding on a queue that died (``nvme_cancel_request``).
 HOST_ABORTED = status_word(StatusCode.HOST_ABORTED_CMD)
 
-SlotCallback = Callable[["Slot", int, int, int], None]
+
+class QueuedSlot(Protocol):
+    """What a queue needs of a ring slot (:class:`initiator.ring.Slot`, which sits above this
+    module): the stable command copy and buffers to send, and where to note the command ID."""
+
+    view: memoryview
+    data_out: memoryview | None
+    data_in: memoryview | None
+    cid: int
+    sent_at: float
+
+
+#: Called as ``(slot, status_word, dw0, dw1)`` with the very object given to ``send_slot``
+#: (the queue keeps it untyped among its command contexts).
+SlotCallback = Callable[[Any, int, int, int], None]
 
 
 class QueueClosed(NvmeofError):
@@ -140,7 +151,7 @@ class HostQueue:
 
     # -- ring slots ------------------------------------------------------------------------------
 
-    def send_slot(self, slot: Slot) -> bool:
+    def send_slot(self, slot: QueuedSlot) -> bool:
         """Queue ``slot``'s command (its stable 64-byte copy) for sending; False when the queue
         is closed or has no free command ID. The writer task sends it."""
         if self._closed or not self._free_cids:

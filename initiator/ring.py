@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
@@ -29,9 +29,6 @@ from nvmeof.constants import SQE_SIZE, IoOpcode
 from nvmeof.errors import LocalProtocolError
 from nvmeof.status import Status
 from nvmeof.wire.fast import RW_TAIL, RW_TAIL_OFFSET
-
-if TYPE_CHECKING:
-    from initiator.multipath import MultipathHead, Path
 
 _NSID = slice(4, 8)
 _FLAGS_SGL = 0x40
@@ -54,6 +51,17 @@ TRANSITIONS: dict[SlotState, frozenset[SlotState]] = {
     SlotState.REQUEUED: frozenset({SlotState.INFLIGHT, SlotState.REQUEUED, SlotState.DONE}),
     SlotState.DONE: frozenset({SlotState.FREE}),
 }  # fmt: skip
+
+
+class RingHead(Protocol):
+    """What a ring needs of the namespace head it submits to (:class:`initiator.multipath.
+    MultipathHead`, which sits above this module and completes slots by :meth:`Ring.post`)."""
+
+    @property
+    def nsid_bytes(self) -> bytes: ...
+    @property
+    def block_size(self) -> int: ...
+    def submit(self, slot: Slot) -> None: ...
 
 
 class Slot:
@@ -98,7 +106,9 @@ class Slot:
         self.data_in: memoryview | None = None
         self.user_data: Any = None
         self.kind = ""
-        self.path: Path | None = None
+        #: The :class:`initiator.multipath.Path` it was last sent on: set and read by the head
+        #: (readers annotate it), opaque here so the ring need not import the head's module.
+        self.path: Any = None
         self.path_label = ""
         self.cid = -1
         self.status_word = 0
@@ -234,7 +244,7 @@ class Ring:
         entries: number of slots (the maximum in flight plus unreaped completions).
     """
 
-    def __init__(self, head: MultipathHead, entries: int) -> None:
+    def __init__(self, head: RingHead, entries: int) -> None:
         if entries < 1:
             raise ValueError("a ring needs at least one entry")
         self.head = head

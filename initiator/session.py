@@ -11,12 +11,16 @@ from __future__ import annotations
 import logging
 import math
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from initiator.controller import ControllerOptions, HostController, connect_controller
-from initiator.multipath import DEFAULT_MAX_TRANSFER, Path
+from initiator.controller import (
+    ControllerOptions,
+    HostController,
+    NamespaceInfo,
+    connect_controller,
+)
 from initiator.queue import HostQueue, QueueClosed
 from nvmeof.constants import (
     OAES_ANA_CHANGE,
@@ -32,15 +36,45 @@ from nvmeof.errors import NvmeofError
 from nvmeof.wire.sqe import NO_FIELDS_COMMAND
 
 if TYPE_CHECKING:
-    from initiator.host import Host
     from initiator.ring import Slot
 
 log = logging.getLogger("nvmeof.initiator")
+
+#: Transfer cap when a controller reports MDTS 0 ("no limit", as nvmet does over TCP): what the
+#: Linux host's block layer would send at most, and below nvmet's multi-PDU digest bug.
+DEFAULT_MAX_TRANSFER = 1 << 20
 
 #: Identify Controller bytes 386-387: Command Quiesce Time in milliseconds (NVMe 2.0).
 _CQT_OFFSET = 386
 _CRDT_OFFSET = 128
 _AER_SQE = NO_FIELDS_COMMAND.build(dict(opcode=AdminOpcode.ASYNC_EVENT_REQUEST))
+
+
+class PathHead(Protocol):
+    """What a session tells the namespace head of one of its paths
+    (:class:`initiator.multipath.MultipathHead`, which is built on sessions)."""
+
+    def note(self, what: str) -> None: ...
+    def kick(self) -> None: ...
+    def complete(self, slot: Slot, status: int, dw0: int, dw1: int) -> None: ...
+
+
+class SessionPath(Protocol):
+    """One of the session's namespaces as a path of a head (:class:`initiator.multipath.Path`)."""
+
+    ana_state: AnaState
+    ana_group: int
+    ana_pending: bool
+
+    @property
+    def head(self) -> PathHead | None: ...
+    def detach(self) -> None: ...
+
+
+class SessionOwner(Protocol):
+    """Who keeps the namespace heads (:class:`initiator.host.Host`)."""
+
+    def register_path(self, session: Session, info: NamespaceInfo) -> SessionPath: ...
 
 
 class SessionState(Enum):
@@ -54,12 +88,12 @@ class Session:
     """One controller of the host, kept connected.
 
     Args:
-        host: the :class:`~initiator.host.Host` that owns the namespace heads.
+        host: what owns the namespace heads (a :class:`~initiator.host.Host`).
         addr / port / subnqn: where and what to connect to.
         options: identity, queues, timeouts (reconnect_delay, ctrl_loss_tmo, fast_io_fail_tmo).
     """
 
-    def __init__(self, host: Host, addr: str, port: int, subnqn: str,
+    def __init__(self, host: SessionOwner, addr: str, port: int, subnqn: str,
                  options: ControllerOptions) -> None:  # fmt: skip
         self.host = host
         self.addr = addr
@@ -69,7 +103,7 @@ class Session:
         self.label = f"{addr}:{port}"
         self.state = SessionState.NEW
         self.assoc: HostController | None = None
-        self.paths: dict[int, Path] = {}
+        self.paths: dict[int, SessionPath] = {}
         self.crdt: tuple[int, int, int] = (0, 0, 0)
         self.cqt = 0.0
         self.last_failover = -math.inf
@@ -197,9 +231,7 @@ class Session:
                 info = await assoc.namespace(nsid)
                 self.paths[nsid] = self.host.register_path(self, info)
         for nsid in [n for n in self.paths if n not in nsids]:
-            path = self.paths.pop(nsid)
-            if path.head is not None:
-                path.head.remove_path(path)
+            self.paths.pop(nsid).detach()
         await self._read_ana(assoc)
 
     async def _read_ana(self, assoc: HostController) -> None:
@@ -331,6 +363,6 @@ def _recoverable(exc: BaseException) -> BaseException | None:
 
 
 def _complete_slot(slot: Slot, status: int, dw0: int, dw1: int) -> None:
-    path = slot.path
+    path: SessionPath | None = slot.path
     assert path is not None and path.head is not None
     path.head.complete(slot, status, dw0, dw1)

@@ -5,7 +5,7 @@ Commands:
           [--control ADDR:PORT|off] [--control-token-file FILE] [--metrics ADDR:PORT|off]
     config export [--config FILE] [--output FILE]   (nvmetcli JSON)
     config check FILE
-    ctl ...   (operate a running target: see :mod:`target.ctl`)
+    ctl ...   (operate a running target: see :mod:`target.control.ctl`)
 Bad configuration or arguments print one line naming the problem and exit with status 2.
 
 ``serve`` runs the control API (default 127.0.0.1:9465; off loopback it needs
@@ -25,9 +25,10 @@ from functools import partial
 
 import trio
 
+from logfmt import LEVELS, first_leaf, setup_logging
 from target.config import ConfigError, TargetConfig, default_config
-from target.config_files import dump_nvmetcli_json, load_config
-from target.ctl import (
+from target.config.files import dump_nvmetcli_json, load_config
+from target.control.ctl import (
     DEFAULT_CONTROL,
     ControlSetupError,
     Endpoint,
@@ -38,9 +39,8 @@ from target.ctl import (
     read_token,
     run_ctl,
 )
+from target.control.httpapi import DEFAULT_METRICS, serve_control
 from target.daemon import Target
-from target.httpapi import DEFAULT_METRICS, serve_control
-from target.logs import LEVELS, first_leaf, setup_logging
 
 log = logging.getLogger("nvmeof.target")
 

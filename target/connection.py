@@ -35,14 +35,14 @@ from nvmeof.tcp.events import (
     DataReceived,
     TermReqReceived,
 )
-from target.admin import MAX_TRANSFER
-from target.dispatch import route
-from target.request import Execute, Pending, Reply, Request, fail
+from target.commands.admin import MAX_TRANSFER
+from target.commands.dispatch import route
+from target.commands.request import Execute, Pending, Reply, Request, fail
 from target.state import IO_OPCODES
 
 if TYPE_CHECKING:
+    from target.control.faults import FaultRule
     from target.controller import Controller
-    from target.faults import FaultRule
     from target.port import Port
     from target.state import TargetState
 
@@ -61,8 +61,8 @@ _NO_BATCH = float("nan")  # _batch_at between batches: no request's arrival time
 
 
 class QueueConnection:
-    """Serves one queue: implements the handlers' :class:`~target.request.QueueContext` and the
-    controller's :class:`~target.controller.QueueHandle`."""
+    """Serves one queue: implements the handlers' :class:`~target.commands.request.QueueContext`
+    and the controller's :class:`~target.controller.QueueHandle`."""
 
     def __init__(self, state: TargetState, port: Port, stream: trio.SocketStream,
                  spawn_detached: Callable[..., object] | None = None) -> None:  # fmt: skip
@@ -91,7 +91,7 @@ class QueueConnection:
         self._nursery: trio.Nursery | None = None
         self.close_reason = ""
         self.commands = 0
-        # Metrics counters (target.metrics reads them when scraped); ``commands`` counts those
+        # Metrics counters (target.control.metrics reads when scraped); ``commands`` counts those
         # received. The commands of a receive batch completed while it is served are timed
         # together by _end_batch: ``completed - _batch_base`` of them.
         self.stats = state.port_stats(port.id)

@@ -61,7 +61,7 @@ class Controller:
     """
 
     def __init__(
-        self, *, cntlid: int, subsystem: Subsystem | None, port: Port, hostnqn: str,
+        self, *, cntlid: int, subsystem: Subsystem[Controller] | None, port: Port, hostnqn: str,
         hostid: bytes, kato_ms: int, mqes: int,
     ) -> None:  # fmt: skip
         self.cntlid = cntlid

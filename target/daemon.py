@@ -13,7 +13,7 @@ import trio
 
 from target.config import TargetConfig
 from target.connection import QueueConnection
-from target.control import Operations
+from target.control.actions import Operations
 from target.port import Port
 from target.state import TargetState
 

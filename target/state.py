@@ -22,8 +22,8 @@ from nvmeof.constants import (
 )
 from nvmeof.wire.logpages import AnaGroupDescriptor, DiscoveryEntry
 from target.config import NamespaceConfig, TargetConfig
+from target.control.faults import FaultRule, FaultSet
 from target.controller import Controller
-from target.faults import FaultRule, FaultSet
 from target.port import Port
 from target.subsystem import Namespace, Subsystem
 
@@ -48,7 +48,7 @@ IO_OPCODES = 0x100
 class CommandStats:
     """Command counters of one port, bumped by its connections as commands complete.
 
-    Plain lists and ints (one index per command, no allocation): :mod:`target.metrics` reads
+    Plain lists and ints (one index per command, no allocation): :mod:`target.control.metrics` reads
     them at scrape time. ``ok`` counts successes by ``IO_OPCODES * io_queue + opcode``;
     ``errors`` counts failures by (that index, status code); ``latency`` holds the bucket
     counts for :data:`LATENCY_BOUNDS` plus one for ``+Inf``.
@@ -87,7 +87,9 @@ class TargetState:
 
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
-        self.subsystems: dict[str, Subsystem] = {s.nqn: Subsystem(s) for s in config.subsystems}
+        self.subsystems: dict[str, Subsystem[Controller]] = {
+            s.nqn: Subsystem(s) for s in config.subsystems
+        }
         self.ports: dict[int, Port] = {p.id: Port(p) for p in config.ports}
         self.ana_chgcnt = 0
         self.discovery_genctr = 0
@@ -95,7 +97,7 @@ class TargetState:
         self._next_disc_cntlid = 1
         self.faults = FaultSet()
         self.faults_fired: dict[str, int] = {}
-        # Counters read by target.metrics at scrape time.
+        # Counters read by target.control.metrics at scrape time.
         self.command_stats: dict[int, CommandStats] = {pid: CommandStats() for pid in self.ports}
         self.byte_counts: dict[str, ByteCounts] = {nqn: ByteCounts() for nqn in self.subsystems}
         self.keepalive_expirations = 0
@@ -122,7 +124,7 @@ class TargetState:
         self._next_disc_cntlid = cntlid % 0xFFEF + 1
         return cntlid
 
-    def ana_groups(self, subsystem: Subsystem, port: Port) -> list[AnaGroupDescriptor]:
+    def ana_groups(self, subsystem: Subsystem[Controller], port: Port) -> list[AnaGroupDescriptor]:
         """ANA log descriptors for a controller of ``subsystem`` connected through ``port``."""
         groups: dict[int, list[int]] = {grp: [] for grp in port.ana}
         for nsid in subsystem.active_nsids():
@@ -202,7 +204,7 @@ class TargetState:
         sub.namespaces[nsid].resize(size)
         self._namespace_changed(sub, nsid)
 
-    def _namespace_changed(self, sub: Subsystem, nsid: int) -> None:
+    def _namespace_changed(self, sub: Subsystem[Controller], nsid: int) -> None:
         for ctrl in sub.controllers.values():
             ctrl.note_changed_ns(nsid)
             ctrl.post_event(NS_CHANGED, OAES_NS_ATTR)

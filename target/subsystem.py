@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
+from nvmeof.constants import CNTLID_MAX
 from target.backends import Backend, open_backend
 from target.config import NamespaceConfig, SubsystemConfig, derived_ids, derived_serial
 
-if TYPE_CHECKING:
-    from target.controller import Controller
-
-from nvmeof.constants import CNTLID_MAX
+#: What a subsystem keeps by CNTLID: :class:`target.controller.Controller`, which refers back to
+#: its subsystem; a type parameter so this module need not import it (``Subsystem[Controller]``).
+C = TypeVar("C")
 
 
 class Namespace:
@@ -44,7 +44,7 @@ class Namespace:
         return f"Namespace(nsid={self.nsid}, lbas={self.nlbas}x{self.block_size})"
 
 
-class Subsystem:
+class Subsystem(Generic[C]):
     """An NVM subsystem: namespaces, allowed hosts and the live controllers (by CNTLID)."""
 
     def __init__(self, cfg: SubsystemConfig) -> None:
@@ -58,7 +58,7 @@ class Subsystem:
         self.namespaces: dict[int, Namespace] = {
             ns.nsid: Namespace(cfg.nqn, ns) for ns in cfg.namespaces
         }
-        self.controllers: dict[int, Controller] = {}
+        self.controllers: dict[int, C] = {}
         self._next_cntlid = 1
 
     def host_allowed(self, hostnqn: str) -> bool:

@@ -24,7 +24,7 @@ from target.config import (
     TargetConfig,
     default_config,
 )
-from target.config_files import (
+from target.config.files import (
     dump_nvmetcli_json,
     export_nvmetcli,
     load_config,

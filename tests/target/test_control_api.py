@@ -18,16 +18,16 @@ from initiator.controller import ControllerOptions, HostController, connect_cont
 from initiator.queue import QueueClosed
 from nvmeof.constants import AnaState
 from target.config import DEMO_NQN, NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
-from target.ctl import ControlSetupError, Endpoint
-from target.daemon import Target
-from target.httpapi import (
+from target.control.ctl import ControlSetupError, Endpoint
+from target.control.httpapi import (
     ROUTES,
     ControlApi,
     build_app,
     openapi_document,
     serve_control,
 )
-from target.metrics import target_registry
+from target.control.metrics import target_registry
+from target.daemon import Target
 
 HOST = "127.0.0.1"
 LOOPBACK_ANY: Endpoint = (HOST, 0)

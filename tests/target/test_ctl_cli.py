@@ -25,10 +25,10 @@ from target.config import (
     SubsystemConfig,
     TargetConfig,
 )
-from target.config_files import dump_nvmetcli_json, load_config
-from target.ctl import format_endpoint
+from target.config.files import dump_nvmetcli_json, load_config
+from target.control.ctl import format_endpoint
+from target.control.httpapi import serve_control
 from target.daemon import Target
-from target.httpapi import serve_control
 
 HOST = "127.0.0.1"
 CANNOT_REACH = "(is the target running with --control?)"

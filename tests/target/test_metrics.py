@@ -24,8 +24,8 @@ from nvmeof.constants import CNTLID_DYNAMIC, AnaState, FabricsType
 from nvmeof.status import StatusCode
 from nvmeof.wire.fabrics import CONNECT_COMMAND, CONNECT_DATA
 from target.config import NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
+from target.control.metrics import opcode_name, status_name, target_registry
 from target.daemon import Target
-from target.metrics import opcode_name, status_name, target_registry
 from target.state import IO_OPCODES
 
 HOST = "127.0.0.1"

@@ -16,10 +16,10 @@ from nvmeof.constants import (
 )
 from nvmeof.status import StatusCode
 from nvmeof.wire.fast import SGL, SGL_OFFSET
-from target.admin import ADMIN_HANDLERS, DISCOVERY_ADMIN_OPCODES
-from target.fabrics import FABRICS_HANDLERS
-from target.io import IO_HANDLERS
-from target.request import Execute, Prepare, QueueContext, Request, fail
+from target.commands.admin import ADMIN_HANDLERS, DISCOVERY_ADMIN_OPCODES
+from target.commands.fabrics import FABRICS_HANDLERS
+from target.commands.io import IO_HANDLERS
+from target.commands.request import Execute, Prepare, QueueContext, Request, fail
 
 _PSDT_SGL = 0x40
 

@@ -22,13 +22,13 @@ from initiator.commands import LiveView, bench_report, print_report
 from initiator.controller import ControllerOptions, HostController, connect_controller
 from initiator.host import open_host
 from initiator.timeline import Timeline
+from logfmt import first_leaf, setup_logging
 from nvmeof.constants import DISCOVERY_NQN, DISCOVERY_PORT, AnaState, LogPage
 from nvmeof.wire.logpages import DiscoveryEntry, parse_discovery_entries, parse_discovery_header
 from target.config import DEMO_NQN, default_config
-from target.ctl import DEFAULT_CONTROL, format_endpoint
+from target.control.ctl import DEFAULT_CONTROL, format_endpoint
+from target.control.httpapi import DEFAULT_METRICS, ControlEndpoints, serve_control
 from target.daemon import Target
-from target.httpapi import DEFAULT_METRICS, ControlEndpoints, serve_control
-from target.logs import first_leaf, setup_logging
 
 HOST = "127.0.0.1"
 DEMO_TIMEOUT = 90

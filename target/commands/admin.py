@@ -36,8 +36,8 @@ from nvmeof.wire.logpages import (
     build_fw_slot_log,
     build_smart_log,
 )
+from target.commands.request import PENDING, ExecuteResult, QueueContext, Reply, Request, fail
 from target.controller import AERL, ERROR_LOG_ENTRIES, Controller
-from target.request import PENDING, ExecuteResult, QueueContext, Reply, Request, fail
 from target.state import MAX_ANA_GROUPS, MAX_NAMESPACES
 
 FIRMWARE_REVISION = "0.1.0"

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from nvmeof.constants import NSID_ALL, AnaState, IoOpcode
 from nvmeof.status import StatusCode, status_word
 from nvmeof.wire.fast import RW_TAIL, RW_TAIL_OFFSET
-from target.admin import MAX_TRANSFER
-from target.request import ExecuteResult, QueueContext, Reply, Request, fail
+from target.commands.admin import MAX_TRANSFER
+from target.commands.request import ExecuteResult, QueueContext, Reply, Request, fail
 
 if TYPE_CHECKING:
     from target.controller import Controller

@@ -1,8 +1,8 @@
 """``nvmeof-target ctl``: operate a running target through its HTTP control API.
 
 Only the standard library (``http.client``) is used here, so the client stays light; the API
-itself is :mod:`target.httpapi`. Usage (``--control ADDR:PORT`` and ``--token-file FILE`` may
-come before or after the command; the default address is 127.0.0.1:9465)::
+itself is :mod:`target.control.httpapi`. Usage (``--control ADDR:PORT`` and ``--token-file
+FILE`` may come before or after the command; the default address is 127.0.0.1:9465)::
 
     nvmeof-target ctl status [--json]
     nvmeof-target ctl port down PORT [--mode reset|close|blackhole|refuse]
@@ -34,9 +34,9 @@ from urllib.parse import urlencode
 
 from nvmeof.constants import AnaState
 from target.config import BACKENDS, BLOCK_SIZES
-from target.config_validate import parse_size
-from target.control import PORT_DOWN_MODES
-from target.faults import ACTIONS, QUEUE_KINDS
+from target.config.validate import parse_size
+from target.control.actions import PORT_DOWN_MODES
+from target.control.faults import ACTIONS, QUEUE_KINDS
 
 Endpoint = tuple[str, int]
 DEFAULT_CONTROL: Endpoint = ("127.0.0.1", 9465)

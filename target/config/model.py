@@ -1,7 +1,7 @@
 """Target configuration model: subsystems, namespaces, ports (paths) and their ANA states.
 
 These frozen dataclasses are what the daemon is built from. Files in the native TOML format and
-in nvmetcli's JSON format are read into them by :mod:`target.config_files`; the embedded demo
+in nvmetcli's JSON format are read into them by :mod:`target.config.files`; the embedded demo
 default is :func:`default_config`.
 """
 
@@ -107,7 +107,8 @@ class TargetConfig:
     subsystems: tuple[SubsystemConfig, ...] = ()
     ports: tuple[PortConfig, ...] = ()
     hosts: tuple[str, ...] = field(default=())
-    #: Fault rules active from the start: keyword arguments of :class:`target.faults.FaultRule`.
+    #: Fault rules active from the start: keyword arguments of
+    #: :class:`target.control.faults.FaultRule`.
     faults: tuple[dict[str, Any], ...] = ()
 
 

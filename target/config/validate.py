@@ -4,7 +4,7 @@ Two layers, both producing messages of the form ``<source>: <field path>: <probl
 
 * :class:`Table` reads a parsed TOML or JSON mapping with type checks while tracking the field
   path in the file's own key names (``subsystem[0].namespace[1].size``); the loaders in
-  :mod:`target.config_files` are built on it, together with :func:`parse_size` and
+  :mod:`target.config.files` are built on it, together with :func:`parse_size` and
   :func:`parse_hex_id`.
 * :func:`validate` cross-checks a built :class:`~target.config.TargetConfig` (ranges, syntax,
   uniqueness, references); its paths use the dataclass field names
@@ -20,8 +20,8 @@ from fractions import Fraction
 from typing import Any
 
 from nvmeof.constants import DISCOVERY_NQN, NQN_MAX_LEN
-from target.config import BACKENDS, BLOCK_SIZES, ConfigError, NamespaceConfig, TargetConfig
-from target.faults import ACTIONS, QUEUE_KINDS
+from target.config.model import BACKENDS, BLOCK_SIZES, ConfigError, NamespaceConfig, TargetConfig
+from target.control.faults import ACTIONS, QUEUE_KINDS
 
 MAX_NSID = 0xFFFFFFFE
 MAX_ANA_GROUP = 128
@@ -408,7 +408,7 @@ _FAULT_CHOICES = {"action": ACTIONS, "queue": QUEUE_KINDS, "direction": ("rx", "
 def fault_rule_kwargs(
     t: Table, *, ports: Collection[int] | None = None, nqns: Collection[str] | None = None
 ) -> dict[str, Any]:
-    """Keyword arguments for :class:`~target.faults.FaultRule` from a table of
+    """Keyword arguments for :class:`~target.control.faults.FaultRule` from a table of
     :data:`FAULT_KEYS` (``[[fault]]`` in TOML, a JSON request), each field type- and
     range-checked: ConfigError naming the field. ``opcode`` and ``status`` may also be strings
     such as ``"0x370"``. With ``ports`` / ``nqns`` the rule must name one of them."""

@@ -9,7 +9,7 @@
   off loopback requires a bearer token; with a token every request must carry
   ``Authorization: Bearer <token>`` (401 otherwise).
 * the metrics listener (default ``127.0.0.1:9464``): ``GET /metrics``, the Prometheus text of
-  :func:`target.metrics.target_registry` (one registry per target, no global state). The
+  :func:`target.control.metrics.target_registry` (one registry per target, no global state). The
   control API serves the same text at ``/metrics`` for convenience.
 """
 
@@ -41,9 +41,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from nvmeof.constants import AnaState
 from target.config import BACKENDS, BLOCK_SIZES, ConfigError, NamespaceConfig
-from target.config_validate import FAULT_KEYS, Table, fault_rule_kwargs, validate_namespace
-from target.control import PORT_DOWN_MODES, ControlError
-from target.ctl import (
+from target.config.validate import FAULT_KEYS, Table, fault_rule_kwargs, validate_namespace
+from target.control.actions import PORT_DOWN_MODES, ControlError
+from target.control.ctl import (
     DEFAULT_CONTROL,
     ControlSetupError,
     Endpoint,
@@ -51,9 +51,9 @@ from target.ctl import (
     is_loopback,
     parse_endpoint,
 )
+from target.control.faults import ACTIONS, QUEUE_KINDS
+from target.control.metrics import target_registry
 from target.daemon import Target
-from target.faults import ACTIONS, QUEUE_KINDS
-from target.metrics import target_registry
 from target.state import MAX_ANA_GROUPS
 
 log = logging.getLogger("nvmeof.target.http")

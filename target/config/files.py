@@ -47,7 +47,7 @@ Native TOML (complete example: ``deploy/target.example.toml``)::
       port = 8009
       portid = 0
 
-    [[fault]]                 # fault rules active from the start (target.faults.FaultRule)
+    [[fault]]                 # fault rules active from the start (control.faults.FaultRule)
     action = "status"         # delay|status|drop|corrupt-hdgst|corrupt-ddgst|close|stall|ghost-write
     port = 1                  # matchers, all optional: port, subsystem, nsid, opcode, host, queue
     opcode = "0x02"           # an integer, or a string "0x.." (also for status)
@@ -97,7 +97,7 @@ from pathlib import Path
 from typing import Any
 
 from nvmeof.constants import CNTLID_MAX, AnaState
-from target.config import (
+from target.config.model import (
     BLOCK_SIZES,
     NamespaceConfig,
     PortConfig,
@@ -105,7 +105,7 @@ from target.config import (
     SubsystemConfig,
     TargetConfig,
 )
-from target.config_validate import (
+from target.config.validate import (
     FAULT_KEYS,
     ID_LENGTHS,
     Table,

@@ -16,8 +16,8 @@ from nvmeof.errors import CommandError
 from nvmeof.status import Status, StatusCode
 
 if TYPE_CHECKING:
+    from target.control.faults import FaultRule
     from target.controller import Controller
-    from target.faults import FaultRule
     from target.port import Port
     from target.state import TargetState
 

@@ -43,8 +43,8 @@ from prometheus_client.registry import Collector
 
 from nvmeof.constants import DISCOVERY_NQN, AdminOpcode, AnaState, IoOpcode
 from nvmeof.status import StatusCode
-from target.control import PORT_DOWN_MODES
-from target.faults import ACTIONS
+from target.control.actions import PORT_DOWN_MODES
+from target.control.faults import ACTIONS
 from target.state import IO_OPCODES, LATENCY_BOUNDS, CommandStats
 
 if TYPE_CHECKING:

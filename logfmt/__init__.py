@@ -1,4 +1,8 @@
-"""Structured (logfmt) logging for the daemon: ``ts=... level=... logger=... msg="..."``."""
+"""Structured (logfmt) logging: ``ts=... level=... logger=... msg="..."`` lines on stderr.
+
+Shared by both wings (the ``nvmeof-target`` daemon, the ``nvmeof`` CLI) and the demo, so it
+lives beside them rather than in either; it imports nothing of ours.
+"""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import trio
 
 from nvmeof.constants import AnaState
 from target.config import NamespaceConfig
-from target.faults import FaultRule
+from target.control.faults import FaultRule
 
 if TYPE_CHECKING:
     from target.connection import QueueConnection

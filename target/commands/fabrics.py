@@ -23,8 +23,8 @@ from nvmeof.wire.fabrics import (
     CONNECT_DATA_OFFSET_HOSTNQN,
     CONNECT_DATA_OFFSET_SUBNQN,
 )
+from target.commands.request import PENDING, ExecuteResult, QueueContext, Reply, Request, fail
 from target.controller import Controller
-from target.request import PENDING, ExecuteResult, QueueContext, Reply, Request, fail
 
 log = logging.getLogger("nvmeof.target")
 
