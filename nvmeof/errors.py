@@ -45,9 +45,17 @@ class RemoteTerminated(NvmeofError):
 
 
 class CommandError(NvmeofError):
-    """A command failed with an NVMe status (raised by handlers, turned into a CQE)."""
+    """A command failed with an NVMe status (raised by handlers, turned into a CQE).
 
-    def __init__(self, status: Status, message: str = "", *, result: int = 0) -> None:
+    ``loc`` is the byte offset in the SQE of the field at fault (the error log's Parameter
+    Error Location). Like nvmet (``nvmet_set_error``), a controller logs an error that has a
+    location and then sets the More bit in the completion.
+    """
+
+    def __init__(
+        self, status: Status, message: str = "", *, result: int = 0, loc: int | None = None
+    ) -> None:
         super().__init__(message or str(status))
         self.status = status
         self.result = result
+        self.loc = loc

@@ -64,24 +64,28 @@ class ControllerRegisters:
         Raises:
             CommandError: Invalid Field for unknown offsets or a wrong access size.
         """
-        if offset == Property.CAP:
-            if not size8:
-                raise CommandError(_INVALID_FIELD, "CAP must be read with an 8-byte access")
-            return self.cap
+        # nvmet_execute_prop_get: the error location is OFFSET for an 8-byte access, else
+        # ATTRIB.
         if size8:
-            raise CommandError(_INVALID_FIELD, f"8-byte read of property {offset:#x}")
+            if offset == Property.CAP:
+                return self.cap
+            raise CommandError(_INVALID_FIELD, f"8-byte read of property {offset:#x}", loc=44)
+        if offset == Property.CAP:
+            raise CommandError(_INVALID_FIELD, "CAP must be read with an 8-byte access", loc=40)
         if offset == Property.VS:
             return self.vs
         if offset == Property.CC:
             return self.cc
         if offset == Property.CSTS:
             return self.csts
-        raise CommandError(_INVALID_FIELD, f"unsupported property {offset:#x}")
+        raise CommandError(_INVALID_FIELD, f"unsupported property {offset:#x}", loc=40)
 
     def set(self, offset: int, size8: bool, value: int) -> None:
         """Property Set; only CC (4 bytes) is writable."""
-        if offset != Property.CC or size8:
-            raise CommandError(_INVALID_FIELD, f"property {offset:#x} is not writable")
+        if size8:  # nvmet_execute_prop_set
+            raise CommandError(_INVALID_FIELD, "8-byte property write", loc=40)
+        if offset != Property.CC:
+            raise CommandError(_INVALID_FIELD, f"property {offset:#x} is not writable", loc=44)
         self.update_cc(value & 0xFFFFFFFF)
 
     def update_cc(self, new: int) -> None:
@@ -95,8 +99,10 @@ class ControllerRegisters:
         elif old & CC_EN and not new & CC_EN:
             self.csts &= ~(CSTS_RDY | CSTS_CFS)
         if new & CC_SHN_MASK and not old & CC_SHN_MASK:
-            self.csts |= CSTS_SHST_COMPLETE
-        elif not new & CC_SHN_MASK:
+            # nvmet_update_cc: a shutdown clears the controller (CC = 0, CSTS.RDY = 0).
+            self.cc = 0
+            self.csts = (self.csts & ~CSTS_RDY) | CSTS_SHST_COMPLETE
+        elif not new & CC_SHN_MASK and old & CC_SHN_MASK:
             self.csts &= ~CSTS_SHST_MASK
 
     def _valid_cc(self, cc: int) -> bool:

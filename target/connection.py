@@ -19,15 +19,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from nvmeof.constants import (
-    CONNECT_DATA_SIZE,
     DISCOVERY_NQN,
     AdminOpcode,
-    FabricsType,
     IoOpcode,
     is_host_to_controller,
 )
 from nvmeof.errors import CommandError, TransportError
-from nvmeof.status import StatusCode, status_word
+from nvmeof.status import MORE_BIT, StatusCode, status_word
 from nvmeof.tcp.controller import ConnState, ControllerConnection
 from nvmeof.tcp.events import (
     CommandReceived,
@@ -36,7 +34,7 @@ from nvmeof.tcp.events import (
     TermReqReceived,
 )
 from target.commands.admin import MAX_TRANSFER
-from target.commands.dispatch import route
+from target.commands.dispatch import CloseQueue, route
 from target.commands.request import Execute, Pending, Reply, Request, fail
 from target.state import IO_OPCODES
 
@@ -76,8 +74,12 @@ class QueueConnection:
         self.sqsize = 0
         self.sq_flow_control = True
         self.conn = ControllerConnection(
-            max_h2c_data=MAX_H2C_DATA, max_in_capsule=max(8192, port.inline_data_size)
+            max_h2c_data=MAX_H2C_DATA,
+            max_in_capsule=max(8192, port.inline_data_size),
+            strict=port.strict,
         )
+        #: nvmet-tcp has one command for a queue until Connect succeeds (target.dispatch).
+        self.precommand_used = False
         try:
             host, port_number = stream.socket.getpeername()[:2]
             self.peer = f"{host}:{port_number}"
@@ -221,6 +223,7 @@ class QueueConnection:
                 self.state.termreqs_sent += 1
             self.close_reason = f"protocol error: {err}"
             await self._flush()
+            self._fatal(self.close_reason)
             return False
         finally:
             self._end_batch()
@@ -231,7 +234,7 @@ class QueueConnection:
         if isinstance(event, CommandReceived):
             self._serve(event)
         elif isinstance(event, DataReceived):
-            req, execute = self._awaiting_data.pop(event.cid)
+            req, execute = self._awaiting_data.pop(event.ttag)
             if not event.data_digest_ok:
                 self._account(req, _TRANSIENT_TRANSPORT_ERROR)
                 self._respond(req.cid, _TRANSIENT_TRANSPORT_ERROR, 0, 0)
@@ -255,21 +258,23 @@ class QueueConnection:
         if self.sq_flow_control and self.sqsize:
             self._sqhd = (self._sqhd + 1) % self.sqsize
         try:
-            if self._awaiting_data.pop(req.cid, None) is not None:
-                # Both commands are gone: the host broke the CID rules.
-                raise fail(StatusCode.CMDID_CONFLICT, f"CID {req.cid} is still receiving data")
+            # nvmet keys a command's data by its TTAG and never checks CIDs for uniqueness.
             prepare, execute = route(self, req)
             if req.data is None and req.transfer_length and _is_write(req):
                 _check_r2t_length(req)
-                if prepare is not None:
-                    prepare(self, req)
+                if prepare is not None and self.port.strict:
+                    prepare(self, req)  # nvmet asks for the data first and checks it after
                 buffer = bytearray(req.transfer_length)
                 req.data = buffer
-                self._awaiting_data[req.cid] = (req, execute)
-                self.conn.request_data(req.cid, buffer)
+                ttag = self.conn.request_data(req.cid, buffer)
+                self._awaiting_data[ttag] = (req, execute)
                 return
         except CommandError as err:
             self._fail(req, err)
+            return
+        except CloseQueue as why:
+            log.info("queue closed peer=%s qid=%s: %s", self.peer, self.qid, why)
+            self._fatal(str(why))
             return
         if not event.data_digest_ok:
             self._account(req, _TRANSIENT_TRANSPORT_ERROR)
@@ -329,12 +334,23 @@ class QueueConnection:
         if reply.status and self.controller is not None:
             self.controller.record_error(self.qid, req.cid, reply.status, req.nsid)
 
+    def _fatal(self, reason: str) -> None:
+        """A fatal queue error ends the whole association, as nvmet_ctrl_fatal_error does."""
+        self.close_reason = self.close_reason or reason
+        ctrl = self.controller
+        if ctrl is not None and not ctrl.closed:
+            ctrl.close(f"fatal error on qid {self.qid}: {reason}")
+        self.close(reason)
+
     def _fail(self, req: Request, err: CommandError) -> None:
         word = err.status.word
+        if err.loc is not None and self.controller is not None:
+            word |= MORE_BIT  # logged in the error log page (nvmet_set_error)
         log.debug("command failed peer=%s qid=%s cid=%s opcode=%#x: %s", self.peer, self.qid,
                   req.cid, req.opcode, err)  # fmt: skip
         if self.controller is not None:
-            self.controller.record_error(max(self.qid, 0), req.cid, word, req.nsid)
+            self.controller.record_error(max(self.qid, 0), req.cid, word, req.nsid,
+                                         loc=0xFFFF if err.loc is None else err.loc)  # fmt: skip
         self._account(req, word)
         self._respond(req.cid, word, err.result, 0)
 
@@ -486,9 +502,6 @@ class QueueConnection:
 
 def _check_r2t_length(req: Request) -> None:
     """Refuse a data length we would never accept before allocating a buffer for it."""
-    connect = req.opcode == AdminOpcode.FABRICS and req.sqe[4] == FabricsType.CONNECT
-    if connect and req.transfer_length != CONNECT_DATA_SIZE:
-        raise fail(StatusCode.SGL_INVALID_DATA, "Connect data must be 1024 bytes")
     if req.transfer_length > MAX_TRANSFER:
         raise fail(StatusCode.INVALID_FIELD, f"{req.transfer_length} bytes exceed MDTS")
 

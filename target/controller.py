@@ -19,6 +19,7 @@ NVME_VERSION = version(1, 4)
 DISCOVERY_KATO_MS = 120_000
 ERROR_LOG_ENTRIES = 64
 AERL = 3  # 0's based: four AERs may be outstanding
+_SMART_CRITICAL_WARNINGS = 0x1F
 
 
 class QueueHandle(Protocol):
@@ -78,7 +79,10 @@ class Controller:
             cap=build_cap(mqes=mqes), vs=NVME_VERSION, io_controller=not self.discovery
         )
         self.aen = AsyncEventQueue(limit=AERL + 1)
-        self.aec = 0  # Set Features 0x0B value: which notices the host enabled
+        # Set Features 0x0B value: which notices are enabled. nvmet_alloc_ctrl enables the
+        # namespace-attribute and ANA-change notices before the host asks (a host that never
+        # sends Set Features still hears of them); a discovery controller waits to be asked.
+        self.aec = 0 if self.discovery else OAES_NS_ATTR | OAES_ANA_CHANGE
         max_q = subsystem.max_io_queues if subsystem else 0
         self.max_io_queues = max_q
         self.io_queues_granted = max_q
@@ -91,6 +95,12 @@ class Controller:
         self.stats = ControllerStats()
         self.keepalive_deadline = float("inf")
         self.closed = False
+
+    @property
+    def accepted_aen(self) -> int:
+        """What Set Features Asynchronous Event Configuration accepts: nvmet also takes the
+        SMART critical-warning bits (NVMET_AEN_CFG_ALL) although it never reports them."""
+        return self.supported_aen | (0 if self.discovery else _SMART_CRITICAL_WARNINGS)
 
     @property
     def supported_aen(self) -> int:
@@ -123,9 +133,10 @@ class Controller:
         for cid, event in done:
             admin.complete_async_event(cid, event.dw0)
 
-    def record_error(self, sqid: int, cid: int, status: int, nsid: int, lba: int = 0) -> None:
+    def record_error(self, sqid: int, cid: int, status: int, nsid: int, lba: int = 0,
+                     loc: int = 0xFFFF) -> None:  # fmt: skip
         self.error_count += 1
-        self.errors.appendleft(ErrorEntry(self.error_count, sqid, cid, status, nsid, lba))
+        self.errors.appendleft(ErrorEntry(self.error_count, sqid, cid, status, nsid, lba, loc))
 
     def note_changed_ns(self, nsid: int) -> None:
         if nsid not in self.changed_nsids and len(self.changed_nsids) >= 1024:

@@ -22,6 +22,7 @@ class Port:
         self.subsystems: list[str] = list(cfg.subsystems)
         self.referrals: list[ReferralConfig] = list(cfg.referrals)
         self.inline_data_size = cfg.inline_data_size
+        self.strict = cfg.strict
         self.ana: dict[int, AnaState] = dict(cfg.ana_states)
         self.ana_chgcnt: dict[int, int] = {}
         self.enabled = True

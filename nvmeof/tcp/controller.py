@@ -82,6 +82,8 @@ class ControllerConnection:
         max_h2c_data: MAXH2CDATA advertised in ICResp (bytes per H2CData PDU).
         max_in_capsule: largest in-capsule data accepted in a CapsuleCmd.
         max_c2h_data: largest payload put in one C2HData PDU.
+        strict: check every transport rule (:class:`~nvmeof.tcp.framing.PduReader`); off, only
+            what nvmet-tcp checks (docs/TOLERANCE.md).
     """
 
     def __init__(
@@ -90,12 +92,15 @@ class ControllerConnection:
         max_h2c_data: int = 131072,
         max_in_capsule: int = 8192,
         max_c2h_data: int = 131072,
+        strict: bool = True,
     ) -> None:
         if max_h2c_data < 4096 or max_h2c_data % 4:
             raise ValueError("MAXH2CDATA must be a multiple of 4 and at least 4096")
         self.max_h2c_data = max_h2c_data
         self.max_c2h_data = max_c2h_data
-        self.reader = PduReader(CONTROLLER_RECEIVES, max(max_h2c_data, max_in_capsule))
+        self.strict = strict
+        self.reader = PduReader(CONTROLLER_RECEIVES, max(max_h2c_data, max_in_capsule),
+                                strict=strict)  # fmt: skip
         self.state = ConnState.AWAIT_ICREQ
         self.header_digest = False
         self.data_digest = False
@@ -103,7 +108,6 @@ class ControllerConnection:
         self._c2h_layout = (24, b"", 0)
         self._out: list[bytes | memoryview] = []
         self._transfers: dict[int, _H2CTransfer] = {}  # by ttag
-        self._ttag_of_cid: dict[int, int] = {}
         self._next_ttag = 0
 
     # -- input -------------------------------------------------------------------------------
@@ -154,10 +158,13 @@ class ControllerConnection:
         pfv = int.from_bytes(hdr[8:10], "little")
         hpda, digest = hdr[10], hdr[11]
         maxr2t = int.from_bytes(hdr[12:16], "little")
+        if pdu.plen != 128:  # nvmet_tcp_handle_icreq
+            raise TransportError(Fes.INVALID_PDU_HEADER_FIELD, f"ICReq plen {pdu.plen}",
+                                 fei=4, header=bytes(hdr))  # fmt: skip
         if pfv != 0:
             raise TransportError(Fes.UNSUPPORTED_PARAMETER, f"ICReq PFV {pfv}",
                                  fei=_ICREQ_PFV_OFFSET, header=bytes(hdr))  # fmt: skip
-        if hpda > 31:
+        if hpda != 0:  # nvmet_tcp_handle_icreq: "unsupported hpda"
             raise TransportError(Fes.UNSUPPORTED_PARAMETER, f"ICReq HPDA {hpda}",
                                  fei=_ICREQ_HPDA_OFFSET, header=bytes(hdr))  # fmt: skip
         self.header_digest = bool(digest & DigestFlags.HEADER)
@@ -188,7 +195,9 @@ class ControllerConnection:
     def _handle_h2c_data(self, pdu: Pdu) -> Event | None:
         _, flags, _, _, _, cccid, ttag, datao, datal = DATA_PDU.unpack_from(pdu.header)
         xfer = self._transfers.get(ttag)
-        if xfer is None or xfer.cid != cccid:
+        # nvmet finds the command by TTAG alone and never looks at CCCID or LAST_PDU
+        # (nvmet_tcp_handle_h2c_data_pdu); strict mode checks both.
+        if xfer is None or (self.strict and xfer.cid != cccid):
             raise TransportError(Fes.INVALID_PDU_HEADER_FIELD, f"H2CData for unknown ttag {ttag}",
                                  fei=_DATA_TTAG_OFFSET, header=bytes(pdu.header))  # fmt: skip
         if datal != len(pdu.data) or datal == 0:
@@ -207,22 +216,20 @@ class ControllerConnection:
         if not pdu.data_digest_ok:
             xfer.digest_ok = False
         done = xfer.received == xfer.total
-        if bool(flags & FLAG_LAST_PDU) != done:
+        if self.strict and bool(flags & FLAG_LAST_PDU) != done:
             raise TransportError(Fes.PDU_SEQUENCE_ERROR, "LAST_PDU does not end the R2T",
                                  header=bytes(pdu.header))  # fmt: skip
         if not done:
             return None
         del self._transfers[ttag]
-        del self._ttag_of_cid[cccid]
-        return DataReceived(cccid, xfer.digest_ok)
+        return DataReceived(xfer.cid, xfer.digest_ok, ttag)
 
     # -- output ------------------------------------------------------------------------------
 
-    def request_data(self, cid: int, buffer: memoryview | bytearray) -> None:
-        """Send one R2T asking for ``len(buffer)`` bytes of ``cid``'s data, received into it."""
+    def request_data(self, cid: int, buffer: memoryview | bytearray) -> int:
+        """Send one R2T asking for ``len(buffer)`` bytes of ``cid``'s data, received into it;
+        returns the TTAG (the :class:`DataReceived` event carries it)."""
         self._require_established()
-        if cid in self._ttag_of_cid:
-            raise LocalProtocolError(f"R2T already outstanding for CID {cid}")
         view = memoryview(buffer)
         if len(view) == 0:
             raise LocalProtocolError("R2T for zero bytes")
@@ -231,8 +238,8 @@ class ControllerConnection:
             ttag = (ttag + 1) & 0xFFFF
         self._next_ttag = (ttag + 1) & 0xFFFF
         self._transfers[ttag] = _H2CTransfer(cid, ttag, view)
-        self._ttag_of_cid[cid] = ttag
         self._out.append(self._header(PDU_R2T, R2T, 0, cid, ttag, 0, len(view)))
+        return ttag
 
     def send_data(self, cid: int, data: memoryview | bytes | bytearray, *, success: bool,
                   corrupt_digest: bool = False) -> None:  # fmt: skip
@@ -283,8 +290,6 @@ class ControllerConnection:
         ``corrupt_digest`` sends a wrong header digest (fault injection; needs header digests)."""
         if self.state is not ConnState.ESTABLISHED:
             self._require_established()
-        if self._ttag_of_cid:
-            self.cancel_transfer(cid)
         hd = 4 if self.header_digest else 0
         hdr = CAPSULE_RESP.pack(
             PDU_CAPSULE_RESP, FLAG_HDGSTF if hd else 0, 24, 0, 24 + hd,
@@ -295,11 +300,9 @@ class ControllerConnection:
             hdr += digest.to_bytes(4, "little")
         self._out.append(hdr)
 
-    def cancel_transfer(self, cid: int) -> None:
-        """Forget an outstanding R2T of ``cid`` (the command is being completed anyway)."""
-        ttag = self._ttag_of_cid.pop(cid, None)
-        if ttag is not None:
-            del self._transfers[ttag]
+    def cancel_transfer(self, ttag: int) -> None:
+        """Forget an outstanding R2T (its command is being completed anyway)."""
+        self._transfers.pop(ttag, None)
 
     def terminate(self, err: TransportError) -> None:
         """Queue a C2HTermReq for ``err`` and stop processing input."""

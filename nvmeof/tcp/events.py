@@ -37,10 +37,12 @@ class CommandReceived:
 
 @dataclass(slots=True)
 class DataReceived:
-    """Controller side: all data requested by :meth:`request_data` for ``cid`` arrived."""
+    """Controller side: all data requested by :meth:`request_data` for ``cid`` arrived;
+    ``ttag`` is the tag :meth:`request_data` returned (a CID may be reused meanwhile)."""
 
     cid: int
     data_digest_ok: bool
+    ttag: int = 0
 
 
 @dataclass(slots=True)

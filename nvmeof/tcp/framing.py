@@ -6,6 +6,12 @@ Rules of this module:
   checked *before* a PDU is handed out, so later parsing never sees a short buffer.
 - Any framing violation raises :class:`TransportError` carrying the TermReq FES and the byte
   offset of the offending header field (FEI); the caller terminates the connection.
+- Two modes. *Strict* (the host side, and a target port with ``strict = true``) checks every
+  common-header rule of the transport specification. *Tolerant* (a target port by default)
+  checks only what nvmet-tcp checks in ``nvmet_tcp_try_recv_pdu``: the PDU type, the exact
+  header length, a header digest where one was negotiated and the data digest flag on a PDU
+  with data; PDO is ignored (data starts right after the header and its digest, where nvmet
+  reads it) and digest flags that were not negotiated are ignored (docs/TOLERANCE.md).
 - A data digest mismatch is not fatal here: the PDU is returned with ``data_digest_ok`` False and
   the receiver fails only that command (what the Linux host does, PROTOCOL.md 7.3).
 - Bytes live in one fixed, preallocated buffer (``recv_into`` friendly). The views a :class:`Pdu`
@@ -98,8 +104,9 @@ class PduReader:
             Data Transfer Limit Exceeded error.
     """
 
-    def __init__(self, receives: frozenset[int], max_data: int) -> None:
+    def __init__(self, receives: frozenset[int], max_data: int, *, strict: bool = True) -> None:
         self.receives = receives
+        self.strict = strict
         self.max_data = max_data
         self._header_digest = False
         self._data_digest = False
@@ -191,6 +198,8 @@ class PduReader:
         start = self._start
         sig, plen = _SIGNATURE.unpack_from(self._buf, start)
         pdu_type, flags, hlen, pdo = sig & 0xFF, (sig >> 8) & 0xFF, (sig >> 16) & 0xFF, sig >> 24
+        if not self.strict:
+            return self._next_tolerant(pdu_type, flags, hlen, plen, start, avail)
         known = self._known.get(sig)
         if known is not None and (
             plen == known[1]
@@ -222,6 +231,49 @@ class PduReader:
                 ok = crc32c(data) == expected
         else:
             data = view[start + hlen : start + plen] if pdu_type in _TERM_TYPES else view[0:0]
+        self._start = start + plen
+        return Pdu(pdu_type, flags, plen, header, data, ok)
+
+    def _next_tolerant(self, pdu_type: int, flags: int, hlen: int, plen: int, start: int,
+                       avail: int) -> Pdu | None:  # fmt: skip
+        """nvmet-tcp's checks only (``nvmet_tcp_try_recv_pdu``); data right after the header."""
+
+        def bad(offset: int, why: str, fes: Fes = Fes.INVALID_PDU_HEADER_FIELD) -> TransportError:
+            return self._error(start, hlen, offset, why, fes)
+
+        if pdu_type not in self.receives:
+            raise bad(_OFF_TYPE, f"unexpected PDU type {pdu_type:#x}")
+        if hlen != HLEN[pdu_type]:
+            raise bad(_OFF_HLEN, f"PDU type {pdu_type:#x} with hlen {hlen}")
+        term = pdu_type in _TERM_TYPES
+        hd = _DIGEST if self._header_digest and pdu_type in HEADER_DIGEST_TYPES else 0
+        if hd and not flags & FLAG_HDGSTF:
+            raise bad(_OFF_FLAGS, "header digest negotiated, HDGSTF clear")
+        data_start = hlen + hd
+        if plen < data_start:
+            raise bad(_OFF_PLEN, f"plen {plen} shorter than the header")
+        has_data = plen > data_start and not term
+        dd = _DIGEST if self._data_digest and has_data and pdu_type in DATA_TYPES else 0
+        if dd and not flags & FLAG_DDGSTF:
+            raise bad(_OFF_FLAGS, "data digest negotiated, DDGSTF clear on a PDU with data")
+        if plen - data_start - dd > self.max_data or plen - data_start < dd:
+            raise bad(_OFF_PLEN, f"plen {plen} beyond the data limit {self.max_data}",
+                      Fes.DATA_TRANSFER_LIMIT_EXCEEDED)  # fmt: skip
+        if avail < plen:
+            return None
+        view = self._view
+        header = view[start : start + hlen]
+        if hd:
+            expected = int.from_bytes(view[start + hlen : start + data_start], "little")
+            if crc32c(header) != expected:
+                raise TransportError(
+                    Fes.HEADER_DIGEST_ERROR, "header digest mismatch", header=bytes(header)
+                )
+        ok = True
+        data = view[start + data_start : start + plen - dd]
+        if dd:
+            expected = int.from_bytes(view[start + plen - _DIGEST : start + plen], "little")
+            ok = crc32c(data) == expected
         self._start = start + plen
         return Pdu(pdu_type, flags, plen, header, data, ok)
 

@@ -36,7 +36,16 @@ from nvmeof.wire.logpages import (
     build_fw_slot_log,
     build_smart_log,
 )
-from target.commands.request import PENDING, ExecuteResult, QueueContext, Reply, Request, fail
+from target.commands.request import (
+    LOC_CDW10,
+    PENDING,
+    ExecuteResult,
+    QueueContext,
+    Reply,
+    Request,
+    check_transfer_len,
+    fail,
+)
 from target.controller import AERL, ERROR_LOG_ENTRIES, Controller
 from target.state import MAX_ANA_GROUPS, MAX_NAMESPACES
 
@@ -101,11 +110,9 @@ _SUPPORTED_CNS = frozenset(
 def execute_identify(q: QueueContext, req: Request) -> ExecuteResult:
     ctrl = controller_of(q)
     cns = req.sqe[40]
+    check_transfer_len(req, IDENTIFY_SIZE)  # nvmet_execute_identify: the length first
     if cns not in _SUPPORTED_CNS:
-        raise fail(_INVALID_FIELD, f"unsupported CNS {cns:#x}")
-    if req.transfer_length != IDENTIFY_SIZE:
-        # A longer buffer would be a short successful read, fatal for the Linux host.
-        raise fail(StatusCode.SGL_INVALID_DATA, f"Identify SGL of {req.transfer_length} bytes")
+        raise fail(_INVALID_FIELD, f"unsupported CNS {cns:#x}", loc=LOC_CDW10)
     if cns == Cns.CONTROLLER:
         return Reply(data=identify_controller(ctrl))
     sub = ctrl.subsystem
@@ -158,12 +165,13 @@ def execute_get_log_page(q: QueueContext, req: Request) -> ExecuteResult:
     numd = (int.from_bytes(sqe[42:44], "little") | int.from_bytes(sqe[44:46], "little") << 16) + 1
     length = numd * 4
     offset = int.from_bytes(sqe[48:56], "little")
-    if length != req.transfer_length:
-        raise fail(StatusCode.SGL_INVALID_DATA, f"NUMD {numd} != SGL {req.transfer_length}")
+    check_transfer_len(req, length)
     if length > MAX_TRANSFER:
         raise fail(_INVALID_FIELD, f"log page transfer of {length} bytes exceeds MDTS")
+    if ctrl.discovery and lid != LogPage.DISCOVERY:  # nvmet_execute_disc_get_log_page
+        raise fail(_INVALID_FIELD, f"log page {lid:#x} on discovery", loc=LOC_CDW10)
     if offset % 4:
-        raise fail(_INVALID_FIELD, f"log page offset {offset} not dword aligned")
+        raise fail(_INVALID_FIELD, f"log page offset {offset} not dword aligned", loc=48)
     page = _log_page(q, ctrl, lid, lsp & 0x7F, rae)
     ctrl.aen.log_read(lid, rae)
     chunk = page[offset : offset + length]
@@ -197,7 +205,8 @@ def _log_page(q: QueueContext, ctrl: Controller, lid: int, lsp: int, rae: bool) 
     if lid == LogPage.ANA:
         groups = q.state.ana_groups(ctrl.subsystem, ctrl.port)
         return build_ana_log(q.state.ana_chgcnt, groups, rgo=bool(lsp & 0x1))
-    raise fail(StatusCode.INVALID_LOG_PAGE, f"unsupported log page {lid:#x}")
+    # nvmet answers an unknown log page with Invalid Field, not Invalid Log Page.
+    raise fail(_INVALID_FIELD, f"unsupported log page {lid:#x}", loc=LOC_CDW10)
 
 
 def _smart_log(ctrl: Controller) -> bytes:
@@ -230,8 +239,10 @@ _DEFAULT_FEATURES = {
     FeatureId.ERROR_RECOVERY: 0,
     FeatureId.VOLATILE_WC: 1,
     FeatureId.IRQ_COALESCE: 0,
+    0x09: 0,  # Interrupt Vector Configuration
     FeatureId.WRITE_ATOMIC: 0,
 }
+_FEATURE_HOST_ID = 0x81
 
 
 def execute_set_features(q: QueueContext, req: Request) -> ExecuteResult:
@@ -242,27 +253,32 @@ def execute_set_features(q: QueueContext, req: Request) -> ExecuteResult:
         nsqr, ncqr = value & 0xFFFF, value >> 16
         if nsqr == 0xFFFF or ncqr == 0xFFFF:
             raise fail(_INVALID_FIELD, "number of queues 0xFFFF")
-        granted = min(nsqr + 1, ncqr + 1, ctrl.max_io_queues)
-        ctrl.io_queues_granted = granted
+        if q.port.strict:
+            ctrl.io_queues_granted = min(nsqr + 1, ncqr + 1, ctrl.max_io_queues)
+        granted = ctrl.io_queues_granted  # nvmet always grants (and reports) its maximum
         return Reply(dw0=(granted - 1) | ((granted - 1) << 16))
     if fid == FeatureId.ASYNC_EVENT:
-        if value & ~ctrl.supported_aen:
-            raise fail(_INVALID_FIELD, f"async event config {value:#x} not supported")
+        if value & ~ctrl.accepted_aen:
+            raise fail(_INVALID_FIELD, f"async event config {value:#x} not supported",
+                       loc=44)  # fmt: skip
         ctrl.aec = value
-        return Reply()
+        return Reply(dw0=value)
     if fid == FeatureId.KATO:
-        ctrl.kato_ms = value
+        ctrl.kato_ms = -(-value // 1000) * 1000  # nvmet keeps whole seconds
         ctrl.touch(q.now())
-        return Reply(dw0=-(-value // 1000))
-    if fid in _DEFAULT_FEATURES and ctrl.subsystem is not None:
-        ctrl.features[fid] = value
-        return Reply()
-    raise fail(_INVALID_FIELD, f"Set Features {fid:#x} not supported")
+        return Reply(dw0=ctrl.kato_ms // 1000)
+    if fid == _FEATURE_HOST_ID and ctrl.subsystem is not None:
+        raise fail(StatusCode.CMD_SEQ_ERROR, "the Host ID is set by Connect")
+    # Like nvmet, nothing else is settable: Arbitration, Power Management and the rest read back
+    # their defaults.
+    raise fail(_INVALID_FIELD, f"Set Features {fid:#x} not supported", loc=LOC_CDW10)
 
 
 def execute_get_features(q: QueueContext, req: Request) -> ExecuteResult:
     ctrl = controller_of(q)
     fid = req.dword(10) & 0xFF
+    host_id = fid == _FEATURE_HOST_ID and ctrl.subsystem is not None
+    check_transfer_len(req, 16 if host_id else 0)  # nvmet_feat_data_len
     if fid == FeatureId.NUM_QUEUES and ctrl.subsystem is not None:
         n = ctrl.io_queues_granted - 1
         return Reply(dw0=n | (n << 16))
@@ -270,9 +286,13 @@ def execute_get_features(q: QueueContext, req: Request) -> ExecuteResult:
         return Reply(dw0=ctrl.aec)
     if fid == FeatureId.KATO:
         return Reply(dw0=ctrl.kato_ms)
+    if host_id:
+        if not req.dword(11) & 1:  # only the 128-bit Host ID exists over fabrics
+            raise fail(_INVALID_FIELD, "Host ID: EXHID must be set", loc=44)
+        return Reply(data=ctrl.hostid)
     if fid in _DEFAULT_FEATURES and ctrl.subsystem is not None:
-        return Reply(dw0=ctrl.features.get(fid, _DEFAULT_FEATURES[FeatureId(fid)]))
-    raise fail(_INVALID_FIELD, f"Get Features {fid:#x} not supported")
+        return Reply(dw0=ctrl.features.get(fid, _DEFAULT_FEATURES[fid]))
+    raise fail(_INVALID_FIELD, f"Get Features {fid:#x} not supported", loc=LOC_CDW10)
 
 
 # -- Keep Alive, AER, Abort ------------------------------------------------------------------
@@ -280,14 +300,16 @@ def execute_get_features(q: QueueContext, req: Request) -> ExecuteResult:
 
 def execute_keep_alive(q: QueueContext, req: Request) -> ExecuteResult:
     ctrl = controller_of(q)
-    if not ctrl.kato_ms:
-        raise fail(StatusCode.KA_TIMEOUT_INVALID, "keep-alive with KATO 0")
+    check_transfer_len(req, 0)
+    if not ctrl.kato_ms:  # nvmet: no DNR, nothing logged
+        raise fail(StatusCode.KA_TIMEOUT_INVALID, "keep-alive with KATO 0", dnr=False)
     ctrl.touch(q.now())
     return Reply()
 
 
 def execute_async_event(q: QueueContext, req: Request) -> ExecuteResult:
     ctrl = controller_of(q)
+    check_transfer_len(req, 0)
     try:
         ctrl.add_aer(req.cid)
     except OverflowError:
@@ -298,6 +320,7 @@ def execute_async_event(q: QueueContext, req: Request) -> ExecuteResult:
 def execute_abort(q: QueueContext, req: Request) -> ExecuteResult:
     # Commands are served in order of arrival and never queued long enough to abort: report
     # "not aborted" (DW0 bit 0 = 1), which the spec allows.
+    check_transfer_len(req, 0)
     return Reply(dw0=1)
 
 

@@ -1,27 +1,43 @@
 """Command routing: which handlers serve a command on this queue, or which status refuses it.
 
-Queue-level checks come first, as in nvmet's ``nvmet_req_init``: PSDT/FUSE, Connect before any
-other command, CC.EN before non-fabrics admin commands, admin vs I/O opcode tables, and the
-in-capsule data rules (PROTOCOL.md 2.3).
+The rule (docs/TOLERANCE.md): refuse exactly what the Linux target refuses, with its status and
+in its order, and accept the rest. The order is nvmet's ``nvmet_req_init`` (FUSE, PSDT, then
+``nvmet_parse_connect_cmd`` / ``nvmet_parse_io_cmd`` / ``nvmet_parse_admin_cmd``), preceded by
+what nvmet-tcp's receive path decides before a command is parsed (``nvmet_tcp_done_recv_pdu``,
+``nvmet_tcp_map_data``, ``nvmet_tcp_handle_req_failure``): whether the capsule's in-capsule data
+is read at all. A port with ``strict = true`` adds the specification's checks that nvmet does
+not make (see :func:`_strict_checks`).
 """
 
 from __future__ import annotations
 
-from nvmeof.constants import (
-    ADMIN_IN_CAPSULE_SIZE,
-    AdminOpcode,
-    FabricsType,
-    SglType,
-    is_host_to_controller,
-)
+import logging
+
+from nvmeof.constants import AdminOpcode, FabricsType, SglType, is_host_to_controller
 from nvmeof.status import StatusCode
 from nvmeof.wire.fast import SGL, SGL_OFFSET
 from target.commands.admin import ADMIN_HANDLERS, DISCOVERY_ADMIN_OPCODES
 from target.commands.fabrics import FABRICS_HANDLERS
-from target.commands.io import IO_HANDLERS
-from target.commands.request import Execute, Prepare, QueueContext, Request, fail
+from target.commands.io import IO_HANDLERS, check_namespace
+from target.commands.request import (
+    LOC_FCTYPE,
+    LOC_FLAGS,
+    LOC_OPCODE,
+    Execute,
+    Prepare,
+    QueueContext,
+    Request,
+    fail,
+)
 
-_PSDT_SGL = 0x40
+log = logging.getLogger("nvmeof.target")
+
+_PSDT_MASK, _PSDT_SGL, _FUSE_MASK = 0xC0, 0x40, 0x03
+_ADMIN_FABRICS = frozenset({FabricsType.PROPERTY_GET, FabricsType.PROPERTY_SET})
+
+
+class CloseQueue(Exception):
+    """The connection ends without an answer to this capsule (nvmet: a fatal queue error)."""
 
 
 def route(q: QueueContext, req: Request) -> tuple[Prepare | None, Execute]:
@@ -29,57 +45,93 @@ def route(q: QueueContext, req: Request) -> tuple[Prepare | None, Execute]:
 
     Raises:
         CommandError: the command is refused with the returned status.
+        CloseQueue: the connection (and its controller) must be closed without a response.
     """
     sqe = req.sqe
     opcode = req.opcode
     fabrics = opcode == AdminOpcode.FABRICS
     fctype = sqe[4] if fabrics else 0
-    if not fabrics and sqe[1] & 0xC3 != _PSDT_SGL:
-        raise fail(StatusCode.INVALID_FIELD, f"FLAGS {sqe[1]:#x}: only PSDT 01b, no FUSE")
-    _check_data(q, req, opcode, fctype)
+    if q.controller is None:
+        # nvmet-tcp owns one command for a queue that is not connected yet, and only a
+        # successful Connect gives it more (nvmet_tcp_put_cmd never frees the connect command).
+        if q.precommand_used:
+            raise CloseQueue("a second command on a queue that is not connected")
+        q.precommand_used = True
+    _check_in_capsule(q, req, opcode, fctype)
+    if q.port.strict:
+        _strict_checks(q, req, opcode, fctype)
+    flags = sqe[1]
+    if flags & _FUSE_MASK:
+        raise fail(StatusCode.INVALID_FIELD, f"FUSE {flags & 3}", loc=LOC_FLAGS)
+    if flags & _PSDT_MASK != _PSDT_SGL:
+        raise fail(StatusCode.INVALID_FIELD, f"PSDT {flags >> 6}: SGLs only", loc=LOC_FLAGS)
     ctrl = q.controller
-    if fabrics:
-        handler = FABRICS_HANDLERS.get(fctype)  # type: ignore[call-overload]
-        if handler is None:
-            raise fail(StatusCode.INVALID_OPCODE, f"fabrics command type {fctype:#x}")
-        if ctrl is None and fctype != FabricsType.CONNECT:
-            raise fail(StatusCode.CMD_SEQ_ERROR, "command before Connect")
-        return None, handler
-    if ctrl is None:
-        raise fail(StatusCode.CMD_SEQ_ERROR, "command before Connect")
-    if q.qid == 0:
-        if ctrl.discovery and opcode not in DISCOVERY_ADMIN_OPCODES:
-            raise fail(StatusCode.INVALID_OPCODE, f"admin opcode {opcode:#x} on discovery")
-        admin = ADMIN_HANDLERS.get(opcode)  # type: ignore[call-overload]
-        if admin is None:
-            raise fail(StatusCode.INVALID_OPCODE, f"admin opcode {opcode:#x}")
+    if ctrl is None:  # nvmet_parse_connect_cmd
+        if not fabrics:
+            raise fail(StatusCode.INVALID_OPCODE, f"opcode {opcode:#x} before Connect",
+                       loc=LOC_OPCODE)  # fmt: skip
+        if fctype != FabricsType.CONNECT:
+            raise fail(StatusCode.INVALID_OPCODE, f"fabrics type {fctype:#x} before Connect",
+                       loc=LOC_FCTYPE)  # fmt: skip
+        return None, FABRICS_HANDLERS[FabricsType.CONNECT]
+    if q.qid != 0:  # nvmet_parse_io_cmd
+        if fabrics:
+            raise fail(StatusCode.INVALID_OPCODE, f"fabrics type {fctype:#x} on an I/O queue",
+                       loc=LOC_FCTYPE)  # fmt: skip
         if not ctrl.regs.ready:
-            raise fail(StatusCode.CMD_SEQ_ERROR, "admin command before CC.EN")
-        return None, admin
-    io = IO_HANDLERS.get(opcode)  # type: ignore[call-overload]
-    if io is None:
-        raise fail(StatusCode.INVALID_OPCODE, f"I/O opcode {opcode:#x}")
+            raise fail(StatusCode.CMD_SEQ_ERROR, "I/O while the controller is not ready")
+        check_namespace(q, req)  # the namespace and its ANA state come before the opcode
+        io = IO_HANDLERS.get(opcode)  # type: ignore[call-overload]
+        if io is None:
+            raise fail(StatusCode.INVALID_OPCODE, f"I/O opcode {opcode:#x}", loc=LOC_OPCODE)
+        return io  # type: ignore[no-any-return]
+    # nvmet_parse_admin_cmd
+    if fabrics:
+        if fctype not in _ADMIN_FABRICS:
+            raise fail(StatusCode.INVALID_OPCODE, f"fabrics type {fctype:#x} on a connected "
+                       "admin queue", loc=LOC_FCTYPE)  # fmt: skip
+        return None, FABRICS_HANDLERS[fctype]  # type: ignore[index]
+    if ctrl.discovery:  # nvmet_parse_discovery_cmd
+        if not ctrl.regs.ready or opcode not in DISCOVERY_ADMIN_OPCODES:
+            raise fail(StatusCode.INVALID_OPCODE, f"admin opcode {opcode:#x} on discovery",
+                       loc=LOC_OPCODE)  # fmt: skip
+        return None, ADMIN_HANDLERS[opcode]  # type: ignore[index]
     if not ctrl.regs.ready:
-        raise fail(StatusCode.CMD_SEQ_ERROR, "I/O before CC.EN")
-    return io  # type: ignore[no-any-return]
+        raise fail(StatusCode.CMD_SEQ_ERROR, "admin command while the controller is not ready")
+    admin = ADMIN_HANDLERS.get(opcode)  # type: ignore[call-overload]
+    if admin is None:
+        raise fail(StatusCode.INVALID_OPCODE, f"admin opcode {opcode:#x}", loc=LOC_OPCODE)
+    return None, admin
 
 
-def _check_data(q: QueueContext, req: Request, opcode: int, fctype: int) -> None:
+def _check_in_capsule(q: QueueContext, req: Request, opcode: int, fctype: int) -> None:
+    """nvmet-tcp reads in-capsule data only for a write whose SGL is an offset descriptor of at
+    most the port's in-capsule size; any other data bytes in a capsule are parsed as the next
+    PDU header (a fatal error), and an offset SGL announcing data the capsule lacks makes it
+    read the next PDU as data. Both end the connection here."""
     _, length, sgl_type = SGL.unpack_from(req.sqe, SGL_OFFSET)
-    if sgl_type not in (SglType.TRANSPORT_DATA_BLOCK, SglType.DATA_BLOCK_OFFSET):
-        raise fail(StatusCode.SGL_INVALID_TYPE, f"SGL type {sgl_type:#x}")
-    if req.data is None:
-        if sgl_type == SglType.DATA_BLOCK_OFFSET and length:
-            raise fail(StatusCode.SGL_INVALID_DATA, "in-capsule SGL without in-capsule data")
-        return
-    if not is_host_to_controller(opcode, fctype):
-        raise fail(StatusCode.INVALID_FIELD, "in-capsule data for a controller-to-host command")
-    if sgl_type != SglType.DATA_BLOCK_OFFSET or len(req.data) != length:
-        raise fail(StatusCode.SGL_INVALID_DATA, f"{len(req.data)} in-capsule bytes, SGL {length}")
-    limit = (
-        ADMIN_IN_CAPSULE_SIZE
-        if q.qid <= 0 or opcode == AdminOpcode.FABRICS
-        else max(q.port.inline_data_size, 0)
+    expects = (
+        sgl_type == SglType.DATA_BLOCK_OFFSET
+        and 0 < length <= q.port.inline_data_size
+        and is_host_to_controller(opcode, fctype)
     )
-    if length > limit:
-        raise fail(StatusCode.SGL_INVALID_OFFSET, f"{length} in-capsule bytes exceed {limit}")
+    data = req.data
+    if data is None:
+        if expects:
+            raise CloseQueue(f"SGL announces {length} in-capsule bytes, the capsule has none")
+    elif not expects or len(data) != length:
+        raise CloseQueue(f"{len(data)} in-capsule bytes nvmet would not read as data")
+    elif req.transfer_length != length:
+        req.transfer_length = length
+
+
+def _strict_checks(q: QueueContext, req: Request, opcode: int, fctype: int) -> None:
+    """What the specification requires and nvmet does not check (a port's ``strict`` mode)."""
+    _, length, sgl_type = SGL.unpack_from(req.sqe, SGL_OFFSET)
+    if length and sgl_type not in (SglType.TRANSPORT_DATA_BLOCK, SglType.DATA_BLOCK_OFFSET):
+        log.info("strict: SGL type %#x refused port=%s", sgl_type, q.port.id)
+        raise fail(StatusCode.SGL_INVALID_TYPE, f"SGL type {sgl_type:#x}")
+    fabrics = opcode == AdminOpcode.FABRICS
+    if fabrics and fctype == FabricsType.CONNECT and q.controller is not None:
+        log.info("strict: second Connect refused port=%s", q.port.id)
+        raise fail(StatusCode.CMD_SEQ_ERROR, "queue already connected")

@@ -23,7 +23,15 @@ from nvmeof.wire.fabrics import (
     CONNECT_DATA_OFFSET_HOSTNQN,
     CONNECT_DATA_OFFSET_SUBNQN,
 )
-from target.commands.request import PENDING, ExecuteResult, QueueContext, Reply, Request, fail
+from target.commands.request import (
+    PENDING,
+    ExecuteResult,
+    QueueContext,
+    Reply,
+    Request,
+    check_transfer_len,
+    fail,
+)
 from target.controller import Controller
 
 log = logging.getLogger("nvmeof.target")
@@ -44,46 +52,56 @@ def invalid_param(offset: int, in_data: bool, message: str) -> CommandError:
 
 
 def execute_connect(q: QueueContext, req: Request) -> ExecuteResult:
+    """nvmet_execute_admin_connect / nvmet_execute_io_connect, checks in their order."""
     sqe = req.sqe
     recfmt = int.from_bytes(sqe[40:42], "little")
     qid = int.from_bytes(sqe[42:44], "little")
     sqsize = int.from_bytes(sqe[44:46], "little")
     cattr = sqe[46]
     kato = int.from_bytes(sqe[48:52], "little")
-    if q.controller is not None:
-        raise fail(StatusCode.CMD_SEQ_ERROR, "queue already connected")
+    check_transfer_len(req, CONNECT_DATA_SIZE)
     if recfmt != 0:
-        raise fail(StatusCode.CONNECT_FORMAT, f"Connect RECFMT {recfmt}")
-    if req.data is None or len(req.data) != CONNECT_DATA_SIZE:
-        raise fail(StatusCode.SGL_INVALID_DATA, "Connect data must be 1024 bytes")
-    if sqsize == 0:
-        raise invalid_param(_SQE_OFFSET_SQSIZE, False, "SQSIZE 0")
+        raise fail(StatusCode.CONNECT_FORMAT, f"Connect RECFMT {recfmt}", loc=_SQE_OFFSET_RECFMT)
+    assert req.data is not None
     data = CONNECT_DATA.parse(req.data)
     subnqn, hostnqn = data.subsysnqn, data.hostnqn
     flow_control = not cattr & CATTR_DISABLE_SQFLOW
-    if not hostnqn:
+    if q.port.strict and not hostnqn:
         raise invalid_param(CONNECT_DATA_OFFSET_HOSTNQN, True, "empty host NQN")
     if qid == 0:
         if data.cntlid != CNTLID_DYNAMIC:
             raise invalid_param(CONNECT_DATA_OFFSET_CNTLID, True,
                                 f"admin Connect with CNTLID {data.cntlid:#x}")  # fmt: skip
         ctrl = _create_controller(q, subnqn, hostnqn, bytes(data.hostid), kato)
+        if sqsize == 0:  # nvmet_install_queue
+            _drop(q, ctrl)
+            raise invalid_param(_SQE_OFFSET_SQSIZE, False, "SQSIZE 0")
         q.attach(ctrl, 0, sqsize + 1, flow_control)
         ctrl.touch(q.now())
         log.info("controller created cntlid=%s subsystem=%s host=%s port=%s kato_ms=%s",
                  ctrl.cntlid, subnqn, hostnqn, q.port.id, ctrl.kato_ms)  # fmt: skip
         return Reply(dw0=ctrl.cntlid)
     ctrl = _find_controller(q, subnqn, hostnqn, data.cntlid)
-    if not ctrl.regs.ready:
+    if q.port.strict and not ctrl.regs.ready:
         raise fail(StatusCode.CMD_SEQ_ERROR, "I/O queue Connect before CC.EN")
-    if qid > ctrl.io_queues_granted:
-        raise invalid_param(_SQE_OFFSET_QID, False, f"QID {qid} above {ctrl.io_queues_granted}")
+    limit = ctrl.io_queues_granted if q.port.strict else ctrl.max_io_queues
+    if qid > limit:
+        raise invalid_param(_SQE_OFFSET_QID, False, f"QID {qid} above {limit}")
+    if sqsize == 0:
+        raise invalid_param(_SQE_OFFSET_SQSIZE, False, "SQSIZE 0")
     if qid in ctrl.queues:
-        raise fail(StatusCode.CMD_SEQ_ERROR, f"QID {qid} already connected")
+        raise fail(StatusCode.CMD_SEQ_ERROR, f"QID {qid} already connected", loc=_SQE_OFFSET_QID)
     if sqsize > ctrl.mqes:
         raise invalid_param(_SQE_OFFSET_SQSIZE, False, f"SQSIZE {sqsize} above MQES {ctrl.mqes}")
     q.attach(ctrl, qid, sqsize + 1, flow_control)
     return Reply(dw0=ctrl.cntlid)
+
+
+def _drop(q: QueueContext, ctrl: Controller) -> None:
+    """Forget a controller whose admin queue could not be installed."""
+    if ctrl.discovery:
+        q.state.discovery_controllers.pop(ctrl.cntlid, None)
+    ctrl.close("admin queue not installed")
 
 
 def _create_controller(
@@ -100,7 +118,8 @@ def _create_controller(
     if sub is None or not q.port.exposes(subnqn):
         raise invalid_param(CONNECT_DATA_OFFSET_SUBNQN, True, f"unknown subsystem {subnqn!r}")
     if not sub.host_allowed(hostnqn):
-        raise fail(StatusCode.CONNECT_INVALID_HOST, f"host {hostnqn} not allowed")
+        raise fail(StatusCode.CONNECT_INVALID_HOST, f"host {hostnqn} not allowed",
+                   result=CONNECT_DATA_OFFSET_HOSTNQN | _IATTR_DATA)  # fmt: skip
     ctrl = Controller(cntlid=sub.allocate_cntlid(), subsystem=sub, port=q.port, hostnqn=hostnqn,
                       hostid=hostid, kato_ms=kato, mqes=sub.queue_size - 1)  # fmt: skip
     sub.controllers[ctrl.cntlid] = ctrl
@@ -122,12 +141,14 @@ def _find_controller(q: QueueContext, subnqn: str, hostnqn: str, cntlid: int) ->
 
 def execute_property_get(q: QueueContext, req: Request) -> ExecuteResult:
     ctrl = _admin_controller(q)
+    check_transfer_len(req, 0)
     value = ctrl.regs.get(req.dword(11), bool(req.sqe[40] & 0x7))
     return Reply(dw0=value & 0xFFFFFFFF, dw1=value >> 32)
 
 
 def execute_property_set(q: QueueContext, req: Request) -> ExecuteResult:
     ctrl = _admin_controller(q)
+    check_transfer_len(req, 0)
     value = int.from_bytes(req.sqe[48:56], "little")
     was_ready = ctrl.regs.ready
     ctrl.regs.set(req.dword(11), bool(req.sqe[40] & 0x7), value)

@@ -13,7 +13,16 @@ from nvmeof.constants import NSID_ALL, AnaState, IoOpcode
 from nvmeof.status import StatusCode, status_word
 from nvmeof.wire.fast import RW_TAIL, RW_TAIL_OFFSET
 from target.commands.admin import MAX_TRANSFER
-from target.commands.request import ExecuteResult, QueueContext, Reply, Request, fail
+from target.commands.request import (
+    LOC_CDW10,
+    LOC_NSID,
+    ExecuteResult,
+    QueueContext,
+    Reply,
+    Request,
+    check_transfer_len,
+    fail,
+)
 
 if TYPE_CHECKING:
     from target.controller import Controller
@@ -34,11 +43,17 @@ def _namespace(q: QueueContext, req: Request) -> tuple[Controller, Namespace]:
     assert ctrl is not None and ctrl.subsystem is not None
     ns = ctrl.subsystem.active_namespace(req.nsid)
     if ns is None:
-        raise fail(StatusCode.INVALID_NS, f"NSID {req.nsid} is not active")
+        raise fail(StatusCode.INVALID_NS, f"NSID {req.nsid} is not active", loc=LOC_NSID)
     ana = ctrl.port.ana_state(ns.ana_group)  # ANA belongs to the controller's port
     if ana in ANA_STATUS:
-        raise fail(ANA_STATUS[ana], f"ANA group {ns.ana_group} is {ana.label}", dnr=False)
+        raise fail(ANA_STATUS[ana], f"ANA group {ns.ana_group} is {ana.label}", dnr=False,
+                   loc=LOC_NSID)  # fmt: skip
     return ctrl, ns
+
+
+def check_namespace(q: QueueContext, req: Request) -> None:
+    """nvmet_parse_io_cmd checks the namespace and its ANA state before the opcode."""
+    _namespace(q, req)
 
 
 def _rw_range(q: QueueContext, req: Request) -> tuple[Controller, Namespace, int, int]:
@@ -46,13 +61,13 @@ def _rw_range(q: QueueContext, req: Request) -> tuple[Controller, Namespace, int
     ctrl, ns = _namespace(q, req)
     slba, nlb = RW_TAIL.unpack_from(req.sqe, RW_TAIL_OFFSET)[:2]
     nblocks = nlb + 1
-    if slba + nblocks > ns.nlbas:
-        raise fail(StatusCode.LBA_RANGE, f"LBA {slba}+{nblocks} beyond {ns.nlbas}")
     length = nblocks << ns.lba_shift
-    if length != req.transfer_length:
-        raise fail(StatusCode.SGL_INVALID_DATA, f"SGL length {req.transfer_length} != {length}")
+    check_transfer_len(req, length)  # nvmet_bdev_execute_rw checks the length first
     if length > MAX_TRANSFER:
         raise fail(StatusCode.INVALID_FIELD, f"transfer of {length} bytes exceeds MDTS")
+    if slba + nblocks > ns.nlbas:
+        raise fail(StatusCode.LBA_RANGE, f"LBA {slba}+{nblocks} beyond {ns.nlbas}",
+                   loc=LOC_CDW10)  # fmt: skip
     return ctrl, ns, slba << ns.lba_shift, length
 
 
@@ -106,10 +121,14 @@ async def _compare_async(ns: Namespace, offset: int, length: int, data: bytes | 
 def execute_flush(q: QueueContext, req: Request) -> ExecuteResult:
     ctrl = q.controller
     assert ctrl is not None and ctrl.subsystem is not None
-    if req.nsid == NSID_ALL:
+    if req.nsid == NSID_ALL and q.port.strict:
         namespaces = [ctrl.subsystem.namespaces[n] for n in ctrl.subsystem.active_nsids()]
     else:
         namespaces = [_namespace(q, req)[1]]
+    if req.transfer_length:
+        # nvmet neither checks a Flush's SGL nor fills the buffer it then sends (a read-
+        # direction command with a length gets C2HData): we send zeros.
+        return Reply(data=bytes(req.transfer_length))
     if all(ns.backend.synchronous for ns in namespaces):
         return _OK
     return _flush_async(namespaces)
@@ -123,17 +142,20 @@ async def _flush_async(namespaces: list[Namespace]) -> Reply:
 
 def execute_write_zeroes(q: QueueContext, req: Request) -> ExecuteResult:
     _, ns = _namespace(q, req)
+    check_transfer_len(req, 0)
     slba, nlb = RW_TAIL.unpack_from(req.sqe, RW_TAIL_OFFSET)[:2]
     if slba + nlb + 1 > ns.nlbas:
-        raise fail(StatusCode.LBA_RANGE, f"LBA {slba}+{nlb + 1} beyond {ns.nlbas}")
+        raise fail(StatusCode.LBA_RANGE, f"LBA {slba}+{nlb + 1} beyond {ns.nlbas}",
+                   loc=LOC_CDW10)  # fmt: skip
     return _await_ok(ns.backend.write_zeroes(slba << ns.lba_shift, (nlb + 1) << ns.lba_shift))
 
 
 def prepare_dsm(q: QueueContext, req: Request) -> None:
     _namespace(q, req)
     nr = (req.dword(10) & 0xFF) + 1
-    if req.transfer_length < nr * _DSM_RANGE_SIZE:
-        raise fail(StatusCode.SGL_INVALID_DATA, f"{nr} DSM ranges need {nr * 16} bytes")
+    if req.transfer_length < nr * _DSM_RANGE_SIZE:  # nvmet_check_data_len_lte
+        raise fail(StatusCode.SGL_INVALID_DATA, f"{nr} DSM ranges need {nr * 16} bytes",
+                   loc=24)  # fmt: skip
 
 
 def execute_dsm(q: QueueContext, req: Request) -> ExecuteResult:

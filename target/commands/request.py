@@ -77,6 +77,8 @@ class QueueContext(Protocol):
     sq_flow_control: bool
     #: The address the host connected to (for wildcard-bound ports in the discovery log).
     local_addr: str
+    #: The one command slot of a queue before Connect has been used (target.dispatch).
+    precommand_used: bool
 
     def now(self) -> float: ...
     def attach(
@@ -88,9 +90,23 @@ Prepare = Callable[[QueueContext, Request], None]
 Execute = Callable[[QueueContext, Request], ExecuteResult]
 
 
-def fail(code: int, message: str = "", *, dnr: bool = True, result: int = 0) -> CommandError:
-    """A CommandError for ``code`` (kernel encoding), DNR set unless asked otherwise."""
-    return CommandError(Status(code, dnr=dnr), message, result=result)
+def fail(code: int, message: str = "", *, dnr: bool = True, result: int = 0,
+         loc: int | None = None) -> CommandError:  # fmt: skip
+    """A CommandError for ``code`` (kernel encoding), DNR set unless asked otherwise; ``loc``:
+    the SQE byte offset of the field at fault, where nvmet records one (the More bit)."""
+    return CommandError(Status(code, dnr=dnr), message, result=result, loc=loc)
+
+
+# SQE byte offsets nvmet uses as error locations (offsetof(struct nvme_common_command, ...)).
+LOC_OPCODE, LOC_FLAGS, LOC_FCTYPE, LOC_NSID, LOC_DPTR, LOC_CDW10 = 0, 1, 4, 4, 24, 40
+
+
+def check_transfer_len(req: Request, expected: int) -> None:
+    """nvmet_check_transfer_len: the SGL must describe exactly what the command moves."""
+    if req.transfer_length != expected:
+        raise fail(StatusCode.SGL_INVALID_DATA,
+                   f"SGL of {req.transfer_length} bytes, the command moves {expected}",
+                   loc=LOC_DPTR)  # fmt: skip
 
 
 INVALID_FIELD = StatusCode.INVALID_FIELD

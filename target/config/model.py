@@ -88,6 +88,9 @@ class PortConfig:
         ana_states: ANA group ID -> state on this port; groups not listed are optimized.
         referrals: other discovery services listed in this port's discovery log.
         inline_data_size: in-capsule data accepted on I/O queues (sets IOCCSZ).
+        strict: refuse what the specification forbids even where the Linux target accepts it
+            (a conformance checker for hosts); off, refuse exactly what nvmet refuses
+            (docs/TOLERANCE.md).
     """
 
     id: int
@@ -98,6 +101,7 @@ class PortConfig:
     ana_states: tuple[tuple[int, AnaState], ...] = ()
     referrals: tuple[ReferralConfig, ...] = ()
     inline_data_size: int = 8192
+    strict: bool = False
 
 
 @dataclass(frozen=True)
