@@ -80,6 +80,7 @@ class QueueConnection:
         )
         #: nvmet-tcp has one command for a queue until Connect succeeds (target.dispatch).
         self.precommand_used = False
+        self._fatal_reason = ""
         try:
             host, port_number = stream.socket.getpeername()[:2]
             self.peer = f"{host}:{port_number}"
@@ -217,13 +218,17 @@ class QueueConnection:
             while (event := conn.next_event()) is not None:
                 if not self._on_event(event):
                     return False
+                if self._fatal_reason:  # what was answered before it still goes out
+                    await self._flush()
+                    self._end_association(self._fatal_reason)
+                    return False
         except TransportError as err:
             log.warning("protocol error peer=%s qid=%s: %s", self.peer, self.qid, err)
             if conn.state is ConnState.TERMINATED:  # a C2HTermReq is queued
                 self.state.termreqs_sent += 1
             self.close_reason = f"protocol error: {err}"
             await self._flush()
-            self._fatal(self.close_reason)
+            self._end_association(self.close_reason)
             return False
         finally:
             self._end_batch()
@@ -335,6 +340,10 @@ class QueueConnection:
             self.controller.record_error(self.qid, req.cid, reply.status, req.nsid)
 
     def _fatal(self, reason: str) -> None:
+        """Stop serving this connection once the current batch's answers are out."""
+        self._fatal_reason = reason
+
+    def _end_association(self, reason: str) -> None:
         """A fatal queue error ends the whole association, as nvmet_ctrl_fatal_error does."""
         self.close_reason = self.close_reason or reason
         ctrl = self.controller
@@ -343,13 +352,13 @@ class QueueConnection:
         self.close(reason)
 
     def _fail(self, req: Request, err: CommandError) -> None:
-        word = err.status.word
+        word = logged = err.status.word
         if err.loc is not None and self.controller is not None:
             word |= MORE_BIT  # logged in the error log page (nvmet_set_error)
         log.debug("command failed peer=%s qid=%s cid=%s opcode=%#x: %s", self.peer, self.qid,
                   req.cid, req.opcode, err)  # fmt: skip
         if self.controller is not None:
-            self.controller.record_error(max(self.qid, 0), req.cid, word, req.nsid,
+            self.controller.record_error(max(self.qid, 0), req.cid, logged, req.nsid,
                                          loc=0xFFFF if err.loc is None else err.loc)  # fmt: skip
         self._account(req, word)
         self._respond(req.cid, word, err.result, 0)

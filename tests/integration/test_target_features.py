@@ -37,6 +37,7 @@ INVALID_NS_DNR = 0x8016
 LBA_RANGE_DNR = 0x8100
 INVALID_LOG_PAGE_DNR = 0x8212  # SCT 1, SC 0x09
 ANA_INACCESSIBLE = 0x0604  # SCT 3, SC 0x02, no DNR
+MORE = 0x4000  # nvmet sets More on every error it logs with a location (nvmet_set_error)
 AEN_ANA_CHANGE = 0x000C0302
 AEN_NS_CHANGED = 0x00040002
 
@@ -142,10 +143,10 @@ async def test_ana_log_state_and_io(lb):
 
         for nsid, bs in ((1, 512), (2, 4096)):
             done, _ = await one.read(nsid, 0, 1, bs)
-            assert done.status_word == ANA_INACCESSIBLE
+            assert done.status_word == ANA_INACCESSIBLE | MORE
             assert done.status.is_ana_error and not done.status.dnr
             done = await one.write(nsid, 0, bytes(65536), bs)  # refused before any R2T
-            assert done.status_word == ANA_INACCESSIBLE
+            assert done.status_word == ANA_INACCESSIBLE | MORE
             assert (await two.write(nsid, 0, bytes(4096), bs)).ok
             assert (await two.read(nsid, 0, 1, bs))[0].ok
         assert (await one.read(4, 0, 1, 512))[0].ok  # group 2 on port 1 is unaffected
@@ -156,7 +157,7 @@ async def test_ana_log_state_and_io(lb):
             (1, 0, 3), (2, 0, 2)]  # (grpid, NNSIDS, state)  # fmt: skip
 
         lb.target.state.set_ana_state(1, 1, AnaState.CHANGE)
-        assert (await one.read(1, 0, 1, 512))[0].status_word == 0x0606  # ANA Transition
+        assert (await one.read(1, 0, 1, 512))[0].status_word == 0x4606  # ANA Transition, More
         lb.target.state.set_ana_state(1, 1, AnaState.OPTIMIZED)
         assert (await one.read(1, 0, 1, 512))[0].ok
         assert (await one.ana_log()).chgcnt == before + 3
@@ -197,7 +198,7 @@ async def test_ana_change_aer_and_masking(lb):
     with trio.fail_after(10):
         ctrl = await lb.connect(1)
         ana_size = 16 + 32 * ctrl.identify.nanagrpid + 4 * ctrl.identify.mnan
-        assert await ctrl.set_features(FeatureId.ASYNC_EVENT, 1 << 11) == 0
+        assert await ctrl.set_features(FeatureId.ASYNC_EVENT, 1 << 11) == 1 << 11  # nvmet echoes
         aer = AerTask(lb, ctrl)
         await aer.submit()
         lb.target.state.set_ana_state(1, 1, AnaState.CHANGE)
@@ -229,7 +230,7 @@ async def test_event_before_aer_is_kept_and_discovery_aen(lb):
         assert await aer.completion(1) == AEN_ANA_CHANGE  # delivered when the AER arrives
 
         disc = await lb.discovery()
-        assert await disc.set_features(FeatureId.ASYNC_EVENT, 1 << 31) == 0
+        assert await disc.set_features(FeatureId.ASYNC_EVENT, 1 << 31) == 1 << 31
         before = await disc.get_log_page(LogPage.DISCOVERY, 20, nsid=0)
         aer = AerTask(lb, disc)
         aer.target_ctrl = lb.target.state.discovery_controllers[disc.cntlid]
@@ -243,6 +244,8 @@ async def test_event_before_aer_is_kept_and_discovery_aen(lb):
 async def test_aer_not_enabled_and_limit(lb):
     with trio.fail_after(10):
         ctrl = await lb.connect(1)
+        # Enabled from the start like nvmet (namespace and ANA notices): the host turns them off.
+        assert await ctrl.set_features(FeatureId.ASYNC_EVENT, 0) == 0
         aer = AerTask(lb, ctrl)
         await aer.submit()  # AEC is 0: ANA changes are not reported
         lb.target.state.set_ana_state(1, 2, AnaState.INACCESSIBLE)
@@ -277,8 +280,8 @@ async def test_namespace_add_remove_resize(lb):
         await aer.submit()  # re-enabled by the RAE=0 read
         state.remove_namespace(lb.nqn, 3)
         assert await aer.completion(2) == AEN_NS_CHANGED
-        assert (await ctrl.read(3, 0, 1, 512))[0].status_word == INVALID_NS_DNR
-        assert (await ctrl.write(3, 0, bytes(512), 512)).status_word == INVALID_NS_DNR
+        assert (await ctrl.read(3, 0, 1, 512))[0].status_word == INVALID_NS_DNR | MORE
+        assert (await ctrl.write(3, 0, bytes(512), 512)).status_word == INVALID_NS_DNR | MORE
         assert await ctrl.active_namespaces() == [1, 2, 4]
         assert parse_changed_ns_list(await ctrl.get_log_page(LogPage.CHANGED_NS, 4096)) == [3]
 
@@ -289,7 +292,7 @@ async def test_namespace_add_remove_resize(lb):
         assert (await ctrl.write(1, 65535, b"\x11" * 512, 512)).ok
         done, back = await ctrl.read(1, 32767, 1, 512)
         assert done.ok and back == b"\xa5" * 512  # data kept across the resize
-        assert (await ctrl.read(1, 65535, 2, 512))[0].status_word == LBA_RANGE_DNR
+        assert (await ctrl.read(1, 65535, 2, 512))[0].status_word == LBA_RANGE_DNR | MORE
 
 
 async def test_namespace_lists_full_at_nn(lb):
@@ -343,7 +346,8 @@ async def test_features(lb):
         assert await ctrl.set_features(FeatureId.NUM_QUEUES, 3 | 3 << 16) == granted | granted << 16
         done = await ctrl.admin.submit(get_features(FeatureId.NUM_QUEUES), timeout=5)
         assert done.ok and done.dw0 == granted | granted << 16
-        assert await ctrl.set_features(FeatureId.NUM_QUEUES, 1 | 1 << 16) == 1 | 1 << 16
+        # nvmet grants (and reports) its maximum whatever the host asks for.
+        assert await ctrl.set_features(FeatureId.NUM_QUEUES, 1 | 1 << 16) == granted | granted << 16
         for value in (0xFFFF, 0xFFFF << 16, 0xFFFFFFFF):
             sqe = FEATURES_COMMAND.build(dict(opcode=AdminOpcode.SET_FEATURES,
                                               fid=FeatureId.NUM_QUEUES, dword11=value))  # fmt: skip
@@ -351,20 +355,23 @@ async def test_features(lb):
 
         assert (await ctrl.admin.submit(get_features(FeatureId.KATO), timeout=5)).dw0 == 5000
         assert await ctrl.set_features(FeatureId.KATO, 12500) == 13  # seconds, rounded up
-        assert (await ctrl.admin.submit(get_features(FeatureId.KATO), timeout=5)).dw0 == 12500
+        # nvmet keeps KATO in whole seconds (nvmet_set_feat_kato)
+        assert (await ctrl.admin.submit(get_features(FeatureId.KATO), timeout=5)).dw0 == 13000
         await ctrl.keep_alive()
 
-        for bad in (1 << 9, 1 << 31, 1 << 0):
+        for bad in (1 << 9, 1 << 31):
             sqe = FEATURES_COMMAND.build(dict(opcode=AdminOpcode.SET_FEATURES,
                                               fid=FeatureId.ASYNC_EVENT, dword11=bad))  # fmt: skip
-            assert await admin_word(ctrl, sqe) == INVALID_FIELD_DNR, hex(bad)
-        assert await ctrl.set_features(FeatureId.ASYNC_EVENT, 0x900) == 0
+            assert await admin_word(ctrl, sqe) == INVALID_FIELD_DNR | MORE, hex(bad)
+        # nvmet takes the SMART critical-warning bits (NVMET_AEN_CFG_ALL), never reports them
+        assert await ctrl.set_features(FeatureId.ASYNC_EVENT, 0x1F) == 0x1F
+        assert await ctrl.set_features(FeatureId.ASYNC_EVENT, 0x900) == 0x900
         assert (
             await ctrl.admin.submit(get_features(FeatureId.ASYNC_EVENT), timeout=5)
         ).dw0 == 0x900
 
         for fid in (0x7E, 0x03, 0xC0):
-            assert await admin_word(ctrl, get_features(fid)) == INVALID_FIELD_DNR, hex(fid)
+            assert await admin_word(ctrl, get_features(fid)) == INVALID_FIELD_DNR | MORE, hex(fid)
 
 
 async def test_keep_alive_timer(lb):
@@ -399,7 +406,7 @@ async def test_properties(lb):
         ctrl = await lb.connect(1)
         with pytest.raises(CommandError) as err:
             await ctrl.property_get(0x00, size8=False)  # CAP needs ATTRIB 1
-        assert err.value.status.word == INVALID_FIELD_DNR
+        assert err.value.status.word == INVALID_FIELD_DNR | MORE
         cap = await ctrl.property_get(0x00, size8=True)
         assert (cap & 0xFFFF) == lb.queue_size - 1 and (cap >> 24) & 0xFF != 0
         assert (cap >> 48) & 0xF == 0 and cap & (1 << 37)  # MPSMIN 4 KiB, NVM command set
@@ -408,9 +415,10 @@ async def test_properties(lb):
         assert await ctrl.property_get(0x14) == 0x00460001  # CC as the host wrote it
         with pytest.raises(CommandError) as err:
             await ctrl.property_set(0x00, 0)  # only CC is writable
-        assert err.value.status.word == INVALID_FIELD_DNR
+        assert err.value.status.word == INVALID_FIELD_DNR | MORE
         await ctrl.property_set(0x14, 0x00464001)  # normal shutdown, EN kept
-        assert await ctrl.property_get(0x1C) & 0xD == 0x9  # RDY, SHST = 10b (complete)
+        # nvmet_update_cc: a shutdown clears CC and CSTS.RDY; SHST = 10b (complete)
+        assert await ctrl.property_get(0x1C) & 0xD == 0x8
 
 
 # -- log pages (PROTOCOL.md 5.5) ------------------------------------------------------------------
@@ -445,17 +453,18 @@ async def test_error_log_records_failures(lb, monkeypatch):
 
         monkeypatch.setattr(queue.conn, "send_command", spy)
         done, _ = await ctrl.read(1, 40000, 1, 512)
-        assert done.status_word == LBA_RANGE_DNR
+        assert done.status_word == LBA_RANGE_DNR | MORE
         entries = parse_error_log(await ctrl.get_log_page(LogPage.ERROR, 64 * 64))
         assert len(entries) == 64
         newest = entries[0]
-        assert newest.status_field == done.status_word == LBA_RANGE_DNR
+        assert done.status_word == LBA_RANGE_DNR | MORE
+        assert newest.status_field == LBA_RANGE_DNR  # the log keeps the status without More
         assert (newest.cmdid, newest.sqid, newest.nsid) == (sent[-1], queue.qid, 1)
         assert newest.error_count >= 1
         smart = parse_smart_log(await ctrl.get_log_page(LogPage.SMART, 512))
         assert smart.num_err_log_entries == newest.error_count
 
-        assert await admin_word(ctrl, get_features(0x7E)) == INVALID_FIELD_DNR
+        assert await admin_word(ctrl, get_features(0x7E)) == INVALID_FIELD_DNR | MORE
         entries = parse_error_log(await ctrl.get_log_page(LogPage.ERROR, 128))
         assert entries[0].error_count == newest.error_count + 1
         assert (entries[0].sqid, entries[0].status_field) == (0, INVALID_FIELD_DNR)
@@ -477,8 +486,8 @@ async def test_fw_slot_effects_and_unsupported_logs(lb):
             sqe = GET_LOG_PAGE_COMMAND.build(dict(opcode=AdminOpcode.GET_LOG_PAGE, lid=lid,
                                                   nsid=0xFFFFFFFF, numdl=127))  # fmt: skip
             word = await admin_word(ctrl, sqe, 512)
-            assert word == INVALID_LOG_PAGE_DNR, hex(lid)
+            assert word == INVALID_FIELD_DNR | MORE, hex(lid)  # nvmet: Invalid Field
         disc = await lb.discovery()
         sqe = GET_LOG_PAGE_COMMAND.build(dict(opcode=AdminOpcode.GET_LOG_PAGE, lid=LogPage.SMART,
                                               nsid=0xFFFFFFFF, numdl=127))  # fmt: skip
-        assert await admin_word(disc, sqe, 512) == INVALID_LOG_PAGE_DNR
+        assert await admin_word(disc, sqe, 512) == INVALID_FIELD_DNR | MORE  # as nvmet
