@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import trio
 
 from nvmeof.constants import (
-    DISCOVERY_NQN,
     AdminOpcode,
     IoOpcode,
     is_host_to_controller,
 )
 from nvmeof.errors import CommandError, TransportError
+from nvmeof.properties import CSTS_CFS
 from nvmeof.status import MORE_BIT, StatusCode, status_word
 from nvmeof.tcp.controller import ConnState, ControllerConnection
 from nvmeof.tcp.events import (
@@ -36,10 +36,10 @@ from nvmeof.tcp.events import (
 from target.commands.admin import MAX_TRANSFER
 from target.commands.dispatch import CloseQueue, route
 from target.commands.request import Execute, Pending, Reply, Request, fail
+from target.faultpath import FaultInjection
 from target.state import IO_OPCODES
 
 if TYPE_CHECKING:
-    from target.control.faults import FaultRule
     from target.controller import Controller
     from target.port import Port
     from target.state import TargetState
@@ -58,7 +58,7 @@ _MOVES_DATA = frozenset({_READ, _WRITE})
 _NO_BATCH = float("nan")  # _batch_at between batches: no request's arrival time is this object
 
 
-class QueueConnection:
+class QueueConnection(FaultInjection):
     """Serves one queue: implements the handlers' :class:`~target.commands.request.QueueContext`
     and the controller's :class:`~target.controller.QueueHandle`."""
 
@@ -75,12 +75,14 @@ class QueueConnection:
         self.sq_flow_control = True
         self.conn = ControllerConnection(
             max_h2c_data=MAX_H2C_DATA,
-            max_in_capsule=max(8192, port.inline_data_size),
+            # nvmet reads in-capsule data up to the port's size, on every queue.
+            max_in_capsule=port.inline_data_size,
             strict=port.strict,
         )
         #: nvmet-tcp has one command for a queue until Connect succeeds (target.dispatch).
         self.precommand_used = False
         self._fatal_reason = ""
+        self._deaf = False
         try:
             host, port_number = stream.socket.getpeername()[:2]
             self.peer = f"{host}:{port_number}"
@@ -197,6 +199,12 @@ class QueueConnection:
             return
         while await self._receive_and_serve():
             pass
+        while self._deaf:  # read nothing more, but notice when the host hangs up
+            try:
+                if not await self.stream.receive_some(65536):
+                    return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
     async def _receive_and_serve(self) -> bool:
         conn = self.conn
@@ -266,7 +274,8 @@ class QueueConnection:
             # nvmet keys a command's data by its TTAG and never checks CIDs for uniqueness.
             prepare, execute = route(self, req)
             if req.data is None and req.transfer_length and _is_write(req):
-                _check_r2t_length(req)
+                if self.port.strict:
+                    _check_r2t_length(req)  # beyond MDTS (else the 4 MiB cap of dispatch)
                 if prepare is not None and self.port.strict:
                     prepare(self, req)  # nvmet asks for the data first and checks it after
                 buffer = bytearray(req.transfer_length)
@@ -347,7 +356,15 @@ class QueueConnection:
         """A fatal queue error ends the whole association, as nvmet_ctrl_fatal_error does."""
         self.close_reason = self.close_reason or reason
         ctrl = self.controller
+        # nvmet_ctrl_fatal_error: the first fatal error sets CSTS.CFS and deletes the
+        # controller; with CFS already set (a bad CC, say) nothing more happens to it.
         if ctrl is not None and not ctrl.closed:
+            if ctrl.regs.csts & CSTS_CFS:
+                # nvmet_tcp_fatal_error left the socket alone: the queue stops reading
+                # (NVMET_TCP_RECV_ERR) until the host closes it or the controller goes.
+                self._deaf = True
+                return
+            ctrl.regs.csts |= CSTS_CFS
             ctrl.close(f"fatal error on qid {self.qid}: {reason}")
         self.close(reason)
 
@@ -390,73 +407,6 @@ class QueueConnection:
         sqhd = self._sqhd if self.sq_flow_control else 0xFFFF
         self.conn.send_response(cid, status, dw0=dw0, dw1=dw1, sqhd=sqhd, sqid=max(self.qid, 0),
                                 corrupt_digest=corrupt)  # fmt: skip
-
-    # -- fault injection -------------------------------------------------------------------------
-
-    def _fault(self, req: Request, execute: Execute) -> bool:
-        """Match the fault rules; True when a fault took the command over."""
-        ctrl = self.controller
-        assert ctrl is not None
-        rule = self.state.faults.match(
-            port=self.port.id, subsystem=ctrl.subsystem.nqn if ctrl.subsystem else DISCOVERY_NQN,
-            nsid=req.nsid, opcode=req.opcode, host=ctrl.hostnqn, qid=self.qid,
-        )  # fmt: skip
-        if rule is None:
-            return False
-        self.state.fault_fired(rule, f"peer={self.peer} qid={self.qid} cid={req.cid} "
-                               f"opcode={req.opcode:#x}")  # fmt: skip
-        req.fault = rule
-        action = rule.action
-        if action == "status":
-            word = status_word(rule.status, dnr=rule.dnr)
-            self._account(req, word)
-            self._respond(req.cid, word, 0, 0)
-            return True
-        if action == "close":
-            self.reset(f"fault rule {rule.id}: close")
-            return True
-        if action == "stall":
-            resume = trio.current_time() + rule.duration_ms / 1000
-            if rule.direction == "rx":
-                self._rx_resume_at = resume
-            else:
-                self._tx_resume_at = resume
-            return False
-        if action == "ghost-write" and _is_write(req) and self.spawn_detached is not None:
-            self.spawn_detached(self._ghost_write, req, execute, rule.delay_ms / 1000)
-            return True
-        return False  # delay, drop and corruption apply when the command completes
-
-    def _complete_with_fault(self, req: Request, reply: Reply, fault: FaultRule) -> bool:
-        if fault.action == "drop":
-            return True
-        if fault.action == "delay" and self._nursery is not None:
-            req.fault = None
-            self._nursery.start_soon(self._complete_after, req, reply, fault.delay_ms / 1000)
-            return True
-        return False
-
-    async def _complete_after(self, req: Request, reply: Reply, delay: float) -> None:
-        await trio.sleep(delay)
-        self._complete(req, reply)
-        await self._flush()
-
-    async def _ghost_write(self, req: Request, execute: Execute, delay: float) -> None:
-        """A write held back, then executed even if its connection is gone by now."""
-        await trio.sleep(delay)
-        try:
-            result = execute(self, req)
-            reply = result if isinstance(result, Reply) else await result  # type: ignore[misc]
-        except Exception as err:  # a ghost must never take the target down
-            log.warning("ghost write cid=%s failed: %s", req.cid, err)
-            return
-        alive = not self._cancel.cancel_called and self.conn.state is ConnState.ESTABLISHED
-        log.info("ghost write landed peer=%s qid=%s cid=%s connection=%s", self.peer, self.qid,
-                 req.cid, "alive" if alive else "gone")  # fmt: skip
-        if alive:
-            req.fault = None
-            self._complete(req, reply)
-            self._kick()
 
     # -- output ----------------------------------------------------------------------------------
 

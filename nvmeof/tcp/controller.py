@@ -100,7 +100,7 @@ class ControllerConnection:
         self.max_c2h_data = max_c2h_data
         self.strict = strict
         self.reader = PduReader(CONTROLLER_RECEIVES, max(max_h2c_data, max_in_capsule),
-                                strict=strict)  # fmt: skip
+                                strict=strict, in_capsule_limit=max_in_capsule)  # fmt: skip
         self.state = ConnState.AWAIT_ICREQ
         self.header_digest = False
         self.data_digest = False

@@ -104,9 +104,12 @@ class PduReader:
             Data Transfer Limit Exceeded error.
     """
 
-    def __init__(self, receives: frozenset[int], max_data: int, *, strict: bool = True) -> None:
+    def __init__(self, receives: frozenset[int], max_data: int, *, strict: bool = True,
+                 in_capsule_limit: int = 8192) -> None:  # fmt: skip
         self.receives = receives
         self.strict = strict
+        #: Tolerant mode: the most in-capsule data a write may carry (the port's setting).
+        self.in_capsule_limit = in_capsule_limit
         self.max_data = max_data
         self._header_digest = False
         self._data_digest = False
@@ -236,7 +239,14 @@ class PduReader:
 
     def _next_tolerant(self, pdu_type: int, flags: int, hlen: int, plen: int, start: int,
                        avail: int) -> Pdu | None:  # fmt: skip
-        """nvmet-tcp's checks only (``nvmet_tcp_try_recv_pdu``); data right after the header."""
+        """nvmet-tcp's framing (``nvmet_tcp_try_recv_pdu``, ``nvmet_tcp_done_recv_pdu``).
+
+        The header is HLEN bytes (plus a header digest when negotiated). A CapsuleCmd's data
+        length comes from its SGL, not from PLEN: nvmet reads in-capsule data only for a write
+        whose SGL is an offset descriptor of at most the in-capsule size; whatever else the
+        host put in the PDU is read as the next PDU. An H2CData carries DATAL bytes, which
+        must agree with PLEN. PLEN otherwise only decides whether the DDGSTF flag must be set.
+        """
 
         def bad(offset: int, why: str, fes: Fes = Fes.INVALID_PDU_HEADER_FIELD) -> TransportError:
             return self._error(start, hlen, offset, why, fes)
@@ -245,36 +255,63 @@ class PduReader:
             raise bad(_OFF_TYPE, f"unexpected PDU type {pdu_type:#x}")
         if hlen != HLEN[pdu_type]:
             raise bad(_OFF_HLEN, f"PDU type {pdu_type:#x} with hlen {hlen}")
-        term = pdu_type in _TERM_TYPES
+        if pdu_type in _TERM_TYPES:
+            if not TERMREQ_HLEN <= plen <= TERMREQ_HLEN + TERMREQ_MAX_DATA:
+                raise bad(_OFF_PLEN, f"TermReq plen {plen}")
+            if avail < plen:
+                return None
+            self._start = start + plen
+            view = self._view
+            return Pdu(pdu_type, flags, plen, view[start : start + hlen],
+                       view[start + hlen : start + plen], True)  # fmt: skip
         hd = _DIGEST if self._header_digest and pdu_type in HEADER_DIGEST_TYPES else 0
         if hd and not flags & FLAG_HDGSTF:
             raise bad(_OFF_FLAGS, "header digest negotiated, HDGSTF clear")
         data_start = hlen + hd
-        if plen < data_start:
-            raise bad(_OFF_PLEN, f"plen {plen} shorter than the header")
-        has_data = plen > data_start and not term
-        dd = _DIGEST if self._data_digest and has_data and pdu_type in DATA_TYPES else 0
-        if dd and not flags & FLAG_DDGSTF:
-            raise bad(_OFF_FLAGS, "data digest negotiated, DDGSTF clear on a PDU with data")
-        if plen - data_start - dd > self.max_data or plen - data_start < dd:
-            raise bad(_OFF_PLEN, f"plen {plen} beyond the data limit {self.max_data}",
-                      Fes.DATA_TRANSFER_LIMIT_EXCEEDED)  # fmt: skip
-        if avail < plen:
+        if avail < data_start:
+            return None
+        if self._data_digest and pdu_type in DATA_TYPES:  # nvmet_tcp_check_ddgst
+            announced = plen - hlen - (_DIGEST if flags & FLAG_HDGSTF else 0)
+            if announced > 0 and not flags & FLAG_DDGSTF:
+                raise bad(_OFF_FLAGS, "data digest negotiated, DDGSTF clear on a PDU with data")
+        buf = self._buf
+        if pdu_type == PDU_CAPSULE_CMD:
+            opcode = buf[start + 8]
+            direction = buf[start + 12] if opcode == _FABRICS else opcode
+            length = int.from_bytes(buf[start + 40 : start + 44], "little")
+            inline = (
+                buf[start + 47] == _SGL_OFFSET_DESCRIPTOR
+                and direction & 1
+                and 0 < length <= self.in_capsule_limit
+            )
+            dlen = length if inline else 0
+        elif pdu_type == PDU_H2C_DATA:
+            dlen = int.from_bytes(buf[start + 16 : start + 20], "little")
+            expected = plen - data_start - (_DIGEST if self._data_digest else 0)
+            if dlen != expected or dlen == 0:
+                raise bad(16, f"H2CData DATAL {dlen}, PLEN says {expected}")
+            if dlen > self.max_data:
+                raise bad(16, f"H2CData of {dlen} bytes", Fes.DATA_TRANSFER_LIMIT_EXCEEDED)
+        else:  # ICReq: nvmet reads its 128 bytes; a wrong PLEN is for the ICReq handler
+            dlen = 0
+        dd = _DIGEST if self._data_digest and dlen else 0
+        total = data_start + dlen + dd
+        if avail < total:
             return None
         view = self._view
         header = view[start : start + hlen]
         if hd:
-            expected = int.from_bytes(view[start + hlen : start + data_start], "little")
-            if crc32c(header) != expected:
+            expected_hd = int.from_bytes(view[start + hlen : start + data_start], "little")
+            if crc32c(header) != expected_hd:
                 raise TransportError(
                     Fes.HEADER_DIGEST_ERROR, "header digest mismatch", header=bytes(header)
                 )
         ok = True
-        data = view[start + data_start : start + plen - dd]
+        data = view[start + data_start : start + data_start + dlen]
         if dd:
-            expected = int.from_bytes(view[start + plen - _DIGEST : start + plen], "little")
-            ok = crc32c(data) == expected
-        self._start = start + plen
+            digest = int.from_bytes(view[start + total - _DIGEST : start + total], "little")
+            ok = crc32c(data) == digest
+        self._start = start + total
         return Pdu(pdu_type, flags, plen, header, data, ok)
 
     def _error(self, start: int, hlen: int, offset: int, why: str, fes: Fes) -> TransportError:
@@ -323,3 +360,5 @@ class PduReader:
 
 
 _TERM_TYPES = frozenset({PDU_H2C_TERM_REQ, PDU_C2H_TERM_REQ})
+_FABRICS = 0x7F
+_SGL_OFFSET_DESCRIPTOR = 0x01

@@ -128,13 +128,15 @@ def execute_identify(q: QueueContext, req: Request) -> ExecuteResult:
     ns = sub.active_namespace(req.nsid)
     if cns == Cns.NAMESPACE:
         if ns is None:
-            if req.nsid in (0, NSID_ALL):
-                raise fail(StatusCode.INVALID_NS, f"Identify NS {req.nsid:#x}")
-            return Reply(data=bytes(IDENTIFY_SIZE))  # inactive NSID: zeros (nvmet)
+            # nvmet_execute_identify_ns: NSID_ALL is refused, any other inactive NSID (0
+            # included) reads as zeros; strict mode refuses NSID 0 too.
+            if req.nsid == NSID_ALL or (req.nsid == 0 and q.port.strict):
+                raise fail(StatusCode.INVALID_NS, f"Identify NS {req.nsid:#x}", loc=4)
+            return Reply(data=bytes(IDENTIFY_SIZE))
         return Reply(data=identify_namespace(ns.nlbas, ns.lba_shift, ns.ana_group, ns.nguid,
                                              ns.eui64))  # fmt: skip
     if ns is None:
-        raise fail(StatusCode.INVALID_NS, f"NSID {req.nsid} is not active")
+        raise fail(StatusCode.INVALID_NS, f"NSID {req.nsid} is not active", loc=4)
     if cns == Cns.NS_DESC_LIST:
         return Reply(data=build_ns_desc_list(eui64=ns.eui64, nguid=ns.nguid, uuid=ns.uuid, csi=0))
     if cns == Cns.CS_NAMESPACE:
@@ -166,7 +168,7 @@ def execute_get_log_page(q: QueueContext, req: Request) -> ExecuteResult:
     length = numd * 4
     offset = int.from_bytes(sqe[48:56], "little")
     check_transfer_len(req, length)
-    if length > MAX_TRANSFER:
+    if length > MAX_TRANSFER and q.port.strict:
         raise fail(_INVALID_FIELD, f"log page transfer of {length} bytes exceeds MDTS")
     if ctrl.discovery and lid != LogPage.DISCOVERY:  # nvmet_execute_disc_get_log_page
         raise fail(_INVALID_FIELD, f"log page {lid:#x} on discovery", loc=LOC_CDW10)

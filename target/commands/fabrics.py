@@ -142,7 +142,7 @@ def _find_controller(q: QueueContext, subnqn: str, hostnqn: str, cntlid: int) ->
 def execute_property_get(q: QueueContext, req: Request) -> ExecuteResult:
     ctrl = _admin_controller(q)
     check_transfer_len(req, 0)
-    value = ctrl.regs.get(req.dword(11), bool(req.sqe[40] & 0x7))
+    value = ctrl.regs.get(req.dword(11), bool(req.sqe[40] & 1))  # ATTRIB bit 0, as nvmet
     return Reply(dw0=value & 0xFFFFFFFF, dw1=value >> 32)
 
 
@@ -151,7 +151,7 @@ def execute_property_set(q: QueueContext, req: Request) -> ExecuteResult:
     check_transfer_len(req, 0)
     value = int.from_bytes(req.sqe[48:56], "little")
     was_ready = ctrl.regs.ready
-    ctrl.regs.set(req.dword(11), bool(req.sqe[40] & 0x7), value)
+    ctrl.regs.set(req.dword(11), bool(req.sqe[40] & 1), value)
     if was_ready and not ctrl.regs.ready:
         log.info("controller disabled cntlid=%s", ctrl.cntlid)
     if ctrl.regs.shutdown_complete:

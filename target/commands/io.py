@@ -10,6 +10,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from nvmeof.constants import NSID_ALL, AnaState, IoOpcode
+from nvmeof.errors import CommandError
 from nvmeof.status import StatusCode, status_word
 from nvmeof.wire.fast import RW_TAIL, RW_TAIL_OFFSET
 from target.commands.admin import MAX_TRANSFER
@@ -51,6 +52,15 @@ def _namespace(q: QueueContext, req: Request) -> tuple[Controller, Namespace]:
     return ctrl, ns
 
 
+def out_of_range(q: QueueContext, message: str) -> CommandError:
+    """I/O beyond the namespace. nvmet's block device backend has no range check of its own:
+    the block layer fails the bio (BLK_STS_IOERR) and blk_to_nvme_status answers Internal
+    Error, DNR, logged at the opcode. Strict mode answers LBA Out of Range, as the spec says."""
+    if q.port.strict:
+        return fail(StatusCode.LBA_RANGE, message, loc=LOC_CDW10)
+    return fail(StatusCode.INTERNAL, message, loc=0)
+
+
 def check_namespace(q: QueueContext, req: Request) -> None:
     """nvmet_parse_io_cmd checks the namespace and its ANA state before the opcode."""
     _namespace(q, req)
@@ -63,11 +73,10 @@ def _rw_range(q: QueueContext, req: Request) -> tuple[Controller, Namespace, int
     nblocks = nlb + 1
     length = nblocks << ns.lba_shift
     check_transfer_len(req, length)  # nvmet_bdev_execute_rw checks the length first
-    if length > MAX_TRANSFER:
+    if length > MAX_TRANSFER and q.port.strict:
         raise fail(StatusCode.INVALID_FIELD, f"transfer of {length} bytes exceeds MDTS")
     if slba + nblocks > ns.nlbas:
-        raise fail(StatusCode.LBA_RANGE, f"LBA {slba}+{nblocks} beyond {ns.nlbas}",
-                   loc=LOC_CDW10)  # fmt: skip
+        raise out_of_range(q, f"LBA {slba}+{nblocks} beyond {ns.nlbas}")
     return ctrl, ns, slba << ns.lba_shift, length
 
 
@@ -145,8 +154,7 @@ def execute_write_zeroes(q: QueueContext, req: Request) -> ExecuteResult:
     check_transfer_len(req, 0)
     slba, nlb = RW_TAIL.unpack_from(req.sqe, RW_TAIL_OFFSET)[:2]
     if slba + nlb + 1 > ns.nlbas:
-        raise fail(StatusCode.LBA_RANGE, f"LBA {slba}+{nlb + 1} beyond {ns.nlbas}",
-                   loc=LOC_CDW10)  # fmt: skip
+        raise out_of_range(q, f"LBA {slba}+{nlb + 1} beyond {ns.nlbas}")
     return _await_ok(ns.backend.write_zeroes(slba << ns.lba_shift, (nlb + 1) << ns.lba_shift))
 
 

@@ -27,7 +27,7 @@ import trio
 from tests.differential.cases import Case, mutation_cases
 from tests.differential.compare import describe, diff
 from tests.differential.nvmet import NvmetGuest, serve_ours
-from tests.differential.runner import Observation, run_case
+from tests.differential.runner import ConnectFailed, Observation, run_case
 from tests.differential.stories import opcode_cases, sequence_cases
 from tests.differential.table import explain, table_cases
 
@@ -57,7 +57,15 @@ async def run_all(cases: list[Case], nvmet: tuple[str, int], ours: tuple[str, in
             pair: list[Observation] = [[], []]
 
             async def side(k: int, addr: tuple[str, int]) -> None:
-                pair[k] = await run_case(addr[0], addr[1], case)
+                for attempt in range(3):  # a refused connect is the harness's trouble: retry
+                    try:
+                        pair[k] = await run_case(addr[0], addr[1], case)
+                        return
+                    except ConnectFailed as err:
+                        print(f"differential: {case.name}: {err} (attempt {attempt + 1})",
+                              flush=True)  # fmt: skip
+                        await trio.sleep(1.0)
+                raise SystemExit(f"differential: cannot reach {addr}")
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(side, 0, nvmet)
@@ -77,7 +85,11 @@ def report(results: list[tuple[Case, Observation, Observation]], *, verbose: boo
         text = diff(ref, ours, reference_sends_termreq=termreq)
         if text:
             divergent.append((case, ref, ours, text))
-            print(f"DIVERGES [{case.source}] {case.name}\n{text}")
+            row = explain(case, ref, ours)
+            if row is None:
+                print(f"DIVERGES [{case.source}] {case.name}\n{text}")
+            elif verbose:
+                print(f"explained ({row.key}) [{case.source}] {case.name}\n{text}")
         elif verbose:
             print(f"same     [{case.source}] {case.name}\n{describe(ref)}")
     return divergent
@@ -106,6 +118,15 @@ def write_out(out: Path, results: list[tuple[Case, Observation, Observation]],
         {c.name: [x.to_json() for x in r] for c, r, _ in results}, indent=1))  # fmt: skip
 
 
+def _count_rows(divergent: list[tuple[Case, Observation, Observation, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for case, ref, ours, _ in divergent:
+        row = explain(case, ref, ours)
+        if row is not None:
+            counts[row.key] = counts.get(row.key, 0) + 1
+    return counts
+
+
 def run(args: argparse.Namespace) -> int:
     sources = [s for s in args.sources.split(",") if s]
     cases = build_cases(sources, args.seed, args.count)
@@ -123,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
     # nvmet closes a connection without a C2HTermReq (6.1, 6.12); where it sends one, compare.
     termreq = any(p["t"] == "C2HTermReq" for _, ref, _ in results for c in ref for p in c.pdus)
     divergent = report(results, verbose=args.verbose, termreq=termreq)
-    unexplained = [d for d in divergent if explain(d[0]) is None]
+    unexplained = [d for d in divergent if explain(d[0], d[1], d[2]) is None]
+    for row_key, n in sorted(_count_rows(divergent).items()):
+        print(f"differential: explained by {row_key}: {n}")
     if args.out:
         write_out(Path(args.out), results, divergent)
     print(

@@ -13,7 +13,8 @@ What legitimately differs and is left out (docs/TOLERANCE.md, "Normalised"):
   are configuration, not behaviour; SQHD: nvmet reports the submission queue head of its own
   ring, which depends on its internal queue accounting.
 * R2T TTAG: a target's own handle.
-* C2HData PDO: nvmet always places data right after the header; ours honours HPDA.
+* C2HData PDO (both place data right after the header) and how a transfer is split into
+  C2HData PDUs: consecutive C2HData of one command are compared as one.
 * The contents of data (Identify, log pages): configuration.
 * How a connection was closed (FIN or RST).
 * A C2HTermReq before the close, where nvmet closes without one: see ``TERMREQ_EXPLAINED``.
@@ -44,12 +45,28 @@ def normalise_pdu(pdu: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def merge_c2h(pdus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive C2HData PDUs of one command as one: a target may split a transfer as it
+    likes (nvmet sends one PDU, ours MAXH2CDATA-sized pieces)."""
+    out: list[dict[str, Any]] = []
+    for pdu in pdus:
+        prev = out[-1] if out else None
+        if (pdu["t"] == "C2HData" and prev is not None and prev["t"] == "C2HData"
+                and prev["cid"] == pdu["cid"] and not prev["last"]
+                and pdu["datao"] == prev["datao"] + prev["datal"]):  # fmt: skip
+            out[-1] = {**prev, "datal": prev["datal"] + pdu["datal"], "last": pdu["last"],
+                       "success": pdu["success"]}  # fmt: skip
+        else:
+            out.append(pdu)
+    return out
+
+
 def normalise(obs: Observation, *, drop_termreq: bool) -> list[dict[str, Any]]:
     """One comparable dict per connection. ``drop_termreq``: a C2HTermReq that only precedes
     the connection's close is left out (the reference closes without one)."""
     out = []
     for conn in obs:
-        pdus = [normalise_pdu(p) for p in conn.pdus]
+        pdus = [normalise_pdu(p) for p in merge_c2h(conn.pdus)]
         if drop_termreq:
             pdus = [p for p in pdus if p["t"] != "C2HTermReq"]
         out.append({"pdus": pdus, "closed": bool(conn.closed) or bool(conn.garbage)})

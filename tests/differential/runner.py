@@ -35,6 +35,10 @@ class ConnResult:
 Observation = list[ConnResult]
 
 
+class ConnectFailed(Exception):
+    """The harness could not reach a target (not an answer of the target's)."""
+
+
 def summarise(raw: bytes) -> dict[str, Any]:
     """The fields of a received PDU that the comparison may look at."""
     kind, flags, hlen, pdo, plen = struct.unpack_from("<BBBBI", raw)
@@ -118,8 +122,11 @@ async def run_case(host: str, port: int, case: Case, *, quiet: float = QUIET,
                 await trio.sleep(step.pause)
             conn = conns.get(step.conn)
             if conn is None:
-                with trio.fail_after(CONNECT_TIMEOUT):
-                    stream = await trio.open_tcp_stream(host, port)
+                try:
+                    with trio.fail_after(CONNECT_TIMEOUT):
+                        stream = await trio.open_tcp_stream(host, port)
+                except (OSError, trio.TooSlowError) as err:
+                    raise ConnectFailed(f"{host}:{port}: {err!r}") from None
                 conn = conns[step.conn] = _Conn(stream)
                 nursery.start_soon(conn.reader)
             admin = conns.get(0)

@@ -171,6 +171,44 @@ def sequence_cases() -> list[Case]:
     s.add(0, P.keep_alive(s.cid()), "keep-alive")
     add(_case("discovery controller", s))
 
+    # Transfer lengths far beyond anything sensible, on a command without data.
+    for size in (1 << 20, (1 << 22) - 512, 1 << 22, (1 << 22) + 512, 1 << 23, 1 << 24, 1 << 31):
+        s = Session(f"seq-huge-sgl-{size}").admin()
+        entry = P.sqe(P.FABRICS, s.cid(), sgl_length=size)
+        entry[4] = P.FCTYPE_PROPERTY_GET
+        entry[44] = P.PROP_CSTS
+        s.add(0, P.capsule(entry), "property-get-huge-sgl")
+        s.probe_admin()
+        add(_case(f"Property Get with an SGL of {size} bytes", s))
+        if size <= 1 << 25:
+            s = Session(f"seq-huge-read-{size}").admin().identify_and_queues().io()
+            s.add(1, P.read(s.cid(), 0, size // 512), "read-huge", expect=2)
+            s.add(1, P.read(s.cid(), 0, 1), "probe-io", expect=2)
+            add(_case(f"Read of {size} bytes", s))
+    for sqsize in (1535, 2047, 4095, 8191, 16383, 32767, 49151):
+        s = Session(f"seq-admin-sqsize-big-{sqsize}").admin(sqsize=sqsize)
+        add(_case(f"admin Connect SQSIZE {sqsize}", s))
+    # Reads and writes at and beyond the end of the namespace.
+    from tests.differential.cases import NS_BLOCKS
+
+    for slba, nlb in ((NS_BLOCKS - 1, 1), (NS_BLOCKS - 1, 2), (NS_BLOCKS, 1), (1 << 40, 1)):
+        s = Session(f"seq-range-{slba}-{nlb}").admin().identify_and_queues().io()
+        s.add(1, P.read(s.cid(), slba, nlb), "read-edge", expect=0)
+        s.add(1, P.write_in_capsule(s.cid(), slba, P.pattern(512 * nlb, 7)), "write-edge")
+        s.add(1, P.read(s.cid(), 0, 1), "probe-io", expect=2)
+        add(_case(f"Read/Write at LBA {slba:#x}, {nlb} blocks", s))
+    # Identify Namespace for NSID 0, 0xFFFFFFFF and an inactive one.
+    for nsid in (0, 0xFFFFFFFF, 7):
+        s = Session(f"seq-id-ns-{nsid}").admin()
+        s.add(0, P.identify(s.cid(), 0, nsid=nsid), "identify-ns", expect=0)
+        s.probe_admin()
+        add(_case(f"Identify Namespace NSID {nsid:#x}", s))
+    # Admin queue lost; the controller's I/O queue Connect afterwards.
+    s = Session("seq-admin-closed-then-io").admin().identify_and_queues()
+    s.add(0, P.h2c_term_req(), "h2c-termreq", expect=0)
+    s.io()
+    add(_case("I/O Connect after the admin queue ended", s))
+
     s = Session("seq-unknown-subsystem", subnqn="nqn.2014-08.org.nvmexpress:nothing").admin()
     add(_case("Connect to an unknown subsystem", s))
     s = Session("seq-unknown-subsystem-idle", subnqn="nqn.2014-08.org.nvmexpress:nothing")

@@ -34,10 +34,12 @@ from target.config import NamespaceConfig
 MIB = 1 << 20
 INVALID_FIELD_DNR = 0x8004
 INVALID_NS_DNR = 0x8016
-LBA_RANGE_DNR = 0x8100
 INVALID_LOG_PAGE_DNR = 0x8212  # SCT 1, SC 0x09
 ANA_INACCESSIBLE = 0x0604  # SCT 3, SC 0x02, no DNR
 MORE = 0x4000  # nvmet sets More on every error it logs with a location (nvmet_set_error)
+# I/O beyond the namespace: nvmet's block device backend answers Internal Error, DNR, More
+# (the block layer fails the bio); strict ports answer LBA Out of Range.
+OUT_OF_RANGE = 0x8000 | MORE | (0x006 << 1)
 AEN_ANA_CHANGE = 0x000C0302
 AEN_NS_CHANGED = 0x00040002
 
@@ -115,7 +117,7 @@ async def test_identify_namespaces(lb):
         assert await one.identify_raw(Cns.NAMESPACE, 3) == bytes(4096)  # inactive: zeros
         for cns, nsid in ((Cns.NS_DESC_LIST, 3), (Cns.NAMESPACE, 0xFFFFFFFF)):
             sqe = IDENTIFY_COMMAND.build(dict(opcode=AdminOpcode.IDENTIFY, nsid=nsid, cns=cns))
-            assert await admin_word(one, sqe, 4096) == INVALID_NS_DNR, (cns, nsid)
+            assert await admin_word(one, sqe, 4096) == INVALID_NS_DNR | MORE, (cns, nsid)
 
 
 # -- ANA (PROTOCOL.md 5.6, 8) ---------------------------------------------------------------------
@@ -292,7 +294,7 @@ async def test_namespace_add_remove_resize(lb):
         assert (await ctrl.write(1, 65535, b"\x11" * 512, 512)).ok
         done, back = await ctrl.read(1, 32767, 1, 512)
         assert done.ok and back == b"\xa5" * 512  # data kept across the resize
-        assert (await ctrl.read(1, 65535, 2, 512))[0].status_word == LBA_RANGE_DNR | MORE
+        assert (await ctrl.read(1, 65535, 2, 512))[0].status_word == OUT_OF_RANGE
 
 
 async def test_namespace_lists_full_at_nn(lb):
@@ -453,12 +455,12 @@ async def test_error_log_records_failures(lb, monkeypatch):
 
         monkeypatch.setattr(queue.conn, "send_command", spy)
         done, _ = await ctrl.read(1, 40000, 1, 512)
-        assert done.status_word == LBA_RANGE_DNR | MORE
+        assert done.status_word == OUT_OF_RANGE
         entries = parse_error_log(await ctrl.get_log_page(LogPage.ERROR, 64 * 64))
         assert len(entries) == 64
         newest = entries[0]
-        assert done.status_word == LBA_RANGE_DNR | MORE
-        assert newest.status_field == LBA_RANGE_DNR  # the log keeps the status without More
+        assert done.status_word == OUT_OF_RANGE
+        assert newest.status_field == OUT_OF_RANGE & ~MORE  # the log keeps it without More
         assert (newest.cmdid, newest.sqid, newest.nsid) == (sent[-1], queue.qid, 1)
         assert newest.error_count >= 1
         smart = parse_smart_log(await ctrl.get_log_page(LogPage.SMART, 512))

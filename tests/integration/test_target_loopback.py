@@ -20,6 +20,9 @@ INVALID_FIELD_DNR = 0x8004
 INVALID_NS_DNR = 0x8016
 LBA_RANGE_DNR = 0x8100
 MORE = 0x4000  # nvmet sets More on every error it logs with a location (nvmet_set_error)
+# I/O beyond the namespace: nvmet's block device backend answers Internal Error, DNR, More
+# (the block layer fails the bio); strict ports answer LBA Out of Range.
+OUT_OF_RANGE = 0x8000 | MORE | (0x006 << 1)
 COMPARE_FAILURE_DNR = 0x850A  # SCT 2, SC 0x85
 CONNECT_INVALID_PARAM_DNR = 0x8304  # SCT 1, SC 0x82
 CONNECT_INVALID_HOST_DNR = 0x8308  # SCT 1, SC 0x84
@@ -173,16 +176,20 @@ async def test_cross_path_and_transfer_limits(lb):
         assert (await one.write(1, 1000, data, 512)).ok
         done, back = await two.read(1, 1000, len(data) // 512, 512)
         assert done.ok and back == data
-        # Above MDTS (2^8 x 4 KiB = 1 MiB): Invalid Field, for reads and (before any R2T) writes.
-        done, _ = await one.read(1, 0, MIB // 512 + 1, 512)
-        assert done.status_word == INVALID_FIELD_DNR
-        done = await one.write(2, 0, bytes(MIB + 4096), 4096)
-        assert done.status_word == INVALID_FIELD_DNR
-        # Beyond capacity (32768 LBAs of 512 B): LBA Out of Range.
+        # Above nvmet-tcp's 4 MiB: Data SGL Length Invalid, nothing logged, for reads and
+        # (before any R2T) writes. Up to it, more than MDTS is served, as nvmet does.
+        sgl_too_long = 0x8000 | (0x00F << 1)
+        done, _ = await one.read(1, 0, 4 * MIB // 512 + 1, 512)
+        assert done.status_word == sgl_too_long
+        done = await one.write(2, 0, bytes(4 * MIB + 4096), 4096)
+        assert done.status_word == sgl_too_long
+        done, _ = await one.read(1, 0, 2 * MIB // 512, 512)
+        assert done.ok
+        # Beyond capacity (32768 LBAs of 512 B): out of range.
         done, _ = await one.read(1, 32767, 2, 512)
-        assert done.status_word == LBA_RANGE_DNR | MORE
+        assert done.status_word == OUT_OF_RANGE
         done = await one.write(2, 4095, bytes(8192), 4096)
-        assert done.status_word == LBA_RANGE_DNR | MORE
+        assert done.status_word == OUT_OF_RANGE
         done, back = await one.read(1, 32767, 1, 512)  # the last LBA itself is fine
         assert done.ok and len(back) == 512
         # The connection is still healthy after the failures.
@@ -238,9 +245,7 @@ async def test_write_zeroes_dsm_flush(lb):
         beyond[:16] = DSM_RANGE.build(dict(nlb=2, slba=4095))
         done = await ctrl.io_queues[0].submit(sqe, write=beyond, timeout=5)
         assert done.status_word == LBA_RANGE_DNR
-        assert (
-            await ctrl.io(IoOpcode.WRITE_ZEROES, 1, 32760, 9)
-        ).status_word == LBA_RANGE_DNR | MORE
+        assert (await ctrl.io(IoOpcode.WRITE_ZEROES, 1, 32760, 9)).status_word == OUT_OF_RANGE
 
         assert (await ctrl.io(IoOpcode.FLUSH, 1, 0, 1)).ok
         # nvmet looks NSID 0xFFFFFFFF up like any other (nvmet_req_find_ns): Invalid Namespace
