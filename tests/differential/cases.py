@@ -14,6 +14,7 @@ and without data).
 
 from __future__ import annotations
 
+import hashlib
 import random
 import struct
 from dataclasses import asdict, dataclass, field
@@ -101,6 +102,13 @@ class Case:
             ops = [Op(o["offset"], bytes.fromhex(o["value"]), o["mode"]) for o in s["ops"]]
             steps.append(Step(**{**s, "data": bytes.fromhex(s["data"]), "ops": ops}))
         return cls(d["name"], steps, d["source"], d["note"], d.get("settle", 0.0))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of every byte the case sends (recorded answers belong to exactly these)."""
+        digest = hashlib.sha256()
+        for step in self.steps:
+            digest.update(step.conn.to_bytes(2, "little") + step.render(None, None))
+        return digest.hexdigest()
 
     @property
     def connections(self) -> int:

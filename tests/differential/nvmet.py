@@ -100,12 +100,17 @@ def our_config(*, strict: bool = False) -> TargetConfig:
 
 async def serve_ours(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
     """Our target on a free port; reports ``(host, port)``."""
-    logging.getLogger("nvmeof").setLevel(logging.CRITICAL)
+    logger = logging.getLogger("nvmeof")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # thousands of refused commands: keep the output readable
     target = Target(our_config())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(target.serve)
-        task_status.started(("127.0.0.1", target.ports[1].bound_port))
-        try:
-            await trio.sleep_forever()
-        finally:
-            target.stop()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(target.serve)
+            task_status.started(("127.0.0.1", target.ports[1].bound_port))
+            try:
+                await trio.sleep_forever()
+            finally:
+                target.stop()
+    finally:
+        logger.setLevel(level)

@@ -161,4 +161,83 @@ def explain(case: Case, ref: Observation, ours: Observation) -> Row | None:
 
 
 def table_cases() -> list[Case]:
-    return []
+    """One case per row of docs/TOLERANCE.md's receive-path table that the sequences and the
+    opcode sweep do not already cover (their names are in the table)."""
+    from tests.differential.cases import Session
+
+    out: list[Case] = []
+
+    def add(name: str, s: Session, note: str = "") -> None:
+        out.append(Case(name, s.steps, "table", note))
+
+    # Issue 15's first two findings.
+    s = Session("tab-pdo-without-data").admin()
+    pdu = P.property_get(s.cid(), P.PROP_CSTS)
+    pdu.data[3] = 72  # PDO set although the capsule carries no data
+    s.add(0, pdu, "property-get-with-pdo")
+    s.probe_admin()
+    add("T1 CapsuleCmd without data with PDO set", s)
+    s = Session("tab-sgl-zero").admin()
+    entry = P.sqe(P.FABRICS, s.cid(), sgl_type=0)
+    entry[4], entry[44] = P.FCTYPE_PROPERTY_GET, P.PROP_CSTS
+    s.add(0, P.capsule(entry), "property-get-sgl-zero")
+    s.probe_admin()
+    add("T2 command without data whose SGL descriptor is all zeros", s)
+    # Header and PDU rules.
+    s = Session("tab-pdo-with-data").admin().identify_and_queues().io()
+    pdu = P.write_in_capsule(s.cid(), s.lba, P.pattern(512, 3))
+    pdu.data[3] = 0  # PDO 0 on a PDU with data
+    s.add(1, pdu, "write-pdo-0")
+    s.add(1, P.read(s.cid(), s.lba, 1), "read", expect=2)
+    add("T3 CapsuleCmd with data and PDO 0", s)
+    s = Session("tab-psdt-fabrics").admin(enable=False)
+    entry = P.sqe(P.FABRICS, s.cid(), flags=0)
+    entry[4], entry[44] = P.FCTYPE_PROPERTY_GET, P.PROP_CSTS
+    s.add(0, P.capsule(entry), "property-get-psdt-0")
+    add("T4 Fabrics command with PSDT 00b", s)
+    s = Session("tab-fuse").admin().identify_and_queues().io()
+    s.add(1, P.capsule(P.sqe(0x02, s.cid(), nsid=1, flags=0x41, sgl_length=512, cdw=(0, 0, 0))),
+          "read-fused", expect=1)  # fmt: skip
+    add("T5 FUSE bits set", s)
+    s = Session("tab-sgl-type").admin().identify_and_queues().io()
+    s.add(1, P.capsule(P.sqe(0x02, s.cid(), nsid=1, sgl_type=0x00, sgl_length=512,
+                             cdw=(0, 0, 0))), "read-sgl-type-0", expect=2)  # fmt: skip
+    add("T6 Read whose SGL is a plain data block descriptor", s)
+    s = Session("tab-hdgst-flag", digests=1).admin()
+    pdu = P.property_get(s.cid(), P.PROP_CSTS, hdgst=True)
+    pdu.data[1] &= ~P.F_HDGST
+    s.add(0, pdu, "hdgstf-clear", expect=0)
+    add("T7 header digest negotiated, HDGSTF clear", s)
+    s = Session("tab-ddgst-flag", digests=2).admin().identify_and_queues().io()
+    pdu = P.write_in_capsule(s.cid(), s.lba, P.pattern(512, 4), ddgst=True)
+    pdu.data[1] &= ~P.F_DDGST
+    s.add(1, pdu, "ddgstf-clear", expect=0)
+    add("T8 data digest negotiated, DDGSTF clear", s)
+    s = Session("tab-ddgst-bad", digests=2).admin().identify_and_queues().io()
+    pdu = P.write_in_capsule(s.cid(), s.lba, P.pattern(512, 5), ddgst=True)
+    step = s.add(1, pdu, "ddgst-wrong", expect=0)
+    step.data = step.data[:-4] + bytes(4)
+    step.redigest = False
+    s.add(1, P.read(s.cid(), s.lba, 1, ddgst=True), "read", expect=2)
+    add("T9 data digest mismatch on in-capsule data", s)
+    s = Session("tab-h2c-last", digests=0).admin().identify_and_queues().io()
+    cid = s.cid()
+    s.add(1, P.write_r2t(cid, s.lba, 32768), "write-r2t")
+    s.add(1, P.h2c_data(cid, 0, 0, P.pattern(32768, 6), last=False), "h2c-no-last",
+          ttag_from_r2t=True)  # fmt: skip
+    add("T10 H2CData completing the transfer without LAST_PDU", s)
+    s = Session("tab-h2c-cccid").admin().identify_and_queues().io()
+    cid = s.cid()
+    s.add(1, P.write_r2t(cid, s.lba, 32768), "write-r2t")
+    s.add(1, P.h2c_data(cid + 100, 0, 0, P.pattern(32768, 7)), "h2c-wrong-cccid",
+          ttag_from_r2t=True)  # fmt: skip
+    add("T11 H2CData with the right TTAG and a wrong CCCID", s)
+    s = Session("tab-aen-default").admin()
+    s.add(0, P.get_features(s.cid(), 0x0B), "get-async-event-config")
+    s.add(0, P.set_features(s.cid(), 0x0B, 0x1F), "set-smart-warnings")
+    add("T12 Asynchronous Event Configuration before and after the host sets it", s)
+    s = Session("tab-keep-alive-kato").admin(kato=5000)
+    s.add(0, P.set_features(s.cid(), 0x0F, 2500), "set-kato")
+    s.add(0, P.get_features(s.cid(), 0x0F), "get-kato")
+    add("T13 KATO in whole seconds", s)
+    return out
