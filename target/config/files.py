@@ -18,8 +18,8 @@ Native TOML (complete example: ``deploy/target.example.toml``)::
     model = "nvmeof-emu"
     allow_any_host = true
     allowed_hosts = []        # host NQNs, used when allow_any_host = false
-    max_io_queues = 8         # 1..128
-    queue_size = 128          # 2..1024
+    max_io_queues = 128       # 1..128 (nvmet: attr_qid_max)
+    queue_size = 1024         # 2..1024 (nvmet: MQES 1023)
 
       [[subsystem.namespace]]
       nsid = 1                # required

@@ -61,8 +61,8 @@ class SubsystemConfig:
     model: str = "nvmeof-emu"
     allow_any_host: bool = True
     allowed_hosts: tuple[str, ...] = ()
-    max_io_queues: int = 8
-    queue_size: int = 128
+    max_io_queues: int = 128  # nvmet: attr_qid_max defaults to 128 (NVMET_NR_QUEUES)
+    queue_size: int = 1024  # nvmet: CAP.MQES 1023 (NVMET_QUEUE_SIZE)
 
 
 @dataclass(frozen=True)

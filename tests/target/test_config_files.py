@@ -547,7 +547,7 @@ def test_export_default_config_shape() -> None:
     assert doc["ports"][1]["ana_groups"][0]["ana"]["state"] == "non-optimized"
     sub = doc["subsystems"][0]
     assert sub["nqn"] == DEMO_NQN and sub["allowed_hosts"] == []
-    assert sub["attr"]["allow_any_host"] == "1" and sub["attr"]["qid_max"] == "8"
+    assert sub["attr"]["allow_any_host"] == "1" and sub["attr"]["qid_max"] == "128"
     assert "nvmeof_emu_queue_size" not in sub
     ns = sub["namespaces"][1]
     assert ns["nsid"] == 2 and ns["enable"] == 1 and ns["ana_grpid"] == 1
