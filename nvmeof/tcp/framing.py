@@ -306,13 +306,17 @@ class PduReader:
                 raise TransportError(
                     Fes.HEADER_DIGEST_ERROR, "header digest mismatch", header=bytes(header)
                 )
-        ok = True
         data = view[start + data_start : start + data_start + dlen]
         if dd:
             digest = int.from_bytes(view[start + total - _DIGEST : start + total], "little")
-            ok = crc32c(data) == digest
+            if crc32c(data) != digest:
+                # nvmet_tcp_try_recv_ddgst: a data digest error is fatal to the queue (the
+                # spec's Transient Transport Error answer is strict mode's). The spec has no
+                # FES for it, not making it fatal: the nearest one goes in our TermReq.
+                raise TransportError(Fes.HEADER_DIGEST_ERROR, "data digest mismatch",
+                                     header=bytes(view[start : start + hlen]))  # fmt: skip
         self._start = start + total
-        return Pdu(pdu_type, flags, plen, header, data, ok)
+        return Pdu(pdu_type, flags, plen, header, data, True)
 
     def _error(self, start: int, hlen: int, offset: int, why: str, fes: Fes) -> TransportError:
         echo = min(max(hlen, CH_SIZE), TERMREQ_MAX_DATA, self._end - start)

@@ -71,15 +71,20 @@ def _big_admin_queue(case: Case, ref: Observation, ours: Observation) -> bool:
 
 
 def _unnegotiated_digests(case: Case, ref: Observation, ours: Observation) -> bool:
+    """A PDU carries a digest ICReq did not negotiate, or lacks one it did."""
     asked: dict[int, int] = {}
     for step in case.steps:
         data = step.render(None, None)
         if data and data[0] == P.ICREQ and len(data) >= 12:
             asked[step.conn] = data[11] & 3
-        elif step.conn in asked:
-            sent = (1 if step.hdgst else 0) | (2 if step.ddgst else 0)
-            if sent != asked[step.conn]:
-                return True
+            continue
+        if step.conn not in asked or len(data) < 4:
+            continue
+        has_data = data[0] == P.H2C_DATA or (data[0] == P.CAPSULE_CMD and data[3] != 0)
+        if bool(asked[step.conn] & 1) != step.hdgst:
+            return True
+        if has_data and bool(asked[step.conn] & 2) != step.ddgst:
+            return True
     return False
 
 
