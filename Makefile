@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint interop bench clean
+.PHONY: demo test lint interop differential bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -21,6 +21,14 @@ test: $(STAMP)
 
 interop: $(STAMP)
 	$(BIN)/python -m pytest -q -m interop tests/interop
+
+# The same host bytes to the Linux target (nvmet, in ../shared/linuxvm) and to ours, both kernel
+# releases, seeded: docs/TOLERANCE.md. SEED and COUNT (mutation cases) can be overridden.
+SEED ?= 1
+COUNT ?= 2000
+differential: $(STAMP)
+	$(BIN)/python -m tests.differential --release bookworm --seed $(SEED) --count $(COUNT)
+	$(BIN)/python -m tests.differential --release trixie --seed $(SEED) --count $(COUNT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

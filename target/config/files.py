@@ -39,6 +39,7 @@ Native TOML (complete example: ``deploy/target.example.toml``)::
     advertise = "10.0.2.2"    # optional address for discovery log entries
     subsystems = ["nqn.2026-11.io.nvmeof-emu:demo"]
     inline_data_size = 8192   # multiple of 16, at most 1 MiB
+    strict = false            # true: refuse what the spec forbids even where nvmet accepts it
     ana = { 1 = "optimized", 2 = "inaccessible" }   # group -> state; unlisted: optimized
 
       [[port.referral]]
@@ -77,7 +78,7 @@ nvmetcli JSON (what ``nvmetcli save`` writes) maps as follows:
   key elsewhere is an error, and so is a value of the wrong type. Enabled ``passthru`` is refused.
 * Extension keys (written by :func:`export_nvmetcli`, so that every representable config round
   trips): ``device.nvmeof_emu_backend`` (ram/file/null), ``device.size``, ``device.block_size``
-  (default 512), ``device.eui64``; on ports ``nvmeof_emu_advertise``; on subsystems
+  (default 512), ``device.eui64``; on ports ``nvmeof_emu_advertise`` and ``nvmeof_emu_strict``; on subsystems
   ``nvmeof_emu_queue_size`` (written only when not the default 128). A RAM namespace is
   written with ``"path": ""``. nvmetcli itself ignores the port and subsystem extension keys and
   reports the ``device`` ones as unknown attributes, skipped.
@@ -133,7 +134,7 @@ _SUBSYSTEM_KEYS = {"nqn", "serial", "model", "allow_any_host", "allowed_hosts",
 _NAMESPACE_KEYS = {"nsid", "size", "block_size", "backend", "path", "uuid", "nguid", "eui64",
                    "ana_group", "enabled"}  # fmt: skip
 _PORT_KEYS = {"id", "addr", "port", "advertise", "subsystems", "inline_data_size", "ana",
-              "referral"}  # fmt: skip
+              "referral", "strict"}  # fmt: skip
 _REFERRAL_KEYS = {"name", "addr", "port", "portid"}
 
 
@@ -229,6 +230,7 @@ def _native_port(t: Table) -> PortConfig:
         _put(kwargs, name, t.text(name))
     for name in ("port", "inline_data_size"):
         _put(kwargs, name, t.integer(name))
+    _put(kwargs, "strict", t.boolean("strict"))
     _put(kwargs, "subsystems", t.texts("subsystems"))
     ana = t.table("ana")
     if ana is not None:
@@ -272,7 +274,7 @@ def load_nvmetcli(data: Mapping[str, Any], source: str) -> TargetConfig:
     subsystem_keys = {"nqn", "attr", "namespaces", "allowed_hosts", "passthru",
                       "nvmeof_emu_queue_size"}  # fmt: skip
     port_keys = {"portid", "addr", "param", "subsystems", "ana_groups", "referrals",
-                 "nvmeof_emu_advertise"}  # fmt: skip
+                 "nvmeof_emu_advertise", "nvmeof_emu_strict"}  # fmt: skip
     config = TargetConfig(
         subsystems=tuple(_nvmet_subsystem(t) for t in top.tables("subsystems", subsystem_keys)),
         ports=tuple(_nvmet_port(t) for t in top.tables("ports", port_keys)),
@@ -395,6 +397,7 @@ def _nvmet_port(t: Table) -> PortConfig:
     _put(kwargs, "inline_data_size", _group(t, "param").integer("inline_data_size", strings=True))
     _put(kwargs, "subsystems", t.texts("subsystems"))
     _put(kwargs, "advertise", t.text("nvmeof_emu_advertise"))
+    _put(kwargs, "strict", t.boolean("nvmeof_emu_strict", loose=True))
     states = []
     for group in t.tables("ana_groups", {"grpid", "ana"}):
         grpid = group.require_integer("grpid", strings=True)
@@ -447,6 +450,8 @@ def _export_port(port: PortConfig) -> dict[str, Any]:
     }  # fmt: skip
     if port.advertise is not None:
         out["nvmeof_emu_advertise"] = port.advertise
+    if port.strict:
+        out["nvmeof_emu_strict"] = True
     return out
 
 

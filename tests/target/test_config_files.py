@@ -727,3 +727,17 @@ def test_with_free_ports_keeps_everything_but_the_port() -> None:
     assert [p.id for p in free.ports] == [p.id for p in base.ports]
     assert [p.ana_states for p in free.ports] == [p.ana_states for p in base.ports]
     assert free.subsystems == base.subsystems
+
+
+def test_strict_port_in_both_formats(tmp_path: Path) -> None:
+    toml_file = tmp_path / "strict.toml"
+    toml_file.write_text("[[port]]\nid = 1\nport = 4420\nstrict = true\n")
+    (port,) = load_config(toml_file).ports
+    assert port.strict
+    json_file = tmp_path / "strict.json"
+    json_file.write_text(json.dumps({"ports": [{
+        "portid": 1, "addr": {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+                              "trsvcid": "4420"}, "nvmeof_emu_strict": True}]}))  # fmt: skip
+    (port,) = load_config(json_file).ports
+    assert port.strict
+    assert export_nvmetcli(load_config(json_file))["ports"][0]["nvmeof_emu_strict"] is True
