@@ -111,7 +111,50 @@ def _fatal_race(case: Case, ref: Observation, ours: Observation) -> bool:
     return differs
 
 
+def _admin_sqsize_above_mqes(case: Case, ref: Observation, ours: Observation) -> bool:
+    for step, data in _capsules(case):
+        if data[8] == P.FABRICS and data[12] == P.FCTYPE_CONNECT and step.conn == 0:
+            qid, sqsize = struct.unpack_from("<HH", data, 50)
+            if qid == 0 and sqsize > 1023:
+                return True
+    return False
+
+
+def _above_4mib(case: Case, ref: Observation, ours: Observation) -> bool:
+    return any(struct.unpack_from("<I", data, 40)[0] > 4 << 20 for _, data in _capsules(case))
+
+
+def _dsm_longer_than_ranges(case: Case, ref: Observation, ours: Observation) -> bool:
+    for step, data in _capsules(case):
+        if step.conn > 0 and data[8] == 0x09:
+            ranges = (data[48] + 1) * 16
+            if struct.unpack_from("<I", data, 40)[0] > ranges:
+                return True
+    return False
+
+
 TABLE: list[Row] = [
+    Row(
+        "6.1-dsm-length",
+        "Dataset Management whose SGL is longer than its ranges (Linux 6.1 only)",
+        "6.1 wants the exact length (nvmet_check_transfer_len); 6.12 only at least the ranges "
+        "(nvmet_check_data_len_lte); we follow 6.12.",
+        _dsm_longer_than_ranges,
+    ),
+    Row(
+        "6.1-admin-sqsize",
+        "Admin Connect with SQSIZE above 1023 (Linux 6.1 only)",
+        "6.1 refuses it (Invalid Parameters, IPO SQSIZE); 6.12 checks SQSIZE against MQES for "
+        "I/O queues only, and we follow 6.12.",
+        _admin_sqsize_above_mqes,
+    ),
+    Row(
+        "6.1-transfer-cap",
+        "A transfer above 4 MiB (Linux 6.1 only)",
+        "6.1 serves it as far as it can allocate the buffer (and hangs or drops beyond); 6.12 "
+        "refuses it with Data SGL Length Invalid before the command runs; we follow 6.12.",
+        _above_4mib,
+    ),
     Row(
         "fatal-race",
         "The answer to the command just before a fatal error",
