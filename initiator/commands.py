@@ -24,6 +24,9 @@ from nvmeof.wire.identify import parse_identify_ns
 log = logging.getLogger("nvmeof.initiator")
 PERCENTILES = (1.0, 5.0, 10.0, 50.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.99)
 
+#: nvme-cli's names for discovery log entry subtypes.
+_SUBTYPES = {1: "referral", 2: "nvme subsystem", 3: "current discovery subsystem"}
+
 
 def controller_options(args: argparse.Namespace) -> ControllerOptions:
     fast = args.fast_io_fail_tmo
@@ -90,17 +93,15 @@ async def cmd_discover(host: Host, args: argparse.Namespace) -> int:
     if args.output_format == "json":
         dump_json({"records": [
             {"trtype": "tcp", "adrfam": "ipv6" if e.adrfam == 2 else "ipv4",
-             "subtype": {1: "referral", 2: "nvme subsystem", 3: "current discovery subsystem"}
-             .get(e.subtype, str(e.subtype)), "portid": e.portid, "trsvcid": e.trsvcid,
+             "subtype": _SUBTYPES.get(e.subtype, str(e.subtype)), "portid": e.portid,
+             "trsvcid": e.trsvcid,
              "subnqn": e.subnqn, "traddr": e.traddr} for e in entries]})  # fmt: skip
         return 0
     print(f"Discovery Log Number of Records {len(entries)}")
     for i, e in enumerate(entries):
         print(f"=====Discovery Log Entry {i}======")
         print("trtype:  tcp")
-        print(
-            f"subtype: {'nvme subsystem' if e.subtype == 2 else 'referral' if e.subtype == 1 else e.subtype}"
-        )
+        print(f"subtype: {_SUBTYPES.get(e.subtype, e.subtype)}")
         print(f"portid:  {e.portid}")
         print(f"trsvcid: {e.trsvcid}")
         print(f"subnqn:  {e.subnqn}")

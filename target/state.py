@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from bisect import bisect_right
+from dataclasses import replace
 
 from nvmeof.aen import ANA_CHANGE, DISCOVERY_CHANGE, NS_CHANGED
 from nvmeof.constants import (
@@ -93,6 +94,8 @@ class TargetState:
         self.ports: dict[int, Port] = {p.id: Port(p) for p in config.ports}
         self.ana_chgcnt = 0
         self.discovery_genctr = 0
+        #: The discovery subsystem's NQN: the unique one if configured (TP 8013).
+        self.discovery_nqn = config.discovery_nqn or DISCOVERY_NQN
         self.discovery_controllers: dict[int, Controller] = {}
         self._next_disc_cntlid = 1
         self.faults = FaultSet()
@@ -145,7 +148,10 @@ class TargetState:
         A port bound to a wildcard address without an advertised one is listed with
         ``local_addr``, the address the host reached us on (as nvmet does).
         """
-        entries = []
+        # TP 8013, as nvmet: the first entry describes the discovery subsystem itself on the
+        # port the host came through.
+        current = _entry(via, self.discovery_nqn, local_addr)
+        entries = [replace(current, subtype=DiscoverySubtype.CURRENT_DISCOVERY)]
         for port in sorted(self.ports.values(), key=lambda p: p.id):
             if not port.enabled:
                 continue

@@ -72,8 +72,9 @@ def controller_of(q: QueueContext) -> Controller:
 # -- Identify ---------------------------------------------------------------------------------
 
 
-def identify_controller(ctrl: Controller) -> bytes:
-    """Identify Controller data for ``ctrl`` (I/O or discovery)."""
+def identify_controller(ctrl: Controller, discovery_nqn: str = DISCOVERY_NQN) -> bytes:
+    """Identify Controller data for ``ctrl`` (I/O or discovery; a discovery controller names
+    ``discovery_nqn``, the unique one where configured)."""
     common = {
         "vid": 0x1B36, "ssvid": 0x1AF4, "mn": "nvmeof-emu", "fr": FIRMWARE_REVISION,
         "rab": 6, "mdts": MDTS, "cntlid": ctrl.cntlid, "ver": ctrl.regs.vs,
@@ -85,7 +86,7 @@ def identify_controller(ctrl: Controller) -> bytes:
     if ctrl.subsystem is None:
         return build_identify_ctrl({
             **common, "sn": "discovery", "cntrltype": ControllerType.DISCOVERY,
-            "lpa": LPA_EXTENDED, "subnqn": DISCOVERY_NQN, "ioccsz": 4, "dctype": 1,
+            "lpa": LPA_EXTENDED, "subnqn": discovery_nqn, "ioccsz": 4, "dctype": 1,
             "kas": KAS_100MS,
         })  # fmt: skip
     sub = ctrl.subsystem
@@ -114,7 +115,7 @@ def execute_identify(q: QueueContext, req: Request) -> ExecuteResult:
     if cns not in _SUPPORTED_CNS:
         raise fail(_INVALID_FIELD, f"unsupported CNS {cns:#x}", loc=LOC_CDW10)
     if cns == Cns.CONTROLLER:
-        return Reply(data=identify_controller(ctrl))
+        return Reply(data=identify_controller(ctrl, q.state.discovery_nqn))
     sub = ctrl.subsystem
     if sub is None:
         raise fail(_INVALID_FIELD, f"CNS {cns:#x} on a discovery controller")

@@ -108,7 +108,7 @@ def _create_controller(
     q: QueueContext, subnqn: str, hostnqn: str, hostid: bytes, kato: int
 ) -> Controller:
     state = q.state
-    if subnqn == DISCOVERY_NQN:
+    if subnqn in (DISCOVERY_NQN, state.discovery_nqn):  # nvmet_find_get_subsys
         cntlid = state.allocate_discovery_cntlid()
         ctrl = Controller(cntlid=cntlid, subsystem=None, port=q.port, hostnqn=hostnqn,
                           hostid=hostid, kato_ms=kato, mqes=DISCOVERY_MQES)  # fmt: skip
@@ -128,7 +128,7 @@ def _create_controller(
 
 def _find_controller(q: QueueContext, subnqn: str, hostnqn: str, cntlid: int) -> Controller:
     state = q.state
-    if subnqn == DISCOVERY_NQN:
+    if subnqn in (DISCOVERY_NQN, state.discovery_nqn):
         raise invalid_param(CONNECT_DATA_OFFSET_SUBNQN, True, "I/O queue on the discovery NQN")
     sub = state.subsystems.get(subnqn)
     if sub is None or not q.port.exposes(subnqn):

@@ -177,12 +177,13 @@ def _put(kwargs: dict[str, Any], name: str, value: object) -> None:
 
 def load_native(data: Mapping[str, Any], source: str) -> TargetConfig:
     """Build and validate a TargetConfig from a parsed native TOML document."""
-    top = Table(data, source, "", {"subsystem", "port", "hosts", "fault"})
+    top = Table(data, source, "", {"subsystem", "port", "hosts", "fault", "discovery_nqn"})
     config = TargetConfig(
         subsystems=tuple(_native_subsystem(t) for t in top.tables("subsystem", _SUBSYSTEM_KEYS)),
         ports=tuple(_native_port(t) for t in top.tables("port", _PORT_KEYS)),
         hosts=top.texts("hosts") or (),
         faults=tuple(fault_rule_kwargs(t) for t in top.tables("fault", FAULT_KEYS)),
+        discovery_nqn=top.text("discovery_nqn"),
     )
     validate(config, source)
     return config
@@ -266,7 +267,7 @@ def _ana_state(t: Table, key: str) -> AnaState:
 def load_nvmetcli(data: Mapping[str, Any], source: str) -> TargetConfig:
     """Build and validate a TargetConfig from a parsed ``nvmetcli save`` document."""
     top = Table(data, source, "", {"hosts", "ports", "subsystems", "discovery"})
-    top.table("discovery")
+    discovery = top.table("discovery")
     hosts = []
     for h in top.tables("hosts", {"nqn", "dhchap"}):
         h.table("dhchap")
@@ -279,6 +280,7 @@ def load_nvmetcli(data: Mapping[str, Any], source: str) -> TargetConfig:
         subsystems=tuple(_nvmet_subsystem(t) for t in top.tables("subsystems", subsystem_keys)),
         ports=tuple(_nvmet_port(t) for t in top.tables("ports", port_keys)),
         hosts=tuple(hosts),
+        discovery_nqn=discovery.text("discovery_nqn") if discovery is not None else None,
     )
     validate(config, source)
     return config
@@ -423,11 +425,14 @@ def _adrfam(addr: str) -> str:
 
 def export_nvmetcli(config: TargetConfig) -> dict[str, Any]:
     """The config as ``nvmetcli save`` would write it, plus the extension keys (see module doc)."""
-    return {
+    out: dict[str, Any] = {
         "hosts": [{"nqn": nqn} for nqn in config.hosts],
         "ports": [_export_port(port) for port in config.ports],
         "subsystems": [_export_subsystem(sub) for sub in config.subsystems],
     }
+    if config.discovery_nqn is not None:
+        out["discovery"] = {"discovery_nqn": config.discovery_nqn}
+    return out
 
 
 def _export_addr(addr: str, port: int) -> dict[str, str]:

@@ -114,6 +114,10 @@ class TargetConfig:
     #: Fault rules active from the start: keyword arguments of
     #: :class:`target.control.faults.FaultRule`.
     faults: tuple[dict[str, Any], ...] = ()
+    #: A unique discovery NQN (TP 8013; nvmet's configfs ``discovery_nqn``): hosts may connect
+    #: to it as well as to the well-known one, and it names the discovery subsystem in Identify
+    #: and in the discovery log's "current discovery subsystem" entry. None: the well-known NQN.
+    discovery_nqn: str | None = None
 
 
 def default_config() -> TargetConfig:

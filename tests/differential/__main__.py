@@ -64,7 +64,7 @@ async def run_all(cases: list[Case], nvmet: tuple[str, int], ours: tuple[str, in
                     try:
                         pair[k] = await run_case(addr[0], addr[1], case)
                         return
-                    except ConnectFailed as err:
+                    except* ConnectFailed as err:
                         print(f"differential: {case.name}: {err} (attempt {attempt + 1})",
                               flush=True)  # fmt: skip
                         await trio.sleep(1.0)

@@ -42,7 +42,9 @@ def paths(target: Target) -> list[str]:
 async def test_discover_and_list_subsys(target: Target, capsys: pytest.CaptureFixture[str]) -> None:
     disc = str(target.ports[3].bound_port)
     code, out, _ = await run(capsys, "discover", "-a", "127.0.0.1", "-s", disc)
-    assert code == 0 and "Number of Records 2" in out
+    # the discovery subsystem itself first (TP 8013, as nvmet), then the two paths
+    assert code == 0 and "Number of Records 3" in out
+    assert "subtype: current discovery subsystem" in out
     assert str(target.ports[1].bound_port) in out and str(target.ports[2].bound_port) in out
     code, out, _ = await run(capsys, "list-subsys", "-a", "127.0.0.1", "-s", disc, "-o", "json")
     view = json.loads(out)["subsystems"][0]

@@ -9,7 +9,7 @@ import os
 import pytest
 import trio
 
-from nvmeof.constants import DISCOVERY_NQN, NSID_ALL, IoOpcode, LogPage
+from nvmeof.constants import DISCOVERY_NQN, NSID_ALL, Cns, IoOpcode, LogPage
 from nvmeof.wire.logpages import parse_discovery_entries, parse_discovery_header
 from nvmeof.wire.sqe import DSM_COMMAND, DSM_RANGE, GET_LOG_PAGE_COMMAND
 from target.config import NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
@@ -55,7 +55,10 @@ async def libnvme_discovery_log(ctrl):
         offset += length
     again = parse_discovery_header(await ctrl.get_log_page(LogPage.DISCOVERY, 20, nsid=0))
     assert (again.genctr, again.numrec, again.recfmt) == (header.genctr, header.numrec, 0)
-    return header, parse_discovery_entries(b"".join(chunks), header.numrec), lengths
+    current, *entries = parse_discovery_entries(b"".join(chunks), header.numrec)
+    # TP 8013, as nvmet 6.x: first the discovery subsystem itself, on the port used.
+    assert (current.subtype, current.subnqn) == (3, DISCOVERY_NQN)
+    return header, entries, lengths
 
 
 def check_entries(entries, lb, traddr: str = "127.0.0.1") -> None:
@@ -69,7 +72,7 @@ async def test_discovery_log_libnvme_pattern(lb):
     with trio.fail_after(10):
         ctrl = await lb.discovery()
         header, entries, lengths = await libnvme_discovery_log(ctrl)
-        assert header.numrec == 2 and lengths == [2048]
+        assert header.numrec == 3 and lengths == [3072]
         # The restricted subsystem is not listed to a host that may not use it.
         assert [(e.portid, e.subnqn) for e in entries] == [(1, lb.nqn), (2, lb.nqn)]
         check_entries(entries, lb)
@@ -90,7 +93,7 @@ async def test_discovery_log_many_entries_in_4k_chunks(start_target):
     with trio.fail_after(10):
         ctrl = await big.discovery()
         header, entries, lengths = await libnvme_discovery_log(ctrl)
-        assert header.numrec == 10 and lengths == [4096, 4096, 2048]
+        assert header.numrec == 11 and lengths == [4096, 4096, 3072]
         assert sum(e.portid == 1 for e in entries) == 5 and len({e.subnqn for e in entries}) == 5
         check_entries(entries, big)
         assert {e.trsvcid for e in entries} == {str(big.ports[1]), str(big.ports[2])}
@@ -122,14 +125,14 @@ async def test_discovery_wildcard_port_lists_local_address(start_target):
 async def test_discovery_log_offsets_and_lengths(lb):
     with trio.fail_after(10):
         ctrl = await lb.discovery()
-        full = bytes(await ctrl.get_log_page(LogPage.DISCOVERY, 3072, nsid=0))
+        full = bytes(await ctrl.get_log_page(LogPage.DISCOVERY, 4096, nsid=0))
         header = parse_discovery_header(full)
-        assert header.numrec == 2 and header.recfmt == 0
+        assert header.numrec == 3 and header.recfmt == 0
         for offset, length in ((0, 8), (8, 12), (1028, 100), (1024 + 508, 1032), (2048, 1024),
                                (3068, 4), (2000, 1000)):  # fmt: skip
             chunk = await ctrl.get_log_page(LogPage.DISCOVERY, length, nsid=0, offset=offset)
             assert bytes(chunk) == full[offset : offset + length], (offset, length)
-        tail = await ctrl.get_log_page(LogPage.DISCOVERY, 64, nsid=0, offset=3072)
+        tail = await ctrl.get_log_page(LogPage.DISCOVERY, 64, nsid=0, offset=4096)
         assert bytes(tail) == bytes(64)  # beyond the end: zero fill
         misaligned = await ctrl.admin.submit(_log_sqe(LogPage.DISCOVERY, 16, offset=2),
                                              read=bytearray(16), timeout=5)  # fmt: skip
@@ -424,3 +427,30 @@ async def test_target_class_direct(nursery):
             target = await serve.start(Target(cfg).serve)
             assert target.ports[1].bound_port != 0
             target.stop()
+
+
+async def test_unique_discovery_nqn(start_target):
+    # TP 8013: a configured unique discovery NQN is served beside the well-known one and names
+    # the discovery subsystem (Identify SUBNQN, the log's "current discovery subsystem" entry).
+    from dataclasses import replace
+
+    from nvmeof.wire.identify import parse_identify_ctrl
+    from tests.integration.conftest import itest_config
+
+    unique = "nqn.2014-08.org.nvmexpress.discovery:uuid:7d1f1c0a-7d0c-4d6e-9c55-2c2b8e1f0a11"
+    lb = await start_target(replace(itest_config(), discovery_nqn=unique))
+    with trio.fail_after(10):
+        for nqn in (unique, DISCOVERY_NQN):
+            ctrl = await lb.connect(3, nqn, kato_ms=0, io_queues=0)
+            ident = parse_identify_ctrl(await ctrl.identify_raw(Cns.CONTROLLER, 0))
+            assert ident.subnqn == unique
+            full = bytes(await ctrl.get_log_page(LogPage.DISCOVERY, 4096, nsid=0))
+            current, *rest = parse_discovery_entries(
+                full[1024:], parse_discovery_header(full).numrec
+            )
+            assert (current.subtype, current.subnqn, current.portid) == (3, unique, 3)
+            assert current.trsvcid == str(lb.ports[3])
+            assert [(e.portid, e.subnqn) for e in rest] == [(1, lb.nqn), (2, lb.nqn)]
+        # An I/O queue on a discovery NQN is refused like any unknown controller.
+        done = await lb.raw_connect(await lb.queue(3, qid=1), qid=1, cntlid=1, subnqn=unique)
+        assert done.status.code == 0x182

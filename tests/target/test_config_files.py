@@ -741,3 +741,16 @@ def test_strict_port_in_both_formats(tmp_path: Path) -> None:
     (port,) = load_config(json_file).ports
     assert port.strict
     assert export_nvmetcli(load_config(json_file))["ports"][0]["nvmeof_emu_strict"] is True
+
+
+def test_unique_discovery_nqn_in_both_formats(tmp_path: Path) -> None:
+    unique = "nqn.2014-08.org.nvmexpress.discovery:uuid:0d2c8b9e-8a4f-4f57-9d1c-6f1de0a4b3c2"
+    toml_file = tmp_path / "disc.toml"
+    toml_file.write_text(f'discovery_nqn = "{unique}"\n')
+    assert load_config(toml_file).discovery_nqn == unique
+    json_file = tmp_path / "disc.json"
+    json_file.write_text(json.dumps({"discovery": {"discovery_nqn": unique}}))
+    config = load_config(json_file)
+    assert config.discovery_nqn == unique
+    assert export_nvmetcli(config)["discovery"] == {"discovery_nqn": unique}
+    assert "discovery" not in export_nvmetcli(load_config(EXAMPLE))
