@@ -18,7 +18,6 @@ from nvmeof.errors import CommandError
 from nvmeof.status import StatusCode
 from nvmeof.wire.fabrics import (
     CATTR_DISABLE_SQFLOW,
-    CONNECT_DATA,
     CONNECT_DATA_OFFSET_CNTLID,
     CONNECT_DATA_OFFSET_HOSTNQN,
     CONNECT_DATA_OFFSET_SUBNQN,
@@ -63,16 +62,21 @@ def execute_connect(q: QueueContext, req: Request) -> ExecuteResult:
     if recfmt != 0:
         raise fail(StatusCode.CONNECT_FORMAT, f"Connect RECFMT {recfmt}", loc=_SQE_OFFSET_RECFMT)
     assert req.data is not None
-    data = CONNECT_DATA.parse(req.data)
-    subnqn, hostnqn = data.subsysnqn, data.hostnqn
+    raw = bytes(req.data)
+    # nvmet NUL-terminates both NQN fields and compares them as C strings.
+    subnqn = _c_string(raw[CONNECT_DATA_OFFSET_SUBNQN : CONNECT_DATA_OFFSET_SUBNQN + 255])
+    hostnqn = _c_string(raw[CONNECT_DATA_OFFSET_HOSTNQN : CONNECT_DATA_OFFSET_HOSTNQN + 255])
+    hostid, cntlid = raw[0:16], int.from_bytes(raw[16:18], "little")
+    # nvmet_alloc_ctrl keeps KATO in whole seconds, rounded up.
+    kato = -(-kato // 1000) * 1000
     flow_control = not cattr & CATTR_DISABLE_SQFLOW
     if q.port.strict and not hostnqn:
         raise invalid_param(CONNECT_DATA_OFFSET_HOSTNQN, True, "empty host NQN")
     if qid == 0:
-        if data.cntlid != CNTLID_DYNAMIC:
+        if cntlid != CNTLID_DYNAMIC:
             raise invalid_param(CONNECT_DATA_OFFSET_CNTLID, True,
-                                f"admin Connect with CNTLID {data.cntlid:#x}")  # fmt: skip
-        ctrl = _create_controller(q, subnqn, hostnqn, bytes(data.hostid), kato)
+                                f"admin Connect with CNTLID {cntlid:#x}")  # fmt: skip
+        ctrl = _create_controller(q, subnqn, hostnqn, hostid, kato)
         if sqsize == 0:  # nvmet_install_queue
             _drop(q, ctrl)
             raise invalid_param(_SQE_OFFSET_SQSIZE, False, "SQSIZE 0")
@@ -81,7 +85,7 @@ def execute_connect(q: QueueContext, req: Request) -> ExecuteResult:
         log.info("controller created cntlid=%s subsystem=%s host=%s port=%s kato_ms=%s",
                  ctrl.cntlid, subnqn, hostnqn, q.port.id, ctrl.kato_ms)  # fmt: skip
         return Reply(dw0=ctrl.cntlid)
-    ctrl = _find_controller(q, subnqn, hostnqn, data.cntlid)
+    ctrl = _find_controller(q, subnqn, hostnqn, cntlid)
     if q.port.strict and not ctrl.regs.ready:
         raise fail(StatusCode.CMD_SEQ_ERROR, "I/O queue Connect before CC.EN")
     limit = ctrl.io_queues_granted if q.port.strict else ctrl.max_io_queues
@@ -95,6 +99,10 @@ def execute_connect(q: QueueContext, req: Request) -> ExecuteResult:
         raise invalid_param(_SQE_OFFSET_SQSIZE, False, f"SQSIZE {sqsize} above MQES {ctrl.mqes}")
     q.attach(ctrl, qid, sqsize + 1, flow_control)
     return Reply(dw0=ctrl.cntlid)
+
+
+def _c_string(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("latin-1")
 
 
 def _drop(q: QueueContext, ctrl: Controller) -> None:
