@@ -271,8 +271,9 @@ class PduReader:
         if avail < data_start:
             return None
         if self._data_digest and pdu_type in DATA_TYPES:  # nvmet_tcp_check_ddgst
-            # A u32 in nvmet: a PLEN shorter than the header wraps around to "data".
-            announced = (plen - hlen - (_DIGEST if flags & FLAG_HDGSTF else 0)) & 0xFFFFFFFF
+            # A u32 in nvmet: a PLEN shorter than the header wraps around to "data"; HDGSTF
+            # counts only with the negotiated header digest length (0 when none).
+            announced = (plen - hlen - (hd if flags & FLAG_HDGSTF else 0)) & 0xFFFFFFFF
             if announced and not flags & FLAG_DDGSTF:
                 raise bad(_OFF_FLAGS, "data digest negotiated, DDGSTF clear on a PDU with data")
         buf = self._buf

@@ -29,10 +29,10 @@ from tests.differential.cases import Case, mutation_cases
 from tests.differential.compare import describe, diff, normalise
 from tests.differential.nvmet import NvmetGuest, serve_ours
 from tests.differential.runner import ConnectFailed, Observation, run_case
-from tests.differential.stories import opcode_cases, sequence_cases
+from tests.differential.stories import feature_cases, opcode_cases, sequence_cases
 from tests.differential.table import explain, table_cases
 
-SOURCES = ("table", "sequence", "opcodes", "mutation")
+SOURCES = ("table", "sequence", "features", "opcodes", "mutation")
 #: Most unexplained divergences rerun to tell unstable and transient ones apart.
 CONFIRM_LIMIT = 40
 
@@ -43,6 +43,8 @@ def build_cases(sources: list[str], seed: int, count: int) -> list[Case]:
         cases += table_cases()
     if "sequence" in sources:
         cases += sequence_cases()
+    if "features" in sources:
+        cases += feature_cases()
     if "opcodes" in sources:
         cases += opcode_cases()
     if "mutation" in sources:
@@ -159,12 +161,13 @@ def confirm(divergent: list[tuple[Case, Observation, Observation, str]], addr: t
 
 def record(path: Path, results: list[tuple[Case, Observation, Observation]], release: str,
            unstable: set[str]) -> None:  # fmt: skip
-    """nvmet's answers to the table and sequence cases, for tests/target/test_tolerance.py
+    """nvmet's answers to the table, sequence and feature cases, for
+    tests/target/test_tolerance.py
     (not the unstable ones: no single answer is nvmet's)."""
     recorded = {
         case.name: {"sha256": case.fingerprint(), "nvmet": [c.to_json() for c in ref]}
         for case, ref, _ in results
-        if case.source in ("table", "sequence") and case.name not in unstable
+        if case.source in ("table", "sequence", "features") and case.name not in unstable
     }
     path.write_text(json.dumps({"release": release, "cases": recorded}, indent=1) + "\n")
     print(f"differential: recorded nvmet's answers to {len(recorded)} cases in {path}")

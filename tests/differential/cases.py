@@ -51,6 +51,7 @@ class Step:
     ops: list[Op] = field(default_factory=list)
     redigest: bool = True
     pause: float = 0.0  # seconds to wait before sending (keep-alive stories)
+    keep_dw0: bool = False  # compare DW0/DW1 of this command's successful completion too
 
     @classmethod
     def of(cls, conn: int, pdu: Pdu, label: str, expect: int = 1, **kw: Any) -> Step:

@@ -40,7 +40,7 @@ def normalise_pdu(pdu: dict[str, Any]) -> dict[str, Any]:
     if keep is None:
         return dict(pdu)
     out = {"t": pdu["t"], **{k: pdu[k] for k in keep}}
-    if pdu["t"] == "CapsuleResp" and pdu["status"] != "0x0000":
+    if pdu["t"] == "CapsuleResp" and (pdu["status"] != "0x0000" or pdu.get("keep_dw0")):
         out.update(dw0=pdu["dw0"], dw1=pdu["dw1"])
     return out
 

@@ -73,6 +73,7 @@ class _Conn:
         self.ttag: int | None = None
         self.first_resp_dw0: int | None = None
         self.done = False
+        self.keep_cids: set[int] = set()  # completions whose DW0/DW1 are compared
 
     async def reader(self) -> None:
         buf = bytearray()
@@ -93,6 +94,8 @@ class _Conn:
                     raw = bytes(buf[:plen])
                     del buf[:plen]
                     summary = summarise(raw)
+                    if summary["t"] == "CapsuleResp" and summary["cid"] in self.keep_cids:
+                        summary["keep_dw0"] = True
                     self.result.pdus.append(summary)
                     if summary["t"] == "R2T":
                         self.ttag = summary["ttag"]
@@ -136,6 +139,8 @@ async def run_case(host: str, port: int, case: Case, *, quiet: float = QUIET,
                 conn.result.unsent.append(step.label)
                 continue
             before = len(conn.result.pdus)
+            if step.keep_dw0 and len(data) >= 12:
+                conn.keep_cids.add(int.from_bytes(data[10:12], "little"))
             try:
                 await conn.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

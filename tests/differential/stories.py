@@ -217,6 +217,27 @@ def sequence_cases() -> list[Case]:
     return out
 
 
+def feature_cases() -> list[Case]:
+    """What a host gets without asking: Get Features of every FID right after Connect (DW0
+    compared), and Set Features of the common ones with typical and odd values."""
+    out = []
+    for fid in range(256):
+        s = Session(f"feat-get-{fid}").admin()
+        step = s.add(0, P.get_features(s.cid(), fid), f"get-features-{fid:#04x}")
+        step.keep_dw0 = True
+        out.append(Case(f"Get Features FID {fid:#04x} after Connect", s.steps, "features"))
+    for fid in (0x01, 0x02, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0F, 0x81, 0x84):
+        for value in (0, 1, 0x1F, 0x900, 0x80000000, 0xFFFFFFFF):
+            s = Session(f"feat-set-{fid}-{value}").admin()
+            step = s.add(0, P.set_features(s.cid(), fid, value), f"set-features-{fid:#04x}")
+            step.keep_dw0 = True
+            back = s.add(0, P.get_features(s.cid(), fid), f"get-features-{fid:#04x}")
+            back.keep_dw0 = True
+            name = f"Set Features FID {fid:#04x} to {value:#x}, then Get"
+            out.append(Case(name, s.steps, "features"))
+    return out
+
+
 def opcode_cases(queues: tuple[str, ...] = ("admin", "io")) -> list[Case]:
     """Every opcode 0x00-0xFF on the admin and an I/O queue: without data, with 512 bytes of
     in-capsule data, and with 512 bytes announced for an R2T; then a probe on the same queue."""

@@ -19,11 +19,11 @@ from tests.differential.cases import Case
 from tests.differential.compare import diff
 from tests.differential.nvmet import serve_ours
 from tests.differential.runner import ConnResult, Observation, run_case
-from tests.differential.stories import sequence_cases
+from tests.differential.stories import feature_cases, sequence_cases
 from tests.differential.table import explain, table_cases
 
 RECORDED = Path(__file__).with_name("tolerance_nvmet_6.12.json")
-_CASES = {case.name: case for case in table_cases() + sequence_cases()}
+_CASES = {case.name: case for case in table_cases() + sequence_cases() + feature_cases()}
 _ANSWERS: dict[str, dict[str, object]] = json.loads(RECORDED.read_text())["cases"]
 
 
