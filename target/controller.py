@@ -86,7 +86,6 @@ class Controller:
         max_q = subsystem.max_io_queues if subsystem else 0
         self.max_io_queues = max_q
         self.io_queues_granted = max_q
-        self.features: dict[int, int] = {}
         self.queues: dict[int, QueueHandle] = {}
         self.changed_nsids: set[int] = set()
         self.changed_overflow = False

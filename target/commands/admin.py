@@ -235,17 +235,24 @@ _EFFECTS_LOG = build_effects_log(
 
 # -- Features ---------------------------------------------------------------------------------
 
-_DEFAULT_FEATURES = {
-    FeatureId.ARBITRATION: 0,
-    FeatureId.POWER_MGMT: 0,
-    FeatureId.TEMP_THRESHOLD: 343,
-    FeatureId.ERROR_RECOVERY: 0,
-    FeatureId.VOLATILE_WC: 1,
-    FeatureId.IRQ_COALESCE: 0,
-    0x09: 0,  # Interrupt Vector Configuration
-    FeatureId.WRITE_ATOMIC: 0,
-}
+#: What Get Features answers for the features nvmet 6.12 reports (nvmet_execute_get_features);
+#: every other FID is Invalid Field (Arbitration, Power Management, the temperature threshold
+#: and the rest included, which 6.1 still read as 0).
+_VOLATILE_WC_PRESENT = 1
 _FEATURE_HOST_ID = 0x81
+_FEATURE_WRITE_PROTECT = 0x84
+
+
+def kato_seconds(value: int) -> int:
+    """DIV_ROUND_UP(value, 1000) in a u32, as nvmet computes KATO (0xFFFFFFFF wraps to 0)."""
+    return ((value + 999) & 0xFFFFFFFF) // 1000
+
+
+def _write_protect_namespace(q: QueueContext, req: Request) -> None:
+    """nvmet_get/set_feat_write_protect look the namespace up first."""
+    ctrl = controller_of(q)
+    if ctrl.subsystem is None or ctrl.subsystem.active_namespace(req.nsid) is None:
+        raise fail(StatusCode.INVALID_NS, f"write protect of NSID {req.nsid}", loc=4)
 
 
 def execute_set_features(q: QueueContext, req: Request) -> ExecuteResult:
@@ -267,11 +274,16 @@ def execute_set_features(q: QueueContext, req: Request) -> ExecuteResult:
         ctrl.aec = value
         return Reply(dw0=value)
     if fid == FeatureId.KATO:
-        ctrl.kato_ms = -(-value // 1000) * 1000  # nvmet keeps whole seconds
+        ctrl.kato_ms = kato_seconds(value) * 1000  # nvmet keeps whole seconds
         ctrl.touch(q.now())
         return Reply(dw0=ctrl.kato_ms // 1000)
     if fid == _FEATURE_HOST_ID and ctrl.subsystem is not None:
         raise fail(StatusCode.CMD_SEQ_ERROR, "the Host ID is set by Connect")
+    if fid == _FEATURE_WRITE_PROTECT and ctrl.subsystem is not None:
+        _write_protect_namespace(q, req)
+        if value != 0:  # only "no write protection" here
+            raise fail(_INVALID_FIELD, f"write protect state {value:#x}", loc=44)
+        return Reply()
     # Like nvmet, nothing else is settable: Arbitration, Power Management and the rest read back
     # their defaults.
     raise fail(_INVALID_FIELD, f"Set Features {fid:#x} not supported", loc=LOC_CDW10)
@@ -293,8 +305,11 @@ def execute_get_features(q: QueueContext, req: Request) -> ExecuteResult:
         if not req.dword(11) & 1:  # only the 128-bit Host ID exists over fabrics
             raise fail(_INVALID_FIELD, "Host ID: EXHID must be set", loc=44)
         return Reply(data=ctrl.hostid)
-    if fid in _DEFAULT_FEATURES and ctrl.subsystem is not None:
-        return Reply(dw0=ctrl.features.get(fid, _DEFAULT_FEATURES[fid]))
+    if fid == FeatureId.VOLATILE_WC and ctrl.subsystem is not None:
+        return Reply(dw0=_VOLATILE_WC_PRESENT)
+    if fid == _FEATURE_WRITE_PROTECT and ctrl.subsystem is not None:
+        _write_protect_namespace(q, req)
+        return Reply(dw0=0)  # no write protection
     raise fail(_INVALID_FIELD, f"Get Features {fid:#x} not supported", loc=LOC_CDW10)
 
 

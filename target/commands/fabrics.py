@@ -22,6 +22,7 @@ from nvmeof.wire.fabrics import (
     CONNECT_DATA_OFFSET_HOSTNQN,
     CONNECT_DATA_OFFSET_SUBNQN,
 )
+from target.commands.admin import kato_seconds
 from target.commands.request import (
     PENDING,
     ExecuteResult,
@@ -67,8 +68,8 @@ def execute_connect(q: QueueContext, req: Request) -> ExecuteResult:
     subnqn = _c_string(raw[CONNECT_DATA_OFFSET_SUBNQN : CONNECT_DATA_OFFSET_SUBNQN + 255])
     hostnqn = _c_string(raw[CONNECT_DATA_OFFSET_HOSTNQN : CONNECT_DATA_OFFSET_HOSTNQN + 255])
     hostid, cntlid = raw[0:16], int.from_bytes(raw[16:18], "little")
-    # nvmet_alloc_ctrl keeps KATO in whole seconds, rounded up.
-    kato = -(-kato // 1000) * 1000
+    # nvmet_alloc_ctrl keeps KATO in whole seconds, rounded up (in a u32).
+    kato = kato_seconds(kato) * 1000
     flow_control = not cattr & CATTR_DISABLE_SQFLOW
     if q.port.strict and not hostnqn:
         raise invalid_param(CONNECT_DATA_OFFSET_HOSTNQN, True, "empty host NQN")

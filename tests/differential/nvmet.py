@@ -21,6 +21,7 @@ from tests.differential.cases import NQN
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 180.0
+BOOT_ATTEMPTS = 3
 #: nvmet-tcp's default in-capsule data size (NVMET_TCP_DEF_INLINE_DATA_SIZE, 4 pages).
 NVMET_INLINE = 16384
 
@@ -49,6 +50,16 @@ class NvmetGuest:
         self.output: list[str] = []
 
     def __enter__(self) -> NvmetGuest:
+        for attempt in range(BOOT_ATTEMPTS):  # a TCG boot fails now and then: boot again
+            try:
+                return self._boot()
+            except RuntimeError:
+                if attempt == BOOT_ATTEMPTS - 1:
+                    raise
+                self.output.clear()
+        raise AssertionError("unreachable")
+
+    def _boot(self) -> NvmetGuest:
         run = linuxvm_run()
         script = run.parent / "examples" / "nvmet-target.sh"
         argv = [str(run), "-t", str(self.timeout + 60), "-p", f"{self.port}:4420",
