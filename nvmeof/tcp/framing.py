@@ -251,10 +251,7 @@ class PduReader:
         def bad(offset: int, why: str, fes: Fes = Fes.INVALID_PDU_HEADER_FIELD) -> TransportError:
             return self._error(start, hlen, offset, why, fes)
 
-        if pdu_type not in self.receives:
-            raise bad(_OFF_TYPE, f"unexpected PDU type {pdu_type:#x}")
-        if hlen != HLEN[pdu_type]:
-            raise bad(_OFF_HLEN, f"PDU type {pdu_type:#x} with hlen {hlen}")
+        self._check_type_and_hlen(pdu_type, hlen, start)
         if pdu_type in _TERM_TYPES:
             if not TERMREQ_HLEN <= plen <= TERMREQ_HLEN + TERMREQ_MAX_DATA:
                 raise bad(_OFF_PLEN, f"TermReq plen {plen}")
@@ -324,6 +321,16 @@ class PduReader:
         echo = min(max(hlen, CH_SIZE), TERMREQ_MAX_DATA, self._end - start)
         return TransportError(fes, why, fei=offset, header=bytes(self._view[start : start + echo]))
 
+    def _check_type_and_hlen(self, pdu_type: int, hlen: int, start: int) -> None:
+        """The two checks both modes make (nvmet too): a PDU type this side may receive, and
+        exactly that type's header length."""
+        if pdu_type not in self.receives:
+            raise self._error(start, hlen, _OFF_TYPE, f"unexpected PDU type {pdu_type:#x}",
+                              Fes.INVALID_PDU_HEADER_FIELD)  # fmt: skip
+        if hlen != HLEN[pdu_type]:
+            raise self._error(start, hlen, _OFF_HLEN, f"PDU type {pdu_type:#x} with hlen {hlen}",
+                              Fes.INVALID_PDU_HEADER_FIELD)  # fmt: skip
+
     def _check_header(self, pdu_type: int, flags: int, hlen: int, pdo: int, plen: int,
                       start: int) -> bool:  # fmt: skip
         """Validate the common header; returns whether a header digest is present."""
@@ -331,10 +338,7 @@ class PduReader:
         def bad(offset: int, why: str, fes: Fes = Fes.INVALID_PDU_HEADER_FIELD) -> TransportError:
             return self._error(start, hlen, offset, why, fes)
 
-        if pdu_type not in self.receives:
-            raise bad(_OFF_TYPE, f"unexpected PDU type {pdu_type:#x}")
-        if hlen != HLEN[pdu_type]:
-            raise bad(_OFF_HLEN, f"PDU type {pdu_type:#x} with hlen {hlen}")
+        self._check_type_and_hlen(pdu_type, hlen, start)
         hdgst = pdu_type in HEADER_DIGEST_TYPES and self.header_digest
         if bool(flags & FLAG_HDGSTF) != hdgst:
             raise bad(_OFF_FLAGS, "header digest flag does not match the negotiated digests")
