@@ -1,0 +1,33 @@
+#!/bin/sh
+# The kernel host against a target with a unique discovery NQN (TP 8013): `nvme discover` with
+# the well-known and with the unique NQN, and a persistent discovery controller on the unique
+# one (its subsysnqn, a log read through it, its removal).
+# Environment: ADDR (10.0.2.2), DISC_PORT, UNIQUE (the unique discovery NQN).
+set -u
+ADDR=${ADDR:-10.0.2.2}
+
+begin() { echo "=== BEGIN $1"; }
+end() { echo "=== END $1 rc=$2"; }
+step() {
+  _name=$1
+  shift
+  begin "$_name"
+  "$@" 2>&1
+  _rc=$?
+  end "$_name" "$_rc"
+  return "$_rc"
+}
+
+step discover-well-known nvme discover -t tcp -a "$ADDR" -s "$DISC_PORT"
+step discover-unique nvme discover -t tcp -a "$ADDR" -s "$DISC_PORT" -n "$UNIQUE"
+step persistent nvme discover -t tcp -a "$ADDR" -s "$DISC_PORT" -n "$UNIQUE" -p
+for c in /sys/class/nvme/nvme*; do  # INFO lines go outside the steps
+  [ -e "$c/subsysnqn" ] && echo "INFO dev=${c##*/} subsysnqn=$(cat "$c/subsysnqn")"
+done
+dev=$(for c in /sys/class/nvme/nvme*; do
+  [ "$(cat "$c/subsysnqn" 2>/dev/null)" = "$UNIQUE" ] && echo "${c##*/}"; done | head -1)
+step discover-through-persistent nvme discover -d "${dev:-none}"
+step disconnect-persistent nvme disconnect -d "${dev:-none}"
+begin dmesg-nvme
+dmesg | grep -i nvme | tail -20
+end dmesg-nvme 0
