@@ -83,17 +83,26 @@ class NvmetGuest:
         raise RuntimeError("nvmet guest did not come up:\n" + "".join(self.output[-30:]))
 
     def close(self) -> None:
+        """Ask the guest to stop (its stop port), then SIGTERM ``run`` (which stops QEMU), then
+        SIGKILL the process group: an nvmet with commands it never answered may not tear down."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
         with contextlib.suppress(OSError):
             socket.create_connection(("127.0.0.1", self.stop_port), timeout=5).close()
         try:
-            proc.communicate(timeout=60)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:  # fmt: skip

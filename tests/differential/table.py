@@ -133,7 +133,19 @@ def _dsm_longer_than_ranges(case: Case, ref: Observation, ours: Observation) -> 
     return False
 
 
+def _authentication(case: Case, ref: Observation, ours: Observation) -> bool:
+    return any(data[8] == P.FABRICS and data[12] in (P.FCTYPE_AUTH_SEND, P.FCTYPE_AUTH_RECV)
+               for _, data in _capsules(case))  # fmt: skip
+
+
 TABLE: list[Row] = [
+    Row(
+        "6.1-auth",
+        "Authentication Send/Receive (Linux 6.1 only)",
+        "Debian's 6.1 is built without NVMe authentication and answers Invalid Opcode; 6.12 "
+        "refuses the command's parameters with Invalid Field; we follow 6.12.",
+        _authentication,
+    ),
     Row(
         "6.1-dsm-length",
         "Dataset Management whose SGL is longer than its ranges (Linux 6.1 only)",
