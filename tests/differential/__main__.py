@@ -186,9 +186,18 @@ def run(args: argparse.Namespace) -> int:
             addr = (host, int(port))
         else:
             guest = stack.enter_context(NvmetGuest(args.release))
+            stack.guest_console = guest.console  # type: ignore[attr-defined]
             print(f"differential: nvmet ({guest.kernel}) on 127.0.0.1:{guest.port}", flush=True)
             addr = ("127.0.0.1", guest.port)
         results = trio.run(collect, cases, addr, args.concurrency, False)
+        silent = sum(all(not c.pdus for c in ref) for _, ref, _ in results)
+        if silent > max(20, len(results) // 5):
+            console = getattr(stack, "guest_console", None)
+            print(f"differential: nvmet answered nothing at all to {silent} cases: the reference "
+                  "died; its kernel log ends:", flush=True)  # fmt: skip
+            if console is not None and console.exists():
+                print("\n".join(console.read_text(errors="replace").splitlines()[-40:]))
+            return 2
         # nvmet closes a connection without a C2HTermReq (6.1, 6.12); where it sends one,
         # compare them.
         termreq = any(p["t"] == "C2HTermReq" for _, ref, _ in results for c in ref for p in c.pdus)

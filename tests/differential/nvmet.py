@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +48,7 @@ class NvmetGuest:
         self.stop_port = free_port()
         self.kernel = "?"
         self.proc: subprocess.Popen[str] | None = None
+        self.console = Path("/nonexistent")
         self.output: list[str] = []
 
     def __enter__(self) -> NvmetGuest:
@@ -62,7 +64,9 @@ class NvmetGuest:
     def _boot(self) -> NvmetGuest:
         run = linuxvm_run()
         script = run.parent / "examples" / "nvmet-target.sh"
+        self.console = Path(tempfile.mkdtemp(prefix="nvmet-guest-")) / "console.log"
         argv = [str(run), "-t", str(self.timeout + 60), "-p", f"{self.port}:4420",
+                "--console-log", str(self.console),
                 "-p", f"{self.stop_port}:9999", "-e", f"TIMEOUT={self.timeout}",
                 "-c", "uname -r; sh /root/nvmet-target.sh", "-a", str(script)]  # fmt: skip
         env = {**os.environ, "LINUXVM_RELEASE": self.release}

@@ -138,7 +138,19 @@ def _authentication(case: Case, ref: Observation, ours: Observation) -> bool:
                for _, data in _capsules(case))  # fmt: skip
 
 
+def _set_features_with_data(case: Case, ref: Observation, ours: Observation) -> bool:
+    return any(step.conn == 0 and data[8] == 0x09 and struct.unpack_from("<I", data, 40)[0]
+               for step, data in _capsules(case))  # fmt: skip
+
+
 TABLE: list[Row] = [
+    Row(
+        "6.1-set-features-length",
+        "Set Features with an SGL length (Linux 6.1 only)",
+        "6.1 checks the transfer length (0) before the feature; 6.12 the feature first; we "
+        "follow 6.12.",
+        _set_features_with_data,
+    ),
     Row(
         "6.1-auth",
         "Authentication Send/Receive (Linux 6.1 only)",
