@@ -30,11 +30,11 @@ from tests.differential.compare import describe, diff, normalise
 from tests.differential.nvmet import NvmetGuest, serve_ours
 from tests.differential.runner import ConnectFailed, Observation, run_case
 from tests.differential.stories import feature_cases, opcode_cases, sequence_cases
-from tests.differential.table import explain, table_cases
+from tests.differential.table import explain, leaves_nvmet_hanging, table_cases
 
 SOURCES = ("table", "sequence", "features", "opcodes", "mutation")
 #: Most unexplained divergences rerun to tell unstable and transient ones apart.
-CONFIRM_LIMIT = 40
+CONFIRM_LIMIT = 150
 
 
 def build_cases(sources: list[str], seed: int, count: int) -> list[Case]:
@@ -189,7 +189,12 @@ def run(args: argparse.Namespace) -> int:
             stack.guest_console = guest.console  # type: ignore[attr-defined]
             print(f"differential: nvmet ({guest.kernel}) on 127.0.0.1:{guest.port}", flush=True)
             addr = ("127.0.0.1", guest.port)
-        results = trio.run(collect, cases, addr, args.concurrency, False)
+        # Commands nvmet never answers pin its controllers; on 6.1 their teardown then stalls
+        # other hosts' admin Connects (nvmet_tcp_install_queue flushes nvmet_wq). They go last.
+        quiet = [c for c in cases if not leaves_nvmet_hanging(c)]
+        hanging = [c for c in cases if leaves_nvmet_hanging(c)]
+        results = trio.run(collect, quiet, addr, args.concurrency, False)
+        results += trio.run(collect, hanging, addr, args.concurrency, True)
         silent = sum(all(not c.pdus for c in ref) for _, ref, _ in results)
         if silent > max(20, len(results) // 5):
             console = getattr(stack, "guest_console", None)

@@ -47,6 +47,11 @@ def _silent_write(case: Case, ref: Observation, ours: Observation) -> bool:
     return False
 
 
+def leaves_nvmet_hanging(case: Case) -> bool:
+    """Whether nvmet will hold one of the case's commands forever (the silent-write row)."""
+    return _silent_write(case, [], [])
+
+
 def _compare(case: Case, ref: Observation, ours: Observation) -> bool:
     return any(step.conn > 0 and data[8] == 0x05 for step, data in _capsules(case))
 
