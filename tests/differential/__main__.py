@@ -35,6 +35,8 @@ from tests.differential.table import explain, leaves_nvmet_hanging, table_cases
 SOURCES = ("table", "sequence", "features", "opcodes", "mutation")
 #: Most unexplained divergences rerun to tell unstable and transient ones apart.
 CONFIRM_LIMIT = 150
+#: The linuxvm release being compared against (set by run()): some rows are about one release.
+RELEASE = ["trixie"]
 
 
 def build_cases(sources: list[str], seed: int, count: int) -> list[Case]:
@@ -90,7 +92,7 @@ def report(results: list[tuple[Case, Observation, Observation]], *, verbose: boo
         text = diff(ref, ours, reference_sends_termreq=termreq)
         if text:
             divergent.append((case, ref, ours, text))
-            row = explain(case, ref, ours)
+            row = explain(case, ref, ours, RELEASE[0])
             if row is None:
                 print(f"DIVERGES [{case.source}] {case.name}\n{text}")
             elif verbose:
@@ -127,7 +129,7 @@ def write_out(out: Path, results: list[tuple[Case, Observation, Observation]],
 def _count_rows(divergent: list[tuple[Case, Observation, Observation, str]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for case, ref, ours, _ in divergent:
-        row = explain(case, ref, ours)
+        row = explain(case, ref, ours, RELEASE[0])
         if row is not None:
             counts[row.key] = counts.get(row.key, 0) + 1
     return counts
@@ -140,7 +142,7 @@ def confirm(divergent: list[tuple[Case, Observation, Observation, str]], addr: t
     changes from run to run is *unstable* (no fixed behaviour can match it): it is listed
     apart. The rest are the unexplained divergences."""
     steady, unstable = [], []
-    pending = [d for d in divergent if explain(d[0], d[1], d[2]) is None]
+    pending = [d for d in divergent if explain(d[0], d[1], d[2], RELEASE[0]) is None]
     if len(pending) > CONFIRM_LIMIT:  # that many is a regression: report, do not rerun
         return pending, []
     for case, ref, ours, text in pending:
@@ -174,6 +176,7 @@ def record(path: Path, results: list[tuple[Case, Observation, Observation]], rel
 
 
 def run(args: argparse.Namespace) -> int:
+    RELEASE[0] = args.release
     sources = [s for s in args.sources.split(",") if s]
     cases = build_cases(sources, args.seed, args.count)
     if args.grep:
