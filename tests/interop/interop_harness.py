@@ -46,6 +46,18 @@ _PROBLEM = re.compile(r"\blevel=(error|warning)\b")
 # linuxvm
 
 
+def discovery_entries(text: str) -> list[dict[str, str]]:
+    """nvme-cli's discovery log text: one dict per ``=====Discovery Log Entry N======``."""
+    entries: list[dict[str, str]] = []
+    for line in text.splitlines():
+        if line.startswith("=====Discovery Log Entry"):
+            entries.append({})
+        elif entries and ":" in line:
+            key, _, value = line.partition(":")
+            entries[-1][key.strip()] = value.strip()
+    return entries
+
+
 def linuxvm_run_path() -> Path:
     """``$LINUXVM_RUN``, else ``<repo>/../shared/linuxvm/run``."""
     override = os.environ.get("LINUXVM_RUN")

@@ -22,6 +22,7 @@ from interop_harness import (
     TARGET_START_TIMEOUT,
     LinuxVM,
     TargetProcess,
+    discovery_entries,
     stop_target,
     tail,
     target_argv,
@@ -30,17 +31,6 @@ from interop_harness import (
 pytestmark = pytest.mark.interop
 
 UNIQUE = "nqn.2014-08.org.nvmexpress.discovery:uuid:5b0f5f4e-7f7c-4a49-9d2e-1a5c9c6b2f10"
-
-
-def _entries(text: str) -> list[dict[str, str]]:
-    entries: list[dict[str, str]] = []
-    for line in text.splitlines():
-        if line.startswith("=====Discovery Log Entry"):
-            entries.append({})
-        elif entries and ":" in line:
-            key, _, value = line.partition(":")
-            entries[-1][key.strip()] = value.strip()
-    return entries
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +75,7 @@ def test_kernel_discovers_through_the_unique_and_the_well_known_nqn(
     for name in ("discover-well-known", "discover-unique"):
         step = run.step(name)
         assert step.rc == 0, f"{name}:\n{step.output}\n{run.context()}"
-        entries = _entries(step.output)
+        entries = discovery_entries(step.output)
         assert entries[0].get("subtype") == "current discovery subsystem", step.output
         assert entries[0].get("subnqn") == UNIQUE, step.output
         assert [e.get("subnqn") for e in entries[1:]] == [DEMO_NQN], step.output
@@ -95,6 +85,6 @@ def test_kernel_discovers_through_the_unique_and_the_well_known_nqn(
     assert any(d["subsysnqn"] == UNIQUE for d in devices), run.context()
     through = run.step("discover-through-persistent")
     assert through.rc == 0, run.context()
-    assert [e.get("subnqn") for e in _entries(through.output)] == [UNIQUE, DEMO_NQN]
+    assert [e.get("subnqn") for e in discovery_entries(through.output)] == [UNIQUE, DEMO_NQN]
     assert run.step("disconnect-persistent").rc == 0, run.context()
     assert not unique_target.problems(run.target_log), run.target_log

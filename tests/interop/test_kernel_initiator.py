@@ -25,6 +25,7 @@ from interop_harness import (
     GuestRun,
     LinuxVM,
     TargetProcess,
+    discovery_entries,
 )
 
 pytestmark = pytest.mark.interop
@@ -109,18 +110,6 @@ def runs(linuxvm: LinuxVM, nvmeof_target: TargetProcess, pytestconfig: pytest.Co
 
 # ---------------------------------------------------------------------------------------------
 # discovery
-
-
-def discovery_entries(text: str) -> list[dict[str, str]]:
-    """nvme-cli 2.3's discovery log text: one dict per ``=====Discovery Log Entry N======``."""
-    entries: list[dict[str, str]] = []
-    for line in text.splitlines():
-        if line.startswith("=====Discovery Log Entry"):
-            entries.append({})
-        elif entries and ":" in line:
-            key, _, value = line.partition(":")
-            entries[-1][key.strip()] = value.strip()
-    return entries
 
 
 def test_discover_lists_the_subsystem_on_both_ports(
