@@ -28,8 +28,6 @@ CNTLID_DYNAMIC = 0xFFFF
 CNTLID_MAX = 0xFFEF
 NSID_ALL = 0xFFFFFFFF
 
-#: The Linux host's in-capsule limit for fabrics commands and the admin queue.
-ADMIN_IN_CAPSULE_SIZE = 8192
 #: MAXH2CDATA floor the Linux host enforces (NVME_TCP_MIN_MAXH2CDATA).
 MIN_MAXH2CDATA = 4096
 TERMREQ_HLEN = 24

@@ -168,12 +168,6 @@ def execute_property_set(q: QueueContext, req: Request) -> ExecuteResult:
     return Reply()
 
 
-def execute_disconnect(q: QueueContext, req: Request) -> ExecuteResult:
-    if q.controller is None:
-        raise fail(StatusCode.CMD_SEQ_ERROR, "Disconnect on an unconnected queue")
-    return Reply()
-
-
 def _admin_controller(q: QueueContext) -> Controller:
     if q.qid != 0 or q.controller is None:
         raise fail(StatusCode.INVALID_FIELD, "property access outside the admin queue")
@@ -184,7 +178,6 @@ FABRICS_HANDLERS = {
     FabricsType.CONNECT: execute_connect,
     FabricsType.PROPERTY_GET: execute_property_get,
     FabricsType.PROPERTY_SET: execute_property_set,
-    FabricsType.DISCONNECT: execute_disconnect,
 }
 
 __all__ = ["FABRICS_HANDLERS", "PENDING"]

@@ -237,8 +237,6 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--grep", help="only cases whose name contains this")
     parser.add_argument("--nvmet", metavar="HOST:PORT", help="an nvmet already serving")
-    parser.add_argument("--nvmet-termreq", action="store_true",
-                        help="with --nvmet: it sends C2HTermReq before closing")  # fmt: skip
     parser.add_argument("--out", metavar="DIR")
     parser.add_argument("--record", metavar="FILE",
                         help="write nvmet's answers to the table and sequence cases")  # fmt: skip

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import struct
-
 from tests.differential import pdus as P
-from tests.differential.cases import Case, Session, Step
+from tests.differential.cases import Case, Session
 
 
 def _case(name: str, session: Session, note: str = "", settle: float = 0.0) -> Case:
@@ -270,9 +268,3 @@ def opcode_cases(queues: tuple[str, ...] = ("admin", "io")) -> list[Case]:
                 name = f"{queue} opcode {opcode:#04x}, data {mode}"
                 out.append(Case(name, s.steps, "opcodes"))
     return out
-
-
-def patch_u16(step: Step, offset: int, value: int) -> None:
-    data = bytearray(step.data)
-    struct.pack_into("<H", data, offset, value)
-    step.data = bytes(data)
