@@ -158,12 +158,20 @@ def execute_write_zeroes(q: QueueContext, req: Request) -> ExecuteResult:
     return _await_ok(ns.backend.write_zeroes(slba << ns.lba_shift, (nlb + 1) << ns.lba_shift))
 
 
+def _dsm_ranges(req: Request) -> int:
+    """How many ranges the command names, read as nvmet_dsm_len() does.
+
+    The spec's NR is bits 7:0 of CDW10, but nvmet reads the whole dword (u32 arithmetic), so a
+    host that leaves bits in 31:8 gets Data SGL Length Invalid from nvmet: so from us.
+    """
+    return (req.dword(10) + 1) & 0xFFFFFFFF
+
+
 def prepare_dsm(q: QueueContext, req: Request) -> None:
     _namespace(q, req)
-    nr = (req.dword(10) & 0xFF) + 1
-    if req.transfer_length < nr * _DSM_RANGE_SIZE:  # nvmet_check_data_len_lte
-        raise fail(StatusCode.SGL_INVALID_DATA, f"{nr} DSM ranges need {nr * 16} bytes",
-                   loc=24)  # fmt: skip
+    need = (_dsm_ranges(req) * _DSM_RANGE_SIZE) & 0xFFFFFFFF
+    if req.transfer_length < need:  # nvmet_check_data_len_lte
+        raise fail(StatusCode.SGL_INVALID_DATA, f"DSM ranges need {need} bytes", loc=24)
 
 
 def execute_dsm(q: QueueContext, req: Request) -> ExecuteResult:
@@ -172,7 +180,7 @@ def execute_dsm(q: QueueContext, req: Request) -> ExecuteResult:
     assert req.data is not None
     if not req.dword(11) & (1 << 2):  # only deallocate does anything; hints are accepted
         return _OK
-    nr = (req.dword(10) & 0xFF) + 1
+    nr = min(_dsm_ranges(req), len(req.data) // _DSM_RANGE_SIZE)
     ranges = []
     for i in range(nr):
         base = i * _DSM_RANGE_SIZE

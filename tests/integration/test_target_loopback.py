@@ -19,6 +19,7 @@ MIB = 1 << 20
 INVALID_FIELD_DNR = 0x8004
 INVALID_NS_DNR = 0x8016
 LBA_RANGE_DNR = 0x8100
+DATA_SGL_LENGTH_INVALID_DNR = 0x8000 | (0x0F << 1)
 MORE = 0x4000  # nvmet sets More on every error it logs with a location (nvmet_set_error)
 # I/O beyond the namespace: nvmet's block device backend answers Internal Error, DNR, More
 # (the block layer fails the bio); strict ports answer LBA Out of Range.
@@ -248,6 +249,12 @@ async def test_write_zeroes_dsm_flush(lb):
         beyond[:16] = DSM_RANGE.build(dict(nlb=2, slba=4095))
         done = await ctrl.io_queues[0].submit(sqe, write=beyond, timeout=5)
         assert done.status_word == LBA_RANGE_DNR
+        # nvmet_dsm_len() reads all of CDW10 as NR: bits above 7:0 ask for more ranges than
+        # 4 KiB holds, and nvmet answers Data SGL Length Invalid (found by the differential run)
+        wide = DSM_COMMAND.build(dict(opcode=IoOpcode.DATASET_MANAGEMENT, nsid=2,
+                                      nr=0x100, attributes=1 << 2))  # fmt: skip
+        done = await ctrl.io_queues[0].submit(wide, write=bytes(buf), timeout=5)
+        assert done.status_word == DATA_SGL_LENGTH_INVALID_DNR | MORE
         assert (await ctrl.io(IoOpcode.WRITE_ZEROES, 1, 32760, 9)).status_word == OUT_OF_RANGE
 
         assert (await ctrl.io(IoOpcode.FLUSH, 1, 0, 1)).ok
