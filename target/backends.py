@@ -7,11 +7,15 @@ worker thread.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import trio
+
+T = TypeVar("T")
 
 
 class Backend(Protocol):
@@ -123,6 +127,8 @@ class FileBackend:
         self.path = path
         self.size = size
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._busy = 0  # I/O running in worker threads
+        self._closing = False
         if os.fstat(self._fd).st_size < size:
             os.ftruncate(self._fd, size)
 
@@ -137,10 +143,10 @@ class FileBackend:
             view, offset = view[n:], offset + n
 
     async def read(self, offset: int, length: int) -> bytes:
-        return await trio.to_thread.run_sync(self.read_sync, offset, length)
+        return await self._in_thread(self.read_sync, offset, length)
 
     async def write(self, offset: int, data: memoryview | bytes | bytearray) -> None:
-        await trio.to_thread.run_sync(self.write_sync, offset, data)
+        await self._in_thread(self.write_sync, offset, data)
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         def punch() -> None:
@@ -152,17 +158,36 @@ class FileBackend:
                 self.write_sync(pos, zeros[:n])
                 pos += n
 
-        await trio.to_thread.run_sync(punch)
+        await self._in_thread(punch)
 
     async def flush(self) -> None:
-        await trio.to_thread.run_sync(os.fsync, self._fd)
+        await self._in_thread(os.fsync, self._fd)
+
+    async def _in_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """Run blocking file I/O in a worker thread, counted so that :meth:`close` does not
+        close the descriptor under it (a namespace removed under I/O: the number could be
+        reused by the next open and a late pwrite land in another file)."""
+        if self._closing:
+            raise OSError(errno.EBADF, f"{self.path}: namespace removed")
+        self._busy += 1
+        try:
+            return await trio.to_thread.run_sync(work, *args)
+        finally:
+            self._busy -= 1
+            if self._closing and not self._busy:
+                os.close(self._fd)
 
     def resize(self, size: int) -> None:
         os.ftruncate(self._fd, size)
         self.size = size
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Close now, or when the last I/O in a worker thread returns."""
+        if self._closing:
+            return
+        self._closing = True
+        if not self._busy:
+            os.close(self._fd)
 
 
 def open_backend(kind: str, size: int, path: str | None = None) -> Backend:

@@ -27,7 +27,8 @@ import trio
 
 from logfmt import LEVELS, first_leaf, setup_logging
 from target.config import ConfigError, TargetConfig, default_config
-from target.config.files import dump_nvmetcli_json, load_config
+from target.config.export import dump_nvmetcli_json
+from target.config.files import load_config
 from target.control.ctl import (
     DEFAULT_CONTROL,
     ControlSetupError,

@@ -22,7 +22,7 @@ from nvmeof.constants import (
     TransportType,
 )
 from nvmeof.wire.logpages import AnaGroupDescriptor, DiscoveryEntry
-from target.config import NamespaceConfig, TargetConfig
+from target.config import NamespaceConfig, SubsystemConfig, TargetConfig
 from target.control.faults import FaultRule, FaultSet
 from target.controller import Controller
 from target.port import Port
@@ -32,8 +32,6 @@ log = logging.getLogger("nvmeof.target")
 
 #: ANAGRPMAX / NANAGRPID reported in Identify Controller.
 MAX_ANA_GROUPS = 128
-#: NN / MNAN reported in Identify Controller: the highest NSID a namespace may have.
-MAX_NAMESPACES = 1024
 #: TREQ: secure channel not required (2); SQ flow control disable supported (bit 2) is not
 #: advertised, so nvme connect-all does not ask for it.
 DISCOVERY_TREQ = 0x2
@@ -92,9 +90,12 @@ class TargetState:
             s.nqn: Subsystem(s) for s in config.subsystems
         }
         self.ports: dict[int, Port] = {p.id: Port(p) for p in config.ports}
+        #: nvmetcli's ``hosts``: the host NQNs known to the target (allowed hosts need not be).
+        self.hosts: tuple[str, ...] = config.hosts
         self.ana_chgcnt = 0
         self.discovery_genctr = 0
         #: The discovery subsystem's NQN: the unique one if configured (TP 8013).
+        self.unique_discovery_nqn = config.discovery_nqn
         self.discovery_nqn = config.discovery_nqn or DISCOVERY_NQN
         self.discovery_controllers: dict[int, Controller] = {}
         self._next_disc_cntlid = 1
@@ -179,19 +180,71 @@ class TargetState:
         if not 1 <= group <= MAX_ANA_GROUPS:
             raise ValueError(f"ANA group {group} outside 1..{MAX_ANA_GROUPS}")
         port.ana[group] = state
-        self.ana_chgcnt += 1
-        port.ana_chgcnt[group] = self.ana_chgcnt
-        notified = [c for c in self.controllers() if c.port is port and not c.discovery]
-        for ctrl in notified:
-            ctrl.post_event(ANA_CHANGE, OAES_ANA_CHANGE)
+        notified = self._ana_changed(port, group)
         log.info("ana change port=%s group=%s state=%s chgcnt=%s controllers=%s",
                  port_id, group, state.label, self.ana_chgcnt, len(notified))  # fmt: skip
         return notified
 
+    def set_unique_discovery_nqn(self, nqn: str | None) -> None:
+        self.unique_discovery_nqn = nqn
+        self.discovery_nqn = nqn or DISCOVERY_NQN
+
+    def add_subsystem(self, cfg: SubsystemConfig) -> Subsystem[Controller]:
+        sub: Subsystem[Controller] = Subsystem(cfg)
+        self.subsystems[cfg.nqn] = sub
+        self.subsystem_bytes(cfg.nqn)
+        log.info("subsystem added nqn=%s namespaces=%s", cfg.nqn, len(sub.namespaces))
+        return sub
+
+    def remove_subsystem(self, nqn: str) -> int:
+        """Drop a subsystem and its controllers (nvmet_subsys_del_ctrls); returns how many."""
+        sub = self.subsystems.pop(nqn)
+        ctrls = list(sub.controllers.values())
+        for ctrl in ctrls:
+            ctrl.close("subsystem removed")
+        for port in self.ports.values():
+            if nqn in port.subsystems:
+                port.subsystems.remove(nqn)
+        sub.close()
+        log.info("subsystem removed nqn=%s controllers=%s", nqn, len(ctrls))
+        return len(ctrls)
+
+    def unlink(self, port: Port, nqn: str) -> int:
+        """Stop exposing a subsystem on a port and drop its controllers there
+        (nvmet_port_subsys_drop_link -> nvmet_port_del_ctrls); returns how many."""
+        if nqn in port.subsystems:
+            port.subsystems.remove(nqn)
+        sub = self.subsystems.get(nqn)
+        ctrls = [c for c in sub.controllers.values() if c.port is port] if sub else []
+        for ctrl in ctrls:
+            ctrl.close(f"subsystem unlinked from port {port.id}")
+        return len(ctrls)
+
+    def remove_ana_group(self, port_id: int, group: int) -> list[Controller]:
+        """Forget a group's state on a port (it reads as optimized again) and tell hosts."""
+        port = self.ports[port_id]
+        port.ana.pop(group, None)
+        return self._ana_changed(port)
+
+    def namespace_group_changed(self, sub: Subsystem[Controller]) -> None:
+        """A namespace moved to another ANA group (nvmet_ns_ana_grpid_store): ANA change."""
+        self.ana_chgcnt += 1
+        for ctrl in sub.controllers.values():
+            ctrl.post_event(ANA_CHANGE, OAES_ANA_CHANGE)
+
+    def _ana_changed(self, port: Port, group: int | None = None) -> list[Controller]:
+        self.ana_chgcnt += 1
+        if group is not None:
+            port.ana_chgcnt[group] = self.ana_chgcnt
+        notified = [c for c in self.controllers() if c.port is port and not c.discovery]
+        for ctrl in notified:
+            ctrl.post_event(ANA_CHANGE, OAES_ANA_CHANGE)
+        return notified
+
     def add_namespace(self, nqn: str, cfg: NamespaceConfig) -> Namespace:
         sub = self.subsystems[nqn]
-        if not 1 <= cfg.nsid <= MAX_NAMESPACES:
-            raise ValueError(f"NSID {cfg.nsid} outside 1..{MAX_NAMESPACES} (Identify NN)")
+        if not 1 <= cfg.nsid <= sub.max_namespaces:
+            raise ValueError(f"NSID {cfg.nsid} outside 1..{sub.max_namespaces} (Identify NN)")
         if cfg.nsid in sub.namespaces:
             raise ValueError(f"NSID {cfg.nsid} already exists in {nqn}")
         ns = Namespace(nqn, cfg)
@@ -203,6 +256,11 @@ class TargetState:
         sub = self.subsystems[nqn]
         ns = sub.namespaces.pop(nsid)
         ns.backend.close()
+        self._namespace_changed(sub, nsid)
+
+    def set_namespace_enabled(self, nqn: str, nsid: int, enabled: bool) -> None:
+        sub = self.subsystems[nqn]
+        sub.namespaces[nsid].enabled = enabled
         self._namespace_changed(sub, nsid)
 
     def resize_namespace(self, nqn: str, nsid: int, size: int) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-from nvmeof.constants import CNTLID_MAX
 from target.backends import Backend, open_backend
 from target.config import NamespaceConfig, SubsystemConfig, derived_ids, derived_serial
 
@@ -49,17 +48,24 @@ class Subsystem(Generic[C]):
 
     def __init__(self, cfg: SubsystemConfig) -> None:
         self.nqn = cfg.nqn
-        self.serial = cfg.serial or derived_serial(cfg.nqn)
-        self.model = cfg.model
-        self.allow_any_host = cfg.allow_any_host
-        self.allowed_hosts = set(cfg.allowed_hosts)
-        self.max_io_queues = cfg.max_io_queues
-        self.queue_size = cfg.queue_size
         self.namespaces: dict[int, Namespace] = {
             ns.nsid: Namespace(cfg.nqn, ns) for ns in cfg.namespaces
         }
         self.controllers: dict[int, C] = {}
-        self._next_cntlid = 1
+        self.update(cfg)
+        self._next_cntlid = self.cntlid_min
+
+    def update(self, cfg: SubsystemConfig) -> None:
+        """Take the attributes of ``cfg`` (not its namespaces): they apply to new controllers,
+        as nvmet's configfs attributes do."""
+        self.serial = cfg.serial or derived_serial(cfg.nqn)
+        self.model = cfg.model
+        self.allow_any_host = cfg.allow_any_host
+        self.allowed_hosts = dict.fromkeys(cfg.allowed_hosts)  # ordered, for export
+        self.max_io_queues = cfg.max_io_queues
+        self.queue_size = cfg.queue_size
+        self.cntlid_min, self.cntlid_max = cfg.cntlid_min, cfg.cntlid_max
+        self.max_namespaces = cfg.max_namespaces
 
     def host_allowed(self, hostnqn: str) -> bool:
         return self.allow_any_host or hostnqn in self.allowed_hosts
@@ -71,14 +77,16 @@ class Subsystem(Generic[C]):
     def active_nsids(self) -> list[int]:
         return sorted(nsid for nsid, ns in self.namespaces.items() if ns.enabled)
 
-    def allocate_cntlid(self) -> int:
-        """A CNTLID unused by live controllers, 1..0xFFEF, round robin like nvmet's IDA."""
-        for _ in range(CNTLID_MAX):
-            cntlid = self._next_cntlid
-            self._next_cntlid = cntlid % CNTLID_MAX + 1
+    def allocate_cntlid(self) -> int | None:
+        """A CNTLID unused by live controllers in cntlid_min..cntlid_max, round robin like
+        nvmet's IDA; None when every one is taken."""
+        low, high = self.cntlid_min, self.cntlid_max
+        for _ in range(high - low + 1):
+            cntlid = self._next_cntlid if low <= self._next_cntlid <= high else low
+            self._next_cntlid = cntlid + 1 if cntlid < high else low
             if cntlid not in self.controllers:
                 return cntlid
-        raise RuntimeError("no free controller ID")
+        return None
 
     def close(self) -> None:
         for ns in self.namespaces.values():

@@ -47,7 +47,7 @@ from target.commands.request import (
     fail,
 )
 from target.controller import AERL, ERROR_LOG_ENTRIES, Controller
-from target.state import MAX_ANA_GROUPS, MAX_NAMESPACES
+from target.state import MAX_ANA_GROUPS
 
 FIRMWARE_REVISION = "0.1.0"
 #: Maximum data transfer: 2^MDTS x 4 KiB = 1 MiB.
@@ -96,9 +96,9 @@ def identify_controller(ctrl: Controller, discovery_nqn: str = DISCOVERY_NQN) ->
         "cmic": CMIC_MULTI_PORT | CMIC_MULTI_CTRL | CMIC_ANA, "cntrltype": ControllerType.IO,
         "lpa": LPA_EFFECTS | LPA_EXTENDED, "kas": KAS_100MS, "wctemp": 343, "cctemp": 373,
         "anatt": ANATT_S, "anacap": 0x1F, "anagrpmax": MAX_ANA_GROUPS,
-        "nanagrpid": MAX_ANA_GROUPS, "nn": MAX_NAMESPACES,
+        "nanagrpid": MAX_ANA_GROUPS, "nn": sub.max_namespaces,
         "oncs": ONCS_COMPARE | ONCS_DSM | ONCS_WRITE_ZEROES, "vwc": 1,
-        "mnan": MAX_NAMESPACES, "subnqn": sub.nqn, "ioccsz": (64 + inline) // 16,
+        "mnan": sub.max_namespaces, "subnqn": sub.nqn, "ioccsz": (64 + inline) // 16,
     })  # fmt: skip
 
 

@@ -129,7 +129,11 @@ def _create_controller(
     if not sub.host_allowed(hostnqn):
         raise fail(StatusCode.CONNECT_INVALID_HOST, f"host {hostnqn} not allowed",
                    result=CONNECT_DATA_OFFSET_HOSTNQN | _IATTR_DATA)  # fmt: skip
-    ctrl = Controller(cntlid=sub.allocate_cntlid(), subsystem=sub, port=q.port, hostnqn=hostnqn,
+    free = sub.allocate_cntlid()
+    if free is None:  # nvmet_alloc_ctrl: ida_alloc_range() failed
+        raise fail(StatusCode.CONNECT_CTRL_BUSY,
+                   f"no free controller ID in {sub.cntlid_min}..{sub.cntlid_max}")  # fmt: skip
+    ctrl = Controller(cntlid=free, subsystem=sub, port=q.port, hostnqn=hostnqn,
                       hostid=hostid, kato_ms=kato, mqes=sub.queue_size - 1)  # fmt: skip
     sub.controllers[ctrl.cntlid] = ctrl
     return ctrl

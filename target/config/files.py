@@ -97,7 +97,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nvmeof.constants import CNTLID_MAX, AnaState
+from nvmeof.constants import AnaState
 from target.config.model import (
     BLOCK_SIZES,
     NamespaceConfig,
@@ -117,8 +117,6 @@ from target.config.validate import (
 )
 
 __all__ = [
-    "dump_nvmetcli_json",
-    "export_nvmetcli",
     "load_config",
     "load_native",
     "load_nvmetcli",
@@ -127,10 +125,10 @@ __all__ = [
 ]
 
 NULL_DEFAULT_SIZE = 1 << 30
-DEFAULT_QUEUE_SIZE = SubsystemConfig(nqn="").queue_size
 
 _SUBSYSTEM_KEYS = {"nqn", "serial", "model", "allow_any_host", "allowed_hosts",
-                   "max_io_queues", "queue_size", "namespace"}  # fmt: skip
+                   "max_io_queues", "queue_size", "cntlid_min", "cntlid_max", "max_namespaces",
+                   "namespace"}  # fmt: skip
 _NAMESPACE_KEYS = {"nsid", "size", "block_size", "backend", "path", "uuid", "nguid", "eui64",
                    "ana_group", "enabled"}  # fmt: skip
 _PORT_KEYS = {"id", "addr", "port", "advertise", "subsystems", "inline_data_size", "ana",
@@ -195,7 +193,7 @@ def _native_subsystem(t: Table) -> SubsystemConfig:
         _put(kwargs, name, t.text(name))
     _put(kwargs, "allow_any_host", t.boolean("allow_any_host"))
     _put(kwargs, "allowed_hosts", t.texts("allowed_hosts"))
-    for name in ("max_io_queues", "queue_size"):
+    for name in ("max_io_queues", "queue_size", "cntlid_min", "cntlid_max", "max_namespaces"):
         _put(kwargs, name, t.integer(name))
     namespaces = t.tables("namespace", _NAMESPACE_KEYS)
     kwargs["namespaces"] = tuple(_native_namespace(n) for n in namespaces)
@@ -273,7 +271,7 @@ def load_nvmetcli(data: Mapping[str, Any], source: str) -> TargetConfig:
         h.table("dhchap")
         hosts.append(h.require_text("nqn"))
     subsystem_keys = {"nqn", "attr", "namespaces", "allowed_hosts", "passthru",
-                      "nvmeof_emu_queue_size"}  # fmt: skip
+                      "nvmeof_emu_queue_size", "nvmeof_emu_max_namespaces"}  # fmt: skip
     port_keys = {"portid", "addr", "param", "subsystems", "ana_groups", "referrals",
                  "nvmeof_emu_advertise", "nvmeof_emu_strict"}  # fmt: skip
     config = TargetConfig(
@@ -300,6 +298,9 @@ def _nvmet_subsystem(t: Table) -> SubsystemConfig:
     _put(kwargs, "model", attr.text("model"))
     _put(kwargs, "max_io_queues", attr.integer("qid_max", strings=True))
     _put(kwargs, "queue_size", t.integer("nvmeof_emu_queue_size", strings=True))
+    for name in ("cntlid_min", "cntlid_max"):
+        _put(kwargs, name, attr.integer(name, strings=True))
+    _put(kwargs, "max_namespaces", t.integer("nvmeof_emu_max_namespaces", strings=True))
     _put(kwargs, "allowed_hosts", t.texts("allowed_hosts"))
     for passthru in t.tables("passthru"):
         if passthru.boolean("enable", loose=True):
@@ -378,7 +379,7 @@ def _tcp_addr(t: Table, key: str, *, trtype_required: bool) -> tuple[str, int]:
     if adrfam is not None:
         if adrfam not in ("ipv4", "ipv6"):
             raise addr.error("adrfam", f"must be 'ipv4' or 'ipv6', got {adrfam!r}")
-        if _adrfam(traddr) != adrfam:
+        if address_family(traddr) != adrfam:
             family = adrfam.replace("ip", "IP")
             raise addr.error("traddr", f"not an {family} address: {traddr!r}")
     trsvcid = addr.raw("trsvcid")
@@ -419,77 +420,6 @@ def _nvmet_port(t: Table) -> PortConfig:
     return PortConfig(**kwargs)
 
 
-def _adrfam(addr: str) -> str:
+def address_family(addr: str) -> str:
+    """nvmetcli's ``adrfam`` of an IP literal."""
     return "ipv6" if ":" in addr else "ipv4"
-
-
-def export_nvmetcli(config: TargetConfig) -> dict[str, Any]:
-    """The config as ``nvmetcli save`` would write it, plus the extension keys (see module doc)."""
-    out: dict[str, Any] = {
-        "hosts": [{"nqn": nqn} for nqn in config.hosts],
-        "ports": [_export_port(port) for port in config.ports],
-        "subsystems": [_export_subsystem(sub) for sub in config.subsystems],
-    }
-    if config.discovery_nqn is not None:
-        out["discovery"] = {"discovery_nqn": config.discovery_nqn}
-    return out
-
-
-def _export_addr(addr: str, port: int) -> dict[str, str]:
-    return {"adrfam": _adrfam(addr), "traddr": addr, "treq": "not specified",
-            "trsvcid": str(port), "trtype": "tcp"}  # fmt: skip
-
-
-def _export_port(port: PortConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "addr": _export_addr(port.addr, port.port),
-        "ana_groups": [{"ana": {"state": s.label}, "grpid": g} for g, s in port.ana_states],
-        "param": {"inline_data_size": str(port.inline_data_size)},
-        "portid": port.id,
-        "referrals": [
-            {"addr": {**_export_addr(r.addr, r.port), "portid": str(r.portid)},
-             "enable": 1, "name": r.name}
-            for r in port.referrals
-        ],
-        "subsystems": list(port.subsystems),
-    }  # fmt: skip
-    if port.advertise is not None:
-        out["nvmeof_emu_advertise"] = port.advertise
-    if port.strict:
-        out["nvmeof_emu_strict"] = True
-    return out
-
-
-def _export_subsystem(sub: SubsystemConfig) -> dict[str, Any]:
-    attr = {"allow_any_host": "1" if sub.allow_any_host else "0", "cntlid_max": str(CNTLID_MAX),
-            "cntlid_min": "1", "model": sub.model, "qid_max": str(sub.max_io_queues),
-            "version": "1.3"}  # fmt: skip
-    if sub.serial is not None:
-        attr["serial"] = sub.serial
-    out: dict[str, Any] = {
-        "allowed_hosts": list(sub.allowed_hosts),
-        "attr": attr,
-        "namespaces": [_export_namespace(ns) for ns in sub.namespaces],
-        "nqn": sub.nqn,
-    }
-    if sub.queue_size != DEFAULT_QUEUE_SIZE:
-        out["nvmeof_emu_queue_size"] = sub.queue_size
-    return out
-
-
-def _export_namespace(ns: NamespaceConfig) -> dict[str, Any]:
-    device: dict[str, Any] = {"path": ns.path or "", "nvmeof_emu_backend": ns.backend,
-                              "size": ns.size, "block_size": ns.block_size}  # fmt: skip
-    if ns.uuid is not None:
-        device["uuid"] = str(uuid.UUID(bytes=ns.uuid))
-    if ns.nguid is not None:
-        device["nguid"] = str(uuid.UUID(bytes=ns.nguid))
-    if ns.eui64 is not None:
-        device["eui64"] = ns.eui64.hex()
-    return {"ana": {"grpid": str(ns.ana_group)}, "ana_grpid": ns.ana_group, "device": device,
-            "enable": int(ns.enabled), "nsid": ns.nsid}  # fmt: skip
-
-
-def dump_nvmetcli_json(config: TargetConfig) -> str:
-    """:func:`export_nvmetcli` as text, formatted like ``nvmetcli save`` (sorted, indent 2)."""
-    return json.dumps(export_nvmetcli(config), sort_keys=True, indent=2) + "\n"

@@ -63,6 +63,10 @@ class SubsystemConfig:
     allowed_hosts: tuple[str, ...] = ()
     max_io_queues: int = 128  # nvmet: attr_qid_max defaults to 128 (NVMET_NR_QUEUES)
     queue_size: int = 1024  # nvmet: CAP.MQES 1023 (NVMET_QUEUE_SIZE)
+    cntlid_min: int = 1  # nvmet: attr_cntlid_min / attr_cntlid_max (NVME_CNTLID_MIN..MAX)
+    cntlid_max: int = 0xFFEF
+    #: The highest NSID (SPDK's max_namespaces); Identify Controller reports it as NN and MNAN.
+    max_namespaces: int = 1024
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from fractions import Fraction
 from typing import Any
 
-from nvmeof.constants import DISCOVERY_NQN, NQN_MAX_LEN
+from nvmeof.constants import CNTLID_MAX, DISCOVERY_NQN, NQN_MAX_LEN
 from target.config.model import BACKENDS, BLOCK_SIZES, ConfigError, NamespaceConfig, TargetConfig
 from target.control.faults import ACTIONS, QUEUE_KINDS
 
@@ -258,11 +258,11 @@ class _Checker:
     def fail(self, path: str, message: str) -> ConfigError:
         return config_error(self.source, path, message)
 
-    def int_in(self, path: str, value: object, low: int, high: int) -> None:
+    def int_in(self, path: str, value: object, low: int, high: int, why: str = "") -> None:
         if not isinstance(value, int) or isinstance(value, bool):
             raise self.fail(path, f"must be an integer, got {describe(value)}")
         if not low <= value <= high:
-            raise self.fail(path, f"must be {low}..{high}, got {value}")
+            raise self.fail(path, f"must be {low}..{high}{why}, got {value}")
 
     def text(self, path: str, value: object, *, nqn: bool = False, ip: bool = False) -> str:
         if not isinstance(value, str):
@@ -295,7 +295,10 @@ class _Checker:
                 self.text(f"{path}.allowed_hosts[{h_index}]", host, nqn=True)
             self.int_in(f"{path}.max_io_queues", sub.max_io_queues, 1, MAX_IO_QUEUES)
             self.int_in(f"{path}.queue_size", sub.queue_size, MIN_QUEUE_SIZE, MAX_QUEUE_SIZE)
-            self.namespaces(sub.namespaces, path)
+            self.int_in(f"{path}.cntlid_min", sub.cntlid_min, 1, CNTLID_MAX)
+            self.int_in(f"{path}.cntlid_max", sub.cntlid_max, sub.cntlid_min, CNTLID_MAX)
+            self.int_in(f"{path}.max_namespaces", sub.max_namespaces, 1, MAX_NSID)
+            self.namespaces(sub.namespaces, path, sub.max_namespaces)
         for h_index, host in enumerate(config.hosts):
             self.text(f"hosts[{h_index}]", host, nqn=True)
         self.ports(config, set(seen_nqns))
@@ -304,18 +307,20 @@ class _Checker:
             table = Table(fault, self.source, f"faults[{index}]", FAULT_KEYS)
             fault_rule_kwargs(table, ports=port_ids, nqns=set(seen_nqns))
 
-    def namespaces(self, namespaces: tuple[NamespaceConfig, ...], parent: str) -> None:
+    def namespaces(self, namespaces: tuple[NamespaceConfig, ...], parent: str,
+                   max_nsid: int) -> None:  # fmt: skip
         seen: dict[int, str] = {}
         for index, ns in enumerate(namespaces):
             path = f"{parent}.namespaces[{index}]"
-            self.namespace(ns, f"{path}.")
+            self.namespace(ns, f"{path}.", max_nsid)
             if ns.nsid in seen:
                 raise self.fail(f"{path}.nsid", f"duplicate NSID {ns.nsid} (also {seen[ns.nsid]})")
             seen[ns.nsid] = path
 
-    def namespace(self, ns: NamespaceConfig, path: str) -> None:
+    def namespace(self, ns: NamespaceConfig, path: str, max_nsid: int = MAX_NSID) -> None:
         """Check one namespace; ``path`` prefixes the field names (``"...namespaces[0]."``)."""
-        self.int_in(f"{path}nsid", ns.nsid, 1, MAX_NSID)
+        why = " (max_namespaces)" if max_nsid != MAX_NSID else ""
+        self.int_in(f"{path}nsid", ns.nsid, 1, max_nsid, why)
         if ns.block_size not in BLOCK_SIZES:
             allowed = " or ".join(map(str, BLOCK_SIZES))
             raise self.fail(f"{path}block_size", f"must be {allowed}, got {ns.block_size!r}")
@@ -446,8 +451,9 @@ def validate(config: TargetConfig, source: str) -> None:
 
     Checks: subsystem NQNs unique and syntactically valid (``nqn.`` prefix, printable ASCII,
     at most 223 bytes, not the discovery NQN); serial 1..20 and model 1..40 printable ASCII;
-    allowed_hosts and hosts are NQNs; max_io_queues 1..128; queue_size 2..1024; per namespace:
-    NSID 1..0xFFFFFFFE and unique in its subsystem, block_size in BLOCK_SIZES, size > 0 and a
+    allowed_hosts and hosts are NQNs; max_io_queues 1..128; queue_size 2..1024; cntlid_min
+    1..0xFFEF and cntlid_max cntlid_min..0xFFEF; max_namespaces 1..0xFFFFFFFE; per namespace:
+    NSID 1..max_namespaces and unique in its subsystem, block_size in BLOCK_SIZES, size > 0 and a
     multiple of block_size, backend in BACKENDS, ``path`` set for (and only for) ``file``,
     uuid/nguid 16 and eui64 8 bytes (not all zeros), ana_group 1..128; per port: id 0..65535
     and unique, addr/advertise IP literals, port 0..65535 (0 = any) with (addr, port) unique,

@@ -17,6 +17,7 @@ import trio
 from nvmeof.constants import AnaState
 from target.config import NamespaceConfig
 from target.control.faults import FaultRule
+from target.control.live import ControlError, LiveConfig
 
 if TYPE_CHECKING:
     from target.connection import QueueConnection
@@ -28,10 +29,6 @@ log = logging.getLogger("nvmeof.target")
 PORT_DOWN_MODES = ("reset", "close", "blackhole", "refuse")
 
 
-class ControlError(ValueError):
-    """An operator request that cannot be done (unknown port, bad state...): one clear line."""
-
-
 @dataclass(frozen=True)
 class Change:
     """One operator change, for the audit trail."""
@@ -40,22 +37,17 @@ class Change:
     what: str
 
 
-class Operations:
+class Operations(LiveConfig):
     """Mixed into :class:`~target.daemon.Target`."""
 
     state: TargetState
     connections: set[QueueConnection]
 
     def __init__(self) -> None:
+        super().__init__()
         self.changes: deque[Change] = deque(maxlen=1000)
 
     # -- helpers that the daemon provides ---------------------------------------------------------
-
-    async def open_listener(self, port: Port) -> None:  # pragma: no cover - Target overrides
-        raise NotImplementedError
-
-    def close_listener(self, port: Port) -> None:  # pragma: no cover - Target overrides
-        raise NotImplementedError
 
     def listening(self, port: Port) -> bool:  # pragma: no cover - Target overrides
         raise NotImplementedError

@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from nvmeof.constants import AnaState
 from target.config import BACKENDS, BLOCK_SIZES, ConfigError, NamespaceConfig
 from target.config.validate import FAULT_KEYS, Table, fault_rule_kwargs, validate_namespace
-from target.control.actions import PORT_DOWN_MODES, ControlError
+from target.control.actions import PORT_DOWN_MODES
 from target.control.ctl import (
     DEFAULT_CONTROL,
     ControlSetupError,
@@ -52,6 +52,7 @@ from target.control.ctl import (
     parse_endpoint,
 )
 from target.control.faults import ACTIONS, QUEUE_KINDS
+from target.control.live import ControlError
 from target.control.metrics import target_registry
 from target.daemon import Target
 from target.state import MAX_ANA_GROUPS

@@ -24,9 +24,8 @@ from target.config import (
     TargetConfig,
     default_config,
 )
+from target.config.export import dump_native_toml, dump_nvmetcli_json, export_nvmetcli
 from target.config.files import (
-    dump_nvmetcli_json,
-    export_nvmetcli,
     load_config,
     load_native,
     load_nvmetcli,
@@ -78,7 +77,9 @@ def to_toml(config: TargetConfig) -> str:
         lines += ["[[subsystem]]", f"nqn = {_q(sub.nqn)}", f"model = {_q(sub.model)}",
                   f"allow_any_host = {str(sub.allow_any_host).lower()}",
                   f"allowed_hosts = [{', '.join(map(_q, sub.allowed_hosts))}]",
-                  f"max_io_queues = {sub.max_io_queues}", f"queue_size = {sub.queue_size}"]  # fmt: skip
+                  f"max_io_queues = {sub.max_io_queues}", f"queue_size = {sub.queue_size}",
+                  f"cntlid_min = {sub.cntlid_min}", f"cntlid_max = {sub.cntlid_max}",
+                  f"max_namespaces = {sub.max_namespaces}"]  # fmt: skip
         if sub.serial is not None:
             lines.append(f"serial = {_q(sub.serial)}")
         for ns in sub.namespaces:
@@ -225,7 +226,7 @@ NATIVE_ERRORS = [
     (f"{NS}.size", 1000, "subsystems[0].namespaces[0].size", "not a multiple of block_size 512"),
     (f"{NS}.size", 0, "subsystems[0].namespaces[0].size", "must be 1.."),
     (f"{NS}.size", "12 parsecs", "subsystem[0].namespace[0].size", "not a size"),
-    (f"{NS}.nsid", 0, "subsystems[0].namespaces[0].nsid", "must be 1..4294967294"),
+    (f"{NS}.nsid", 0, "subsystems[0].namespaces[0].nsid", "must be 1..1024 (max_namespaces)"),
     (f"{NS}.nsid", "1", "subsystem[0].namespace[0].nsid", "must be an integer, got '1'"),
     (f"{NS}.nsid", _DELETE, "subsystem[0].namespace[0].nsid", "missing"),
     (f"{NS}.backend", "tape", "subsystems[0].namespaces[0].backend", "ram, file, null"),
@@ -602,11 +603,16 @@ def configs(draw: st.DrawFn) -> TargetConfig:
     hosts = st.lists(st.sampled_from([HOST, "nqn.2014-08.org.example:h2"]), unique=True)
     subsystems = []
     for nqn in nqns:
+        spaces = draw(namespaces())
+        cntlid_min = draw(st.integers(1, 0xFFEF))
         subsystems.append(SubsystemConfig(
-            nqn=nqn, namespaces=draw(namespaces()), serial=draw(st.none() | ASCII),
+            nqn=nqn, namespaces=spaces, serial=draw(st.none() | ASCII),
             model=draw(ASCII), allow_any_host=draw(st.booleans()),
             allowed_hosts=tuple(draw(hosts)), max_io_queues=draw(st.integers(1, 128)),
-            queue_size=draw(st.integers(2, 1024)),
+            queue_size=draw(st.integers(2, 1024)), cntlid_min=cntlid_min,
+            cntlid_max=draw(st.integers(cntlid_min, 0xFFEF)),
+            max_namespaces=draw(st.integers(max((ns.nsid for ns in spaces), default=1),
+                                            0xFFFFFFFE)),
         ))  # fmt: skip
     ports = []
     ids = draw(st.lists(st.integers(0, 0xFFFF), unique=True, max_size=3))
@@ -638,6 +644,7 @@ def test_random_configs_round_trip_both_formats(config: TargetConfig) -> None:
 
     validate(config, "generated")
     assert load_native(tomllib.loads(to_toml(config)), "generated.toml") == config
+    assert load_native(tomllib.loads(dump_native_toml(config)), "exported.toml") == config
     assert load_nvmetcli(json.loads(dump_nvmetcli_json(config)), "generated.json") == config
 
 

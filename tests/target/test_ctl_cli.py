@@ -25,7 +25,8 @@ from target.config import (
     SubsystemConfig,
     TargetConfig,
 )
-from target.config.files import dump_nvmetcli_json, load_config
+from target.config.export import dump_nvmetcli_json
+from target.config.files import load_config
 from target.control.ctl import format_endpoint
 from target.control.httpapi import serve_control
 from target.daemon import Target
