@@ -26,7 +26,7 @@ from logfmt import first_leaf, setup_logging
 from nvmeof.constants import DISCOVERY_NQN, DISCOVERY_PORT, AnaState, LogPage
 from nvmeof.wire.logpages import DiscoveryEntry, parse_discovery_entries, parse_discovery_header
 from target.config import DEMO_NQN, default_config
-from target.control.ctl import DEFAULT_CONTROL, format_endpoint
+from target.control.clientbase import DEFAULT_CONTROL, format_endpoint
 from target.control.httpapi import DEFAULT_METRICS, ControlEndpoints, serve_control
 from target.daemon import Target
 

@@ -29,17 +29,16 @@ from logfmt import LEVELS, first_leaf, setup_logging
 from target.config import ConfigError, TargetConfig, default_config
 from target.config.export import dump_nvmetcli_json
 from target.config.files import load_config
-from target.control.ctl import (
+from target.control.clientbase import (
     DEFAULT_CONTROL,
     ControlSetupError,
     Endpoint,
-    add_ctl_parser,
     format_endpoint,
     is_loopback,
     parse_endpoint,
     read_token,
-    run_ctl,
 )
+from target.control.ctl import add_ctl_parser, run_ctl
 from target.control.httpapi import DEFAULT_METRICS, serve_control
 from target.daemon import Target
 

@@ -117,23 +117,31 @@ from target.config.validate import (
 )
 
 __all__ = [
+    "NAMESPACE_KEYS",
+    "PORT_KEYS",
+    "REFERRAL_KEYS",
+    "SUBSYSTEM_KEYS",
     "load_config",
     "load_native",
     "load_nvmetcli",
+    "native_namespace",
+    "native_port",
+    "native_referral",
+    "native_subsystem",
     "parse_size",
     "validate",
 ]
 
 NULL_DEFAULT_SIZE = 1 << 30
 
-_SUBSYSTEM_KEYS = {"nqn", "serial", "model", "allow_any_host", "allowed_hosts",
+SUBSYSTEM_KEYS = {"nqn", "serial", "model", "allow_any_host", "allowed_hosts",
                    "max_io_queues", "queue_size", "cntlid_min", "cntlid_max", "max_namespaces",
                    "namespace"}  # fmt: skip
-_NAMESPACE_KEYS = {"nsid", "size", "block_size", "backend", "path", "uuid", "nguid", "eui64",
+NAMESPACE_KEYS = {"nsid", "size", "block_size", "backend", "path", "uuid", "nguid", "eui64",
                    "ana_group", "enabled"}  # fmt: skip
-_PORT_KEYS = {"id", "addr", "port", "advertise", "subsystems", "inline_data_size", "ana",
+PORT_KEYS = {"id", "addr", "port", "advertise", "subsystems", "inline_data_size", "ana",
               "referral", "strict"}  # fmt: skip
-_REFERRAL_KEYS = {"name", "addr", "port", "portid"}
+REFERRAL_KEYS = {"name", "addr", "port", "portid"}
 
 
 def load_config(path: str | os.PathLike[str]) -> TargetConfig:
@@ -177,8 +185,8 @@ def load_native(data: Mapping[str, Any], source: str) -> TargetConfig:
     """Build and validate a TargetConfig from a parsed native TOML document."""
     top = Table(data, source, "", {"subsystem", "port", "hosts", "fault", "discovery_nqn"})
     config = TargetConfig(
-        subsystems=tuple(_native_subsystem(t) for t in top.tables("subsystem", _SUBSYSTEM_KEYS)),
-        ports=tuple(_native_port(t) for t in top.tables("port", _PORT_KEYS)),
+        subsystems=tuple(native_subsystem(t) for t in top.tables("subsystem", SUBSYSTEM_KEYS)),
+        ports=tuple(native_port(t) for t in top.tables("port", PORT_KEYS)),
         hosts=top.texts("hosts") or (),
         faults=tuple(fault_rule_kwargs(t) for t in top.tables("fault", FAULT_KEYS)),
         discovery_nqn=top.text("discovery_nqn"),
@@ -187,7 +195,7 @@ def load_native(data: Mapping[str, Any], source: str) -> TargetConfig:
     return config
 
 
-def _native_subsystem(t: Table) -> SubsystemConfig:
+def native_subsystem(t: Table) -> SubsystemConfig:
     kwargs: dict[str, Any] = {"nqn": t.require_text("nqn")}
     for name in ("serial", "model"):
         _put(kwargs, name, t.text(name))
@@ -195,12 +203,12 @@ def _native_subsystem(t: Table) -> SubsystemConfig:
     _put(kwargs, "allowed_hosts", t.texts("allowed_hosts"))
     for name in ("max_io_queues", "queue_size", "cntlid_min", "cntlid_max", "max_namespaces"):
         _put(kwargs, name, t.integer(name))
-    namespaces = t.tables("namespace", _NAMESPACE_KEYS)
-    kwargs["namespaces"] = tuple(_native_namespace(n) for n in namespaces)
+    namespaces = t.tables("namespace", NAMESPACE_KEYS)
+    kwargs["namespaces"] = tuple(native_namespace(n) for n in namespaces)
     return SubsystemConfig(**kwargs)
 
 
-def _native_namespace(t: Table) -> NamespaceConfig:
+def native_namespace(t: Table) -> NamespaceConfig:
     kwargs: dict[str, Any] = {"nsid": t.require_integer("nsid")}
     _put(kwargs, "size", t.size("size"))
     for name in ("block_size", "ana_group"):
@@ -223,7 +231,7 @@ def _uuid(t: Table, key: str) -> bytes | None:
         raise t.error(key, f"not a UUID: {text!r}") from None
 
 
-def _native_port(t: Table) -> PortConfig:
+def native_port(t: Table) -> PortConfig:
     kwargs: dict[str, Any] = {"id": t.require_integer("id")}
     for name in ("addr", "advertise"):
         _put(kwargs, name, t.text(name))
@@ -239,14 +247,16 @@ def _native_port(t: Table) -> PortConfig:
                 raise ana.error(key, "ANA group must be a number")
             states.append((int(key), _ana_state(ana, key)))
         kwargs["ana_states"] = tuple(states)
-    referrals = []
-    for r in t.tables("referral", _REFERRAL_KEYS):
-        ref: dict[str, Any] = {"name": r.require_text("name"), "addr": r.require_text("addr")}
-        for name in ("port", "portid"):
-            _put(ref, name, r.integer(name))
-        referrals.append(ReferralConfig(**ref))
+    referrals = [native_referral(r) for r in t.tables("referral", REFERRAL_KEYS)]
     kwargs["referrals"] = tuple(referrals)
     return PortConfig(**kwargs)
+
+
+def native_referral(t: Table) -> ReferralConfig:
+    ref: dict[str, Any] = {"name": t.require_text("name"), "addr": t.require_text("addr")}
+    for name in ("port", "portid"):
+        _put(ref, name, t.integer(name))
+    return ReferralConfig(**ref)
 
 
 def _ana_state(t: Table, key: str) -> AnaState:

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from nvmeof.constants import AnaState
-from target.config import NamespaceConfig
+from target.config import (
+    NamespaceConfig,
+    PortConfig,
+    ReferralConfig,
+    SubsystemConfig,
+    TargetConfig,
+)
 from target.control.faults import FaultRule
-from target.control.live import ControlError, LiveConfig
+from target.control.live import ControlError, LiveConfig, NotFound
 
 if TYPE_CHECKING:
     from target.connection import QueueConnection
@@ -59,7 +67,7 @@ class Operations(LiveConfig):
     def _port(self, port_id: int) -> Port:
         port = self.state.ports.get(port_id)
         if port is None:
-            raise ControlError(f"no port {port_id} (ports: {sorted(self.state.ports)})")
+            raise NotFound(f"no port {port_id} (ports: {sorted(self.state.ports)})")
         return port
 
     def _port_connections(self, port: Port) -> list[QueueConnection]:
@@ -135,39 +143,195 @@ class Operations(LiveConfig):
         await trio.sleep(after_ms / 1000)
         self.set_ana(port_id, group, state)
 
-    # -- namespaces ------------------------------------------------------------------------------
+    # -- live configuration: each one edits the configuration (LiveConfig.change_config) -------
 
-    def ns_add(self, nqn: str, cfg: NamespaceConfig) -> None:
-        self._subsystem(nqn)
-        try:
-            self.state.add_namespace(nqn, cfg)
-        except ValueError as err:
-            raise ControlError(str(err)) from None
-        self._record(f"namespace add {nqn} nsid={cfg.nsid} size={cfg.size} "
-                     f"backend={cfg.backend}")  # fmt: skip
+    async def subsystem_add(self, cfg: SubsystemConfig, ports: Iterable[int] = ()) -> list[str]:
+        """Create a subsystem (with its namespaces) and expose it on ``ports``."""
+        port_ids = tuple(ports)
 
-    def ns_remove(self, nqn: str, nsid: int) -> None:
-        sub = self._subsystem(nqn)
-        if nsid not in sub.namespaces:
-            raise ControlError(f"{nqn} has no namespace {nsid}")
-        self.state.remove_namespace(nqn, nsid)
-        self._record(f"namespace remove {nqn} nsid={nsid}")
+        def edit(config: TargetConfig) -> TargetConfig:
+            if any(sub.nqn == cfg.nqn for sub in config.subsystems):
+                raise ControlError(f"subsystem {cfg.nqn!r} already exists")
+            for port_id in port_ids:
+                _port_config(config, port_id)
+            linked = tuple(replace(p, subsystems=(*p.subsystems, cfg.nqn))
+                           if p.id in port_ids else p for p in config.ports)  # fmt: skip
+            return replace(config, subsystems=(*config.subsystems, cfg), ports=linked)
 
-    def ns_resize(self, nqn: str, nsid: int, size: int) -> None:
-        sub = self._subsystem(nqn)
-        ns = sub.namespaces.get(nsid)
-        if ns is None:
-            raise ControlError(f"{nqn} has no namespace {nsid}")
-        if size <= 0 or size % ns.block_size:
-            raise ControlError(f"size must be a positive multiple of {ns.block_size}")
-        self.state.resize_namespace(nqn, nsid, size)
-        self._record(f"namespace resize {nqn} nsid={nsid} size={size}")
+        return await self.change_config(edit)
 
-    def _subsystem(self, nqn: str) -> Any:
-        sub = self.state.subsystems.get(nqn)
-        if sub is None:
-            raise ControlError(f"no subsystem {nqn!r}")
-        return sub
+    async def subsystem_remove(self, nqn: str) -> list[str]:
+        """Remove a subsystem: its controllers are dropped, every port stops exposing it."""
+
+        def edit(config: TargetConfig) -> TargetConfig:
+            _subsystem_config(config, nqn)
+            ports = tuple(replace(p, subsystems=tuple(n for n in p.subsystems if n != nqn))
+                          for p in config.ports)  # fmt: skip
+            subsystems = tuple(s for s in config.subsystems if s.nqn != nqn)
+            return replace(config, subsystems=subsystems, ports=ports)
+
+        return await self.change_config(edit)
+
+    async def subsystem_update(self, nqn: str, **attributes: Any) -> list[str]:
+        """Change subsystem attributes (serial, model, allow_any_host, allowed_hosts,
+        max_io_queues, queue_size, cntlid_min, cntlid_max, max_namespaces)."""
+        bad = attributes.keys() - SUBSYSTEM_ATTRIBUTES
+        if bad:
+            raise ControlError(f"not a subsystem attribute: {', '.join(sorted(bad))}")
+        return await self._edit_subsystem(nqn, lambda sub: replace(sub, **attributes))
+
+    async def host_allow(self, nqn: str, host: str) -> list[str]:
+        """Let ``host`` connect to subsystem ``nqn`` (nvmet: link under allowed_hosts)."""
+
+        def edit(sub: SubsystemConfig) -> SubsystemConfig:
+            if host in sub.allowed_hosts:
+                return sub
+            return replace(sub, allowed_hosts=(*sub.allowed_hosts, host))
+
+        return await self._edit_subsystem(nqn, edit)
+
+    async def host_disallow(self, nqn: str, host: str) -> list[str]:
+        """Stop allowing ``host`` (its live controllers stay, as with nvmet)."""
+
+        def edit(sub: SubsystemConfig) -> SubsystemConfig:
+            if host not in sub.allowed_hosts:
+                raise NotFound(f"{host} is not an allowed host of {nqn}")
+            return replace(sub, allowed_hosts=tuple(h for h in sub.allowed_hosts if h != host))
+
+        return await self._edit_subsystem(nqn, edit)
+
+    async def host_add(self, host: str) -> list[str]:
+        """Add a host NQN to the target's host list (nvmetcli ``hosts``)."""
+        return await self.change_config(
+            lambda c: c if host in c.hosts else replace(c, hosts=(*c.hosts, host))
+        )
+
+    async def host_remove(self, host: str) -> list[str]:
+        def edit(config: TargetConfig) -> TargetConfig:
+            if host not in config.hosts:
+                raise NotFound(f"no host {host} (hosts: {list(config.hosts)})")
+            return replace(config, hosts=tuple(h for h in config.hosts if h != host))
+
+        return await self.change_config(edit)
+
+    async def ns_add(self, nqn: str, cfg: NamespaceConfig) -> list[str]:
+        def edit(sub: SubsystemConfig) -> SubsystemConfig:
+            if any(ns.nsid == cfg.nsid for ns in sub.namespaces):
+                raise ControlError(f"NSID {cfg.nsid} already exists in {nqn}")
+            return replace(sub, namespaces=(*sub.namespaces, cfg))
+
+        return await self._edit_subsystem(nqn, edit)
+
+    async def ns_remove(self, nqn: str, nsid: int) -> list[str]:
+        def edit(sub: SubsystemConfig) -> SubsystemConfig:
+            _namespace_config(sub, nsid)
+            return replace(sub, namespaces=tuple(n for n in sub.namespaces if n.nsid != nsid))
+
+        return await self._edit_subsystem(nqn, edit)
+
+    async def ns_update(self, nqn: str, nsid: int, **changes: Any) -> list[str]:
+        """Change a namespace live: ``size`` (resize), ``enabled``, ``ana_group``; any other
+        field (backend, path, block size, identifiers) replaces it under the same NSID."""
+        bad = changes.keys() - NAMESPACE_FIELDS
+        if bad:
+            raise ControlError(f"not a namespace field: {', '.join(sorted(bad))}")
+
+        def edit(sub: SubsystemConfig) -> SubsystemConfig:
+            ns = _namespace_config(sub, nsid)
+            if "size" in changes and changes["size"] % ns.block_size:
+                raise ControlError(f"size must be a positive multiple of {ns.block_size}")
+            updated = replace(ns, **changes)
+            return replace(sub, namespaces=tuple(updated if n.nsid == nsid else n
+                                                 for n in sub.namespaces))  # fmt: skip
+
+        return await self._edit_subsystem(nqn, edit)
+
+    async def ns_resize(self, nqn: str, nsid: int, size: int) -> list[str]:
+        return await self.ns_update(nqn, nsid, size=size)
+
+    async def port_add(self, cfg: PortConfig) -> Port:
+        """Create a port (a new path) and listen on it; returns it (``bound_port`` is the TCP
+        port actually bound when ``cfg.port`` is 0)."""
+
+        def edit(config: TargetConfig) -> TargetConfig:
+            if any(p.id == cfg.id for p in config.ports):
+                raise ControlError(f"port {cfg.id} already exists")
+            return replace(config, ports=(*config.ports, cfg))
+
+        await self.change_config(edit)
+        return self.state.ports[cfg.id]
+
+    async def port_remove(self, port_id: int) -> list[str]:
+        """Remove a port: its listener closes and its connections are closed."""
+
+        def edit(config: TargetConfig) -> TargetConfig:
+            _port_config(config, port_id)
+            return replace(config, ports=tuple(p for p in config.ports if p.id != port_id))
+
+        return await self.change_config(edit)
+
+    async def port_link(self, port_id: int, nqn: str) -> list[str]:
+        """Expose subsystem ``nqn`` on a port."""
+
+        def edit(port: PortConfig) -> PortConfig:
+            if nqn in port.subsystems:
+                return port
+            return replace(port, subsystems=(*port.subsystems, nqn))
+
+        return await self._edit_port(port_id, edit)
+
+    async def port_unlink(self, port_id: int, nqn: str) -> list[str]:
+        """Stop exposing ``nqn`` on a port; its controllers there are dropped."""
+
+        def edit(port: PortConfig) -> PortConfig:
+            if nqn not in port.subsystems:
+                raise NotFound(f"port {port_id} does not expose {nqn}")
+            return replace(port, subsystems=tuple(n for n in port.subsystems if n != nqn))
+
+        return await self._edit_port(port_id, edit)
+
+    async def referral_add(self, port_id: int, referral: ReferralConfig) -> list[str]:
+        def edit(port: PortConfig) -> PortConfig:
+            kept = tuple(r for r in port.referrals if r.name != referral.name)
+            return replace(port, referrals=(*kept, referral))
+
+        return await self._edit_port(port_id, edit)
+
+    async def referral_remove(self, port_id: int, name: str) -> list[str]:
+        def edit(port: PortConfig) -> PortConfig:
+            if all(r.name != name for r in port.referrals):
+                raise NotFound(f"port {port_id} has no referral {name!r}")
+            return replace(port, referrals=tuple(r for r in port.referrals if r.name != name))
+
+        return await self._edit_port(port_id, edit)
+
+    async def ana_group_remove(self, port_id: int, group: int) -> list[str]:
+        """Forget a group's state on a port (it reads as optimized again)."""
+
+        def edit(port: PortConfig) -> PortConfig:
+            if all(g != group for g, _ in port.ana_states):
+                raise NotFound(f"port {port_id} has no ANA group {group}")
+            return replace(port, ana_states=tuple(a for a in port.ana_states if a[0] != group))
+
+        return await self._edit_port(port_id, edit)
+
+    async def _edit_subsystem(self, nqn: str,
+                              edit: Callable[[SubsystemConfig], SubsystemConfig]) -> list[str]:  # fmt: skip
+        def whole(config: TargetConfig) -> TargetConfig:
+            edited = edit(_subsystem_config(config, nqn))
+            return replace(config, subsystems=tuple(edited if s.nqn == nqn else s
+                                                    for s in config.subsystems))  # fmt: skip
+
+        return await self.change_config(whole)
+
+    async def _edit_port(self, port_id: int,
+                         edit: Callable[[PortConfig], PortConfig]) -> list[str]:  # fmt: skip
+        def whole(config: TargetConfig) -> TargetConfig:
+            edited = edit(_port_config(config, port_id))
+            return replace(config, ports=tuple(edited if p.id == port_id else p
+                                               for p in config.ports))  # fmt: skip
+
+        return await self.change_config(whole)
 
     # -- faults ----------------------------------------------------------------------------------
 
@@ -190,41 +354,74 @@ class Operations(LiveConfig):
         else:
             count = int(self.state.faults.remove(rule_id))
             if not count:
-                raise ControlError(f"no fault rule {rule_id}")
+                raise NotFound(f"no fault rule {rule_id}")
         self._record(f"fault clear {'all' if rule_id is None else rule_id} removed={count}")
         return count
 
     # -- status ----------------------------------------------------------------------------------
 
+    def port_status(self, port: Port) -> dict[str, Any]:
+        """One port as ``status()`` lists it (``port`` is the TCP port bound)."""
+        conns = self._port_connections(port)
+        return {
+            "id": port.id, "addr": port.addr, "port": port.bound_port, "mode": port.mode,
+            "listening": self.listening(port), "advertise": port.advertised_addr,
+            "subsystems": list(port.subsystems),
+            "ana": {str(g): s.label for g, s in sorted(port.ana.items())},
+            "referrals": [{"name": r.name, "addr": r.addr, "port": r.port, "portid": r.portid}
+                          for r in port.referrals],
+            "connections": len(conns),
+            "blackholed": sum(1 for c in conns if c.blackholed),
+        }  # fmt: skip
+
     def status(self) -> dict[str, Any]:
         """Ports, subsystems, controllers, queues, connections and ANA states (JSON-ready)."""
         state = self.state
-        ports = []
-        for port in sorted(state.ports.values(), key=lambda p: p.id):
-            conns = self._port_connections(port)
-            ports.append({
-                "id": port.id, "addr": port.addr, "port": port.bound_port, "mode": port.mode,
-                "listening": self.listening(port), "advertise": port.advertised_addr,
-                "subsystems": list(port.subsystems),
-                "ana": {str(g): s.label for g, s in sorted(port.ana.items())},
-                "connections": len(conns),
-                "blackholed": sum(1 for c in conns if c.blackholed),
-            })  # fmt: skip
+        ports = [self.port_status(p) for p in sorted(state.ports.values(), key=lambda p: p.id)]
         subsystems = []
         for sub in state.subsystems.values():
             subsystems.append({
-                "nqn": sub.nqn, "serial": sub.serial, "allow_any_host": sub.allow_any_host,
+                "nqn": sub.nqn, "serial": sub.serial, "model": sub.model,
+                "allow_any_host": sub.allow_any_host, "allowed_hosts": list(sub.allowed_hosts),
                 "namespaces": [{"nsid": ns.nsid, "size": ns.size, "block_size": ns.block_size,
                                 "backend": ns.config.backend, "ana_group": ns.ana_group,
-                                "enabled": ns.enabled} for ns in sub.namespaces.values()],
+                                "enabled": ns.enabled, "uuid": str(uuid.UUID(bytes=ns.uuid))}
+                               for ns in sub.namespaces.values()],
                 "controllers": [{"cntlid": c.cntlid, "host": c.hostnqn, "port": c.port.id,
                                  "kato_ms": c.kato_ms, "queues": sorted(c.queues)}
                                 for c in sub.controllers.values()],
             })  # fmt: skip
         return {
-            "ports": ports, "subsystems": subsystems,
+            "ports": ports, "subsystems": subsystems, "hosts": list(state.hosts),
             "discovery_controllers": len(state.discovery_controllers),
             "connections": len(self.connections), "ana_change_count": state.ana_chgcnt,
             "faults": self.fault_list(), "faults_fired": dict(state.faults_fired),
             "changes": [{"time": c.time, "what": c.what} for c in list(self.changes)[-50:]],
         }  # fmt: skip
+
+
+#: What :meth:`Operations.subsystem_update` may change.
+SUBSYSTEM_ATTRIBUTES = frozenset(f.name for f in fields(SubsystemConfig)) - {"nqn", "namespaces"}
+#: What :meth:`Operations.ns_update` may change.
+NAMESPACE_FIELDS = frozenset(f.name for f in fields(NamespaceConfig)) - {"nsid"}
+
+
+def _subsystem_config(config: TargetConfig, nqn: str) -> SubsystemConfig:
+    for sub in config.subsystems:
+        if sub.nqn == nqn:
+            return sub
+    raise NotFound(f"no subsystem {nqn!r}")
+
+
+def _namespace_config(sub: SubsystemConfig, nsid: int) -> NamespaceConfig:
+    for ns in sub.namespaces:
+        if ns.nsid == nsid:
+            return ns
+    raise NotFound(f"{sub.nqn} has no namespace {nsid}")
+
+
+def _port_config(config: TargetConfig, port_id: int) -> PortConfig:
+    for port in config.ports:
+        if port.id == port_id:
+            return port
+    raise NotFound(f"no port {port_id} (ports: {sorted(p.id for p in config.ports)})")

@@ -1,17 +1,36 @@
-"""``nvmeof-target ctl``: operate a running target through its HTTP control API.
+"""``nvmeof-target ctl``: operate and configure a running target through its control API.
 
-Only the standard library (``http.client``) is used here, so the client stays light; the API
-itself is :mod:`target.control.httpapi`. Usage (``--control ADDR:PORT`` and ``--token-file
-FILE`` may come before or after the command; the default address is 127.0.0.1:9465)::
+A thin layer over :class:`target.control.client.ControlClient`: each command is one client call
+and a line (or a table) of output, so the CLI, the Python client and the pytest plugin cannot
+drift. Usage (``--control ADDR:PORT`` and ``--token-file FILE`` may come before or after the
+command; the default address is 127.0.0.1:9465)::
 
     nvmeof-target ctl status [--json]
+    nvmeof-target ctl config apply FILE              # native TOML or nvmetcli JSON
+    nvmeof-target ctl config export [--format toml|nvmetcli] [--output FILE]
+    nvmeof-target ctl subsystem add NQN [--port P]... [--serial S] [--model M]
+                                        [--no-allow-any-host] [--allowed-host HOST]...
+                                        [--max-io-queues N] [--queue-size N]
+                                        [--cntlid-min N] [--cntlid-max N] [--max-namespaces N]
+    nvmeof-target ctl subsystem remove NQN
+    nvmeof-target ctl host allow|disallow NQN HOST   # a subsystem's allowed hosts
+    nvmeof-target ctl host add|remove HOST           # the target's host list
+    nvmeof-target ctl port add ID [--addr A] [--trsvcid N] [--subsystem NQN]...
+                                  [--ana GROUP=STATE]... [--advertise A] [--strict]
+    nvmeof-target ctl port remove ID
+    nvmeof-target ctl port link|unlink ID NQN
     nvmeof-target ctl port down PORT [--mode reset|close|blackhole|refuse]
     nvmeof-target ctl port up PORT
+    nvmeof-target ctl referral add PORT NAME ADDR [--trsvcid N] [--portid N]
+    nvmeof-target ctl referral remove PORT NAME
     nvmeof-target ctl ana set --port P --group G --state STATE [--via change [--after MS]]
-    nvmeof-target ctl ns add --nqn NQN --nsid N --size 64M [--block-size 4096]
-                             [--backend ram|file|null] [--path P] [--ana-group G]
+    nvmeof-target ctl ana forget --port P --group G
+    nvmeof-target ctl ns add --nqn NQN --nsid N [--size 64M] [--block-size 4096]
+                             [--backend ram|file|null] [--path P] [--ana-group G] [--uuid U]
     nvmeof-target ctl ns remove --nqn NQN --nsid N
     nvmeof-target ctl ns resize --nqn NQN --nsid N --size S
+    nvmeof-target ctl ns enable|disable --nqn NQN --nsid N
+    nvmeof-target ctl ns set --nqn NQN --nsid N --ana-group G
     nvmeof-target ctl fault add ACTION [--port P] [--nqn NQN] [--nsid N] [--opcode 0x02] ...
     nvmeof-target ctl fault list [--json]
     nvmeof-target ctl fault clear [ID]
@@ -23,261 +42,152 @@ Exit status: 0 done, 1 the API refused (its one-line error is printed) or cannot
 from __future__ import annotations
 
 import argparse
-import http.client
-import ipaddress
 import json
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
 
 from nvmeof.constants import AnaState
 from target.config import BACKENDS, BLOCK_SIZES
 from target.config.validate import parse_size
 from target.control.actions import PORT_DOWN_MODES
+from target.control.client import ControlClient
+from target.control.clientbase import (
+    DEFAULT_CONTROL,
+    ControlApiError,
+    ControlSetupError,
+    Endpoint,
+    compact,
+    parse_endpoint,
+    read_token,
+)
+from target.control.ctlformat import describe_fault, format_faults, format_status, human_size
 from target.control.faults import ACTIONS, QUEUE_KINDS
 
-Endpoint = tuple[str, int]
-DEFAULT_CONTROL: Endpoint = ("127.0.0.1", 9465)
 EXIT_FAILED, EXIT_USAGE = 1, 2
-
-
-class CtlError(Exception):
-    """The control API refused a request or cannot be reached: one line."""
-
-
-class ControlSetupError(ValueError):
-    """The control API (or a client of it) cannot be set up as asked: one line."""
-
-
-def parse_endpoint(text: str) -> Endpoint | None:
-    """``ADDR:PORT`` (``[v6]:PORT`` for IPv6) to ``(addr, port)``; ``off`` is None."""
-    if text.strip().lower() == "off":
-        return None
-    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([^:\[\]\s]+):(\d+)", text.strip())
-    if match is None or int(match[2] or match[4]) > 65535:
-        raise ValueError(f"not ADDR:PORT (or off): {text!r}")
-    return match[1] or match[3], int(match[2] or match[4])
-
-
-def format_endpoint(endpoint: Endpoint) -> str:
-    """``(addr, port)`` back to ``ADDR:PORT`` (brackets around an IPv6 address)."""
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` only accepts local connections."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def read_token(path: str) -> str:
-    """The bearer token in the file ``path`` (surrounding whitespace removed)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            token = handle.read().strip()
-    except (OSError, UnicodeDecodeError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        raise ControlSetupError(f"cannot read the token file {path}: {reason}") from None
-    if not token or any(c.isspace() or not c.isprintable() for c in token):
-        raise ControlSetupError(f"the token file {path} must hold one token without spaces")
-    return token
-
-
-class ControlClient:
-    """A blocking JSON client of the control API (one connection per request)."""
-
-    def __init__(self, endpoint: Endpoint, token: str | None = None, timeout: float = 10.0):
-        self.endpoint = endpoint
-        self.token = token
-        self.timeout = timeout
-
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Send one request; the decoded JSON answer, or CtlError with the API's error line."""
-        where = format_endpoint(self.endpoint)
-        headers = {"Accept": "application/json"}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        conn = http.client.HTTPConnection(*self.endpoint, timeout=self.timeout)
-        try:
-            try:
-                conn.connect()
-            except ConnectionRefusedError:
-                raise CtlError(f"cannot reach the control API at {where} "
-                               "(is the target running with --control?)") from None  # fmt: skip
-            except OSError as err:
-                raise CtlError(f"cannot reach the control API at {where}: {err}") from None
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as err:
-            raise CtlError(f"control API at {where}: {err or type(err).__name__}") from None
-        finally:
-            conn.close()
-        try:
-            answer = json.loads(data) if data else None
-        except ValueError:
-            answer = None
-        if response.status >= 400:
-            error = answer.get("error") if isinstance(answer, dict) else None
-            raise CtlError(str(error or f"HTTP {response.status} {response.reason}"))
-        return answer
-
-
-# -- formatting ----------------------------------------------------------------------------------
-
-
-def human_size(size: int) -> str:
-    """Bytes as the largest exact binary unit (``64MiB``), or plain bytes."""
-    for shift, unit in ((60, "EiB"), (50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"),
-                        (10, "KiB")):  # fmt: skip
-        if size >= 1 << shift and not size % (1 << shift):
-            return f"{size >> shift}{unit}"
-    return f"{size}B"
-
-
-def _table(rows: Sequence[Sequence[object]], indent: str = "") -> list[str]:
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-            for row in cells]  # fmt: skip
-
-
-def describe_fault(rule: dict[str, Any]) -> str:
-    """What a fault rule matches, how often it fires and what it does, on one line."""
-    parts = []
-    for key in ("port", "subsystem", "nsid", "host"):
-        if rule.get(key) is not None:
-            parts.append(f"{key}={rule[key]}")
-    if rule.get("opcode") is not None:
-        parts.append(f"opcode={rule['opcode']:#04x}")
-    parts.append(f"queue={rule.get('queue', 'io')}")
-    if rule.get("probability", 1.0) < 1.0:
-        parts.append(f"probability={rule['probability']}")
-    if rule.get("every", 1) > 1:
-        parts.append(f"every={rule['every']}")
-    if rule.get("count") is not None:
-        parts.append(f"count={rule['count']}")
-    action = rule["action"]
-    if action in ("delay", "ghost-write"):
-        parts.append(f"delay_ms={rule['delay_ms']}")
-    elif action == "status":
-        parts.append(f"status={rule['status']:#05x}" + (" dnr" if rule.get("dnr") else ""))
-    elif action == "close":
-        parts.append(f"after={rule['after']}")
-    elif action == "stall":
-        parts.append(f"direction={rule['direction']} duration_ms={rule['duration_ms']}")
-    return " ".join(parts)
-
-
-def format_faults(rules: list[dict[str, Any]], indent: str = "") -> list[str]:
-    """The fault rules as a table."""
-    if not rules:
-        return [indent + "no fault rules"]
-    rows: list[Sequence[object]] = [("ID", "ACTION", "MATCHED", "FIRED", "RULE")]
-    rows += [(r["id"], r["action"], r["matched"], r["fired"], describe_fault(r)) for r in rules]
-    return _table(rows, indent)
-
-
-def format_status(status: dict[str, Any]) -> str:
-    """``GET /status`` as tables: ports, subsystems (namespaces, controllers), faults."""
-    rows: list[Sequence[object]] = [("PORT", "ADDRESS", "MODE", "LISTENING", "CONNECTIONS",
-                                     "ANA", "SUBSYSTEMS")]  # fmt: skip
-    for p in status["ports"]:
-        conns = f"{p['connections']}" + (f" ({p['blackholed']} blackholed)"
-                                         if p["blackholed"] else "")  # fmt: skip
-        ana = " ".join(f"{g}={s}" for g, s in p["ana"].items()) or "-"
-        rows.append((p["id"], format_endpoint((p["addr"], p["port"])), p["mode"],
-                     "yes" if p["listening"] else "no", conns, ana,
-                     len(p["subsystems"]) or "discovery"))  # fmt: skip
-    lines = _table(rows)
-    for sub in status["subsystems"]:
-        lines += ["", f"subsystem {sub['nqn']} (serial {sub['serial']})"]
-        ns_rows: list[Sequence[object]] = [("NSID", "SIZE", "BLOCK", "BACKEND", "ANA GROUP",
-                                            "ENABLED")]  # fmt: skip
-        ns_rows += [(n["nsid"], human_size(n["size"]), n["block_size"], n["backend"],
-                     n["ana_group"], "yes" if n["enabled"] else "no")
-                    for n in sub["namespaces"]]  # fmt: skip
-        lines += _table(ns_rows, "  ") if sub["namespaces"] else ["  no namespaces"]
-        if sub["controllers"]:
-            ctrl_rows: list[Sequence[object]] = [("CNTLID", "PORT", "KATO MS", "QUEUES", "HOST")]
-            ctrl_rows += [(c["cntlid"], c["port"], c["kato_ms"],
-                           ",".join(map(str, c["queues"])), c["host"])
-                          for c in sub["controllers"]]  # fmt: skip
-            lines += _table(ctrl_rows, "  ")
-        else:
-            lines.append("  no controllers")
-    lines += ["", "faults", *format_faults(status["faults"], "  "), ""]
-    lines.append(f"ANA change count {status['ana_change_count']}, "
-                 f"{status['connections']} connections, "
-                 f"{status['discovery_controllers']} discovery controllers")  # fmt: skip
-    return "\n".join(lines)
-
-
-# -- commands ------------------------------------------------------------------------------------
+ANA_LABELS = [s.label for s in AnaState]
 
 Command = Callable[[ControlClient, argparse.Namespace], str]
 
 
+def _changes(changes: list[str], nothing: str = "nothing to change") -> str:
+    return "\n".join(changes) or nothing
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
 def _status(client: ControlClient, args: argparse.Namespace) -> str:
-    status = client.request("GET", "/status")
-    return json.dumps(status, indent=2) if args.json else format_status(status)
+    status = client.status()
+    return json.dumps(status, indent=2) if args.json else format_status(dict(status))
+
+
+def _config_apply(client: ControlClient, args: argparse.Namespace) -> str:
+    return _changes(client.config_apply_file(args.file), "already in that state")
+
+
+def _config_export(client: ControlClient, args: argparse.Namespace) -> str:
+    text = client.config_export(args.format)
+    if args.output is None:
+        return text.rstrip("\n")
+    with open(args.output, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return f"wrote {args.output}"
+
+
+def _subsystem_add(client: ControlClient, args: argparse.Namespace) -> str:
+    attributes = compact(serial=args.serial, model=args.model,
+                         allow_any_host=False if args.no_allow_any_host else None,
+                         allowed_hosts=args.allowed_host or None,
+                         max_io_queues=args.max_io_queues, queue_size=args.queue_size,
+                         cntlid_min=args.cntlid_min, cntlid_max=args.cntlid_max,
+                         max_namespaces=args.max_namespaces)  # fmt: skip
+    return _changes(client.subsystem_add(args.nqn, ports=args.port or (), **attributes))
+
+
+def _subsystem_remove(client: ControlClient, args: argparse.Namespace) -> str:
+    return _changes(client.subsystem_remove(args.nqn))
+
+
+def _host(client: ControlClient, args: argparse.Namespace) -> str:
+    action = args.host_command
+    if action in ("allow", "disallow"):
+        call = client.host_allow if action == "allow" else client.host_disallow
+        return _changes(call(args.nqn, args.host))
+    return _changes((client.host_add if action == "add" else client.host_remove)(args.host))
+
+
+def _port_add(client: ControlClient, args: argparse.Namespace) -> str:
+    ana = dict(args.ana or [])
+    port = client.port_add(args.id, addr=args.addr, port=args.trsvcid,
+                           subsystems=args.subsystem or (), ana=ana or None,
+                           advertise=args.advertise, strict=args.strict or None)  # fmt: skip
+    return f"port {port['id']} listening on {port['addr']}:{port['port']}"
+
+
+def _port_remove(client: ControlClient, args: argparse.Namespace) -> str:
+    return _changes(client.port_remove(args.id))
+
+
+def _port_link(client: ControlClient, args: argparse.Namespace) -> str:
+    call = client.port_link if args.port_command == "link" else client.port_unlink
+    return _changes(call(args.id, args.nqn))
 
 
 def _port_down(client: ControlClient, args: argparse.Namespace) -> str:
-    done = client.request("POST", f"/ports/{args.port}/down", {"mode": args.mode})
+    count = client.port_down(args.port, args.mode)
     if args.mode == "refuse":
         return f"port {args.port} down (refuse): new connections refused, existing ones kept"
-    return f"port {args.port} down ({args.mode}): {done['connections']} connections affected"
+    return f"port {args.port} down ({args.mode}): {count} connections affected"
 
 
 def _port_up(client: ControlClient, args: argparse.Namespace) -> str:
-    client.request("POST", f"/ports/{args.port}/up", {})
+    client.port_up(args.port)
     return f"port {args.port} up"
 
 
+def _referral(client: ControlClient, args: argparse.Namespace) -> str:
+    if args.referral_command == "remove":
+        return _changes(client.referral_remove(args.port, args.name))
+    return _changes(client.referral_add(args.port, args.name, args.addr, port=args.trsvcid,
+                                        portid=args.portid))  # fmt: skip
+
+
 def _ana_set(client: ControlClient, args: argparse.Namespace) -> str:
-    body: dict[str, Any] = {"port": args.port, "group": args.group, "state": args.state}
-    if args.via:
-        body["via"] = args.via
-        if args.after is not None:
-            body["after_ms"] = args.after
-    done = client.request("POST", "/ana", body)
+    via_ms = (1000 if args.after is None else args.after) if args.via else None
+    done = client.set_ana(args.port, args.group, args.state, via_change_ms=via_ms)
     where = f"port {args.port} group {args.group}"
     if args.via:
         return f"{where}: change, then {done['state']} in {done['after_ms']} ms"
     return f"{where}: {done['state']} (ANA change count {done['ana_change_count']})"
 
 
+def _ana_forget(client: ControlClient, args: argparse.Namespace) -> str:
+    return _changes(client.ana_group_remove(args.port, args.group))
+
+
 def _ns_add(client: ControlClient, args: argparse.Namespace) -> str:
-    body: dict[str, Any] = {"nqn": args.nqn, "nsid": args.nsid, "size": args.size}
-    for key in ("block_size", "backend", "path", "ana_group"):
-        if getattr(args, key) is not None:
-            body[key] = getattr(args, key)
-    done = client.request("POST", "/namespaces", body)
-    return (f"added namespace {done['nsid']} to {done['nqn']}: {human_size(done['size'])}, "
-            f"{done['block_size']}-byte blocks, {done['backend']}, "
-            f"ANA group {done['ana_group']}")  # fmt: skip
+    fields = compact(size=args.size, block_size=args.block_size, backend=args.backend,
+                     path=args.path, ana_group=args.ana_group, uuid=args.uuid)  # fmt: skip
+    return _changes(client.ns_add(args.nqn, args.nsid, **fields))
 
 
 def _ns_remove(client: ControlClient, args: argparse.Namespace) -> str:
-    client.request("DELETE", f"/namespaces/{args.nsid}?{urlencode({'nqn': args.nqn})}")
+    client.ns_remove(args.nqn, args.nsid)
     return f"removed namespace {args.nsid} from {args.nqn}"
 
 
 def _ns_resize(client: ControlClient, args: argparse.Namespace) -> str:
-    client.request("POST", f"/namespaces/{args.nsid}/resize", {"nqn": args.nqn, "size": args.size})
+    client.ns_resize(args.nqn, args.nsid, args.size)
     return f"namespace {args.nsid} of {args.nqn} resized to {human_size(args.size)}"
+
+
+def _ns_update(client: ControlClient, args: argparse.Namespace) -> str:
+    if args.ns_command in ("enable", "disable"):
+        fields: dict[str, Any] = {"enabled": args.ns_command == "enable"}
+    else:
+        fields = {"ana_group": args.ana_group}
+    return _changes(client.ns_update(args.nqn, args.nsid, **fields))
 
 
 _FAULT_OPTIONS = {"port": "port", "nqn": "subsystem", "nsid": "nsid", "opcode": "opcode",
@@ -288,24 +198,21 @@ _FAULT_OPTIONS = {"port": "port", "nqn": "subsystem", "nsid": "nsid", "opcode": 
 
 
 def _fault_add(client: ControlClient, args: argparse.Namespace) -> str:
-    body: dict[str, Any] = {"action": args.action}
-    for option, key in _FAULT_OPTIONS.items():
-        if getattr(args, option) is not None:
-            body[key] = getattr(args, option)
+    fields = {key: getattr(args, option) for option, key in _FAULT_OPTIONS.items()
+              if getattr(args, option) is not None}  # fmt: skip
     if args.dnr:
-        body["dnr"] = True
-    rule = client.request("POST", "/faults", body)
+        fields["dnr"] = True
+    rule = client.fault_add(args.action, **fields)
     return f"fault rule {rule['id']} added: {rule['action']} {describe_fault(rule)}"
 
 
 def _fault_list(client: ControlClient, args: argparse.Namespace) -> str:
-    rules = client.request("GET", "/faults")
+    rules = client.faults()
     return json.dumps(rules, indent=2) if args.json else "\n".join(format_faults(rules))
 
 
 def _fault_clear(client: ControlClient, args: argparse.Namespace) -> str:
-    path = "/faults" if args.id is None else f"/faults/{args.id}"
-    removed = client.request("DELETE", path)["removed"]
+    removed = client.fault_clear() if args.id is None else client.fault_remove(args.id)
     return f"removed {removed} fault rule{'s' if removed != 1 else ''}"
 
 
@@ -334,6 +241,13 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _ana_pair(text: str) -> tuple[int, str]:
+    group, _, state = text.partition("=")
+    if not group.isdigit() or state not in ANA_LABELS:
+        raise argparse.ArgumentTypeError(f"not GROUP=STATE ({'|'.join(ANA_LABELS)}): {text!r}")
+    return int(group), state
 
 
 def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
@@ -369,30 +283,97 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
 
     status = leaf(sub, "status", _status, "ports, subsystems, controllers, ANA, faults")
     status.add_argument("--json", action="store_true", help="the raw JSON document")
-    ports = group("port", "take a path down or up")
+
+    config = group("config", "the whole configuration")
+    leaf(config, "apply", _config_apply, "bring the target to a configuration file "
+         "(native TOML or nvmetcli JSON)").add_argument("file", metavar="FILE")  # fmt: skip
+    export = leaf(config, "export", _config_export, "write the live configuration")
+    export.add_argument("--format", choices=("toml", "nvmetcli"), default="toml")
+    export.add_argument("--output", "-o", metavar="FILE", help="write to FILE, not stdout")
+
+    subsystems = group("subsystem", "create or remove subsystems")
+    add_sub = leaf(subsystems, "add", _subsystem_add, "create a subsystem")
+    add_sub.add_argument("nqn", metavar="NQN")
+    add_sub.add_argument("--port", type=int, action="append", help="expose it on this port")
+    add_sub.add_argument("--no-allow-any-host", action="store_true",
+                         help="only the --allowed-host hosts may connect")  # fmt: skip
+    add_sub.add_argument("--allowed-host", action="append", metavar="HOSTNQN")
+    for option in ("serial", "model"):
+        add_sub.add_argument(f"--{option}")
+    for option in ("max-io-queues", "queue-size", "cntlid-min", "cntlid-max", "max-namespaces"):
+        add_sub.add_argument(f"--{option}", type=int)
+    leaf(subsystems, "remove", _subsystem_remove,
+         "remove a subsystem (its controllers are dropped)").add_argument("nqn", metavar="NQN")  # fmt: skip
+
+    hosts = group("host", "allowed hosts and the host list")
+    for name, text in (("allow", "let a host connect to a subsystem"),
+                       ("disallow", "stop allowing a host (live controllers stay)")):  # fmt: skip
+        parser = leaf(hosts, name, _host, text)
+        parser.add_argument("nqn", metavar="NQN")
+        parser.add_argument("host", metavar="HOSTNQN")
+    for name, text in (("add", "add a host NQN to the host list"),
+                       ("remove", "remove a host NQN from the host list")):  # fmt: skip
+        leaf(hosts, name, _host, text).add_argument("host", metavar="HOSTNQN")
+
+    ports = group("port", "create, remove, link ports; take a path down or up")
+    add_port = leaf(ports, "add", _port_add, "create a port and listen on it")
+    add_port.add_argument("id", metavar="ID", type=int)
+    add_port.add_argument("--addr", default="127.0.0.1")
+    add_port.add_argument("--trsvcid", type=int, default=0, help="TCP port (0: any free one)")
+    add_port.add_argument("--subsystem", action="append", metavar="NQN")
+    add_port.add_argument("--ana", type=_ana_pair, action="append", metavar="GROUP=STATE")
+    add_port.add_argument("--advertise", metavar="ADDR")
+    add_port.add_argument("--strict", action="store_true")
+    leaf(ports, "remove", _port_remove, "remove a port").add_argument("id", metavar="ID", type=int)
+    for name, text in (("link", "expose a subsystem on the port"),
+                       ("unlink", "stop exposing a subsystem on the port")):  # fmt: skip
+        parser = leaf(ports, name, _port_link, text)
+        parser.add_argument("id", metavar="ID", type=int)
+        parser.add_argument("nqn", metavar="NQN")
     down = leaf(ports, "down", _port_down, "take a path down")
     down.add_argument("port", metavar="PORT", type=int)
     down.add_argument("--mode", choices=PORT_DOWN_MODES, default="reset")
     leaf(ports, "up", _port_up, "restore a path").add_argument("port", metavar="PORT", type=int)
-    ana = leaf(group("ana", "ANA states"), "set", _ana_set, "set the ANA state of a group")
-    ana.add_argument("--port", type=int, required=True)
-    ana.add_argument("--group", type=int, required=True)
-    ana.add_argument("--state", required=True, choices=[s.label for s in AnaState])
+
+    referrals = group("referral", "referrals in a port's discovery log")
+    add_ref = leaf(referrals, "add", _referral, "add (or replace) a referral")
+    remove_ref = leaf(referrals, "remove", _referral, "remove a referral")
+    for parser in (add_ref, remove_ref):
+        parser.add_argument("port", metavar="PORT", type=int)
+        parser.add_argument("name", metavar="NAME")
+    add_ref.add_argument("addr", metavar="ADDR")
+    add_ref.add_argument("--trsvcid", type=int)
+    add_ref.add_argument("--portid", type=int)
+
+    anas = group("ana", "ANA states")
+    ana = leaf(anas, "set", _ana_set, "set the ANA state of a group")
+    forget = leaf(anas, "forget", _ana_forget, "forget a group's state (optimized again)")
+    for parser in (ana, forget):
+        parser.add_argument("--port", type=int, required=True)
+        parser.add_argument("--group", type=int, required=True)
+    ana.add_argument("--state", required=True, choices=ANA_LABELS)
     ana.add_argument("--via", choices=["change"], help="go through the change state first")
     ana.add_argument("--after", metavar="MS", type=int, help="time in change (default 1000)")
-    namespaces = group("ns", "add, remove or resize namespaces")
+
+    namespaces = group("ns", "add, remove, resize, enable or disable namespaces")
     ns_add = leaf(namespaces, "add", _ns_add, "add a namespace")
-    ns_remove = leaf(namespaces, "remove", _ns_remove, "remove a namespace")
     ns_resize = leaf(namespaces, "resize", _ns_resize, "resize a namespace")
-    for parser in (ns_add, ns_remove, ns_resize):
+    ns_set = leaf(namespaces, "set", _ns_update, "move a namespace to another ANA group")
+    for parser in (ns_add, ns_resize, ns_set,
+                   leaf(namespaces, "remove", _ns_remove, "remove a namespace"),
+                   leaf(namespaces, "enable", _ns_update, "make a namespace visible"),
+                   leaf(namespaces, "disable", _ns_update, "hide a namespace")):  # fmt: skip
         parser.add_argument("--nqn", required=True)
         parser.add_argument("--nsid", type=int, required=True)
-    for parser in (ns_add, ns_resize):
-        parser.add_argument("--size", type=_size, required=True, help="bytes, or e.g. 64M")
+    ns_add.add_argument("--size", type=_size, help="bytes, or e.g. 64M (default 64MiB)")
+    ns_resize.add_argument("--size", type=_size, required=True, help="bytes, or e.g. 64M")
     ns_add.add_argument("--block-size", type=int, choices=BLOCK_SIZES)
     ns_add.add_argument("--backend", choices=BACKENDS)
     ns_add.add_argument("--path", help="backing file (file backend)")
     ns_add.add_argument("--ana-group", type=int)
+    ns_add.add_argument("--uuid", help="namespace UUID (default: derived from NQN and NSID)")
+    ns_set.add_argument("--ana-group", type=int, required=True)
+
     faults = group("fault", "fault injection rules")
     add = leaf(faults, "add", _fault_add, "add a fault rule")
     add.add_argument("action", choices=ACTIONS)
@@ -412,7 +393,7 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
 
 def run_ctl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run a parsed ``ctl`` command: print its result, or one error line on stderr."""
-    if args.ctl_command == "ana" and args.after is not None and not args.via:
+    if args.ctl_command == "ana" and getattr(args, "after", None) is not None and not args.via:
         parser.error("--after needs --via change")
     try:
         token = read_token(args.token_file) if args.token_file else None
@@ -420,8 +401,9 @@ def run_ctl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"nvmeof-target: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        output = args.ctl_handler(ControlClient(args.control, token), args)
-    except CtlError as err:
+        with ControlClient(args.control, token=token) as client:
+            output = args.ctl_handler(client, args)
+    except (ControlApiError, ControlSetupError) as err:
         print(f"nvmeof-target: {err}", file=sys.stderr)
         return EXIT_FAILED
     print(output)

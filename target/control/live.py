@@ -30,6 +30,7 @@ rules and a port's operator state (down, blackhole) are run-time state, not conf
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -59,7 +60,11 @@ LIVE_SOURCE = "control API"
 
 
 class ControlError(ValueError):
-    """An operator request that cannot be done (unknown port, bad state...): one clear line."""
+    """An operator request that cannot be done (bad value, conflicting state): one clear line."""
+
+
+class NotFound(ControlError):
+    """The request names a port, subsystem, namespace, host or rule that does not exist."""
 
 
 class LiveConfig:
@@ -103,28 +108,37 @@ class LiveConfig:
         the audit trail). Nothing changes when ``wanted`` does not validate (ControlError with
         the validation's one line). A port whose configured TCP port is 0 keeps the port it
         is bound to."""
-        try:
-            validate(wanted, source)
-        except ConfigError as err:
-            raise ControlError(str(err)) from None
+        return await self.change_config(lambda _current: wanted, source)
+
+    async def change_config(self, edit: Callable[[TargetConfig], TargetConfig],
+                            source: str = LIVE_SOURCE) -> list[str]:  # fmt: skip
+        """Apply ``edit(current configuration)``, one change at a time (a lock orders
+        concurrent callers, so an edit always starts from the state the previous one left)."""
         async with self._config_lock:
             current = self.current_config()
+            wanted = edit(current)
+            try:
+                validate(wanted, source)
+            except ConfigError as err:
+                raise ControlError(str(err)) from None
             wanted = _effective(wanted, current)
             done: list[str] = []
-            self._remove_ports(current, wanted, done)
-            self._reconcile_subsystems(current, wanted, done)
-            await self._reconcile_ports(current, wanted, done)
-            state = self.state
-            if wanted.hosts != current.hosts:
-                state.hosts = wanted.hosts
-                done.append(f"hosts {list(wanted.hosts)}")
-            if wanted.discovery_nqn != current.discovery_nqn:
-                state.set_unique_discovery_nqn(wanted.discovery_nqn)
-                done.append(f"discovery_nqn {wanted.discovery_nqn or '(well-known)'}")
-            if _discovery_view(wanted) != _discovery_view(current):
-                state.discovery_changed()
-            for line in done:
-                self._record(line)
+            try:
+                self._remove_ports(current, wanted, done)
+                self._reconcile_subsystems(current, wanted, done)
+                await self._reconcile_ports(current, wanted, done)
+            finally:
+                state = self.state
+                if wanted.hosts != current.hosts:
+                    state.hosts = wanted.hosts
+                    done.append(f"hosts {list(wanted.hosts)}")
+                if wanted.discovery_nqn != current.discovery_nqn:
+                    state.set_unique_discovery_nqn(wanted.discovery_nqn)
+                    done.append(f"discovery_nqn {wanted.discovery_nqn or '(well-known)'}")
+                if done and _discovery_view(wanted) != _discovery_view(current):
+                    state.discovery_changed()
+                for line in done:
+                    self._record(line)
             return done
 
     def _remove_ports(self, current: TargetConfig, wanted: TargetConfig, done: list[str]) -> None:

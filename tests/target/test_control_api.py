@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,16 +18,19 @@ import trio
 from initiator.controller import ControllerOptions, HostController, connect_controller
 from initiator.queue import QueueClosed
 from nvmeof.constants import AnaState
-from target.config import DEMO_NQN, NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
-from target.control.ctl import ControlSetupError, Endpoint
-from target.control.httpapi import (
-    ROUTES,
-    ControlApi,
-    build_app,
-    openapi_document,
-    serve_control,
+from target.config import (
+    DEMO_NQN,
+    NamespaceConfig,
+    PortConfig,
+    SubsystemConfig,
+    TargetConfig,
+    derived_ids,
 )
+from target.control.clientbase import ControlSetupError, Endpoint
+from target.control.httpapi import build_app, serve_control
 from target.control.metrics import target_registry
+from target.control.openapi import ROUTES, openapi_document
+from target.control.routes import ControlApi
 from target.daemon import Target
 
 HOST = "127.0.0.1"
@@ -132,7 +136,8 @@ async def test_status_lists_ports_subsystems_controllers_and_ana() -> None:
             (sub,) = body["subsystems"]
             assert sub["nqn"] == DEMO_NQN
             assert sub["namespaces"][0] == {"nsid": 1, "size": 16 << 20, "block_size": 512,
-                                            "backend": "ram", "ana_group": 1, "enabled": True}  # fmt: skip
+                                            "backend": "ram", "ana_group": 1, "enabled": True,
+                                            "uuid": str(uuid.UUID(bytes=derived_ids(DEMO_NQN, 1)[0]))}  # fmt: skip
             (controller,) = sub["controllers"]
             assert controller["cntlid"] == ctrl.cntlid and controller["port"] == 1
             assert controller["host"] == ctrl.options.hostnqn and controller["queues"] == [0, 1]
@@ -278,19 +283,22 @@ async def test_namespace_add_resize_remove_in_status_and_identify() -> None:
     with trio.fail_after(15):
         async with live() as env:
             ctrl = await env.connect()
-            add = {"nqn": DEMO_NQN, "nsid": 3, "size": "8M", "block_size": 4096, "ana_group": 2}
-            status, body = await env.call("POST", "/namespaces", add)
-            assert status == 201 and body["size"] == 8 << 20 and body["ana_group"] == 2
+            add = {"nsid": 3, "size": "8M", "block_size": 4096, "ana_group": 2}
+            status, body = await env.call("POST", f"/subsystems/{DEMO_NQN}/namespaces", add)
+            assert status == 201 and body["nsid"] == 3
+            assert body["changes"] == [
+                f"namespace add {DEMO_NQN} nsid=3 size={8 << 20} backend=ram"
+            ]
             nsids = [n["nsid"] for n in (await env.call("GET", "/status"))[1]["subsystems"][0]
                      ["namespaces"]]  # fmt: skip
             assert nsids == [1, 3]
             assert 3 in await ctrl.active_namespaces()
             info = await ctrl.namespace(3)
             assert (info.nlbas, info.block_size, info.ana_group) == (2048, 4096, 2)
-            resize = {"nqn": DEMO_NQN, "size": 16 << 20}
-            assert (await env.call("POST", "/namespaces/3/resize", resize))[0] == 200
+            ns3 = f"/subsystems/{DEMO_NQN}/namespaces/3"
+            assert (await env.call("PATCH", ns3, {"size": 16 << 20}))[0] == 200
             assert (await ctrl.namespace(3)).nlbas == 4096
-            status, _ = await env.call("DELETE", f"/namespaces/3?nqn={DEMO_NQN}")
+            status, _ = await env.call("DELETE", ns3)
             assert status == 200
             assert await ctrl.active_namespaces() == [1]
             assert len((await env.call("GET", "/status"))[1]["subsystems"][0]["namespaces"]) == 1
@@ -299,22 +307,20 @@ async def test_namespace_add_resize_remove_in_status_and_identify() -> None:
 async def test_namespace_errors() -> None:
     with trio.fail_after(15):
         async with live() as env:
+            nss = f"/subsystems/{DEMO_NQN}/namespaces"
             cases = [
-                ("POST", "/namespaces", {"nqn": DEMO_NQN, "nsid": 1, "size": 4096}, 400,
-                 "already exists"),
-                ("POST", "/namespaces", {"nqn": "nqn.x:none", "nsid": 2, "size": 4096}, 404,
+                ("POST", nss, {"nsid": 1, "size": 4096}, 400, "already exists"),
+                ("POST", "/subsystems/nqn.x:none/namespaces", {"nsid": 2, "size": 4096}, 404,
                  "no subsystem"),
-                ("POST", "/namespaces", {"nqn": DEMO_NQN, "nsid": 2, "size": 4096,
-                                         "block_size": 1000}, 400, "block_size: must be 512"),
-                ("POST", "/namespaces", {"nqn": DEMO_NQN, "nsid": 2, "size": "lots"}, 400,
-                 "size: not a size"),
-                ("POST", "/namespaces", {"nqn": DEMO_NQN, "size": 4096}, 400, "nsid: missing"),
-                ("POST", "/namespaces", {"nqn": DEMO_NQN, "nsid": 2, "size": 4096,
-                                         "backend": "file"}, 400, "path: must be a string"),
-                ("DELETE", "/namespaces/1", None, 400, "nqn (query parameter): missing"),
-                ("DELETE", f"/namespaces/9?nqn={DEMO_NQN}", None, 404, "has no namespace 9"),
-                ("POST", "/namespaces/1/resize", {"nqn": DEMO_NQN, "size": 1000}, 400,
-                 "positive multiple of 512"),
+                ("POST", nss, {"nsid": 2, "size": 4096, "block_size": 1000}, 400,
+                 "control API: subsystems[0].namespaces[1].block_size: must be 512"),
+                ("POST", nss, {"nsid": 2, "size": "lots"}, 400, "request: size: not a size"),
+                ("POST", nss, {"size": 4096}, 400, "request: nsid: missing"),
+                ("POST", nss, {"nsid": 2, "size": 4096, "backend": "file"}, 400,
+                 "namespaces[1].path: must be a string"),
+                ("DELETE", f"{nss}/9", None, 404, "has no namespace 9"),
+                ("PATCH", f"{nss}/1", {"size": 1000}, 400, "positive multiple of 512"),
+                ("PATCH", f"{nss}/1", {"nsid": 4}, 400, "request: nsid: unknown key"),
             ]  # fmt: skip
             for method, path, body, code, text in cases:
                 status, answer = await env.call(method, path, body)
@@ -401,7 +407,7 @@ async def test_openapi_document_lists_every_route() -> None:
         for method in getattr(route, "methods", set()) - {"HEAD"}:
             served.add((path, method.lower()))
     listed = {(path, method) for path, ops in document["paths"].items() for method in ops}
-    assert served == listed and len(listed) == len(ROUTES) == 13
+    assert served == listed and len(listed) == len(ROUTES) + 1  # + /openapi.json
     for path, ops in document["paths"].items():
         for op in ops.values():
             assert op["summary"] and op["responses"]

@@ -27,7 +27,7 @@ from target.config import (
 )
 from target.config.export import dump_nvmetcli_json
 from target.config.files import load_config
-from target.control.ctl import format_endpoint
+from target.control.clientbase import format_endpoint
 from target.control.httpapi import serve_control
 from target.daemon import Target
 
@@ -144,7 +144,7 @@ async def test_ctl_namespaces(capsys: pytest.CaptureFixture[str]) -> None:
             base = ("--nqn", DEMO_NQN, "--nsid", "2")
             assert await ctl(env, "ns", "add", *base, "--size", "8M", "--block-size", "4096") == 0
             assert capsys.readouterr().out == (
-                f"added namespace 2 to {DEMO_NQN}: 8MiB, 4096-byte blocks, ram, ANA group 1\n"
+                f"namespace add {DEMO_NQN} nsid=2 size={8 << 20} backend=ram\n"
             )
             assert nss[2].size == 8 << 20 and nss[2].block_size == 4096
             assert await ctl(env, "ns", "resize", *base, "--size", "12MiB") == 0

@@ -1,0 +1,288 @@
+"""The control API's blocking client: GENERATED from aclient.py by scripts/unasync.py.
+
+Do not edit: change :mod:`target.control.aclient` and run ``python scripts/unasync.py``.
+:class:`ControlClient` has the same methods, arguments and errors as
+:class:`~target.control.aclient.AsyncControlClient`, without ``await``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, cast
+
+import httpx
+
+from target.control.clientbase import (
+    DEFAULT_CONTROL,
+    DEFAULT_TIMEOUT,
+    ControlApiError,
+    Endpoint,
+    Metrics,
+    PortStatus,
+    TargetStatus,
+    api_error,
+    base_url,
+    compact,
+    read_config_file,
+    segment,
+)
+
+
+class ControlClient:
+    """A client of one target's control API (``endpoint``: ``(addr, port)``, ``"ADDR:PORT"``
+    or a URL). Use as a context manager, or call :meth:`close`."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint | str = DEFAULT_CONTROL,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = base_url(endpoint)
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,
+        )
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        """One request: the decoded JSON answer (text for a text answer)."""
+        try:
+            response = self._http.request(method, path, json=body, params=params)
+        except httpx.ConnectError:
+            where = self.url.split("://", 1)[-1]
+            raise ControlApiError(
+                0,
+                f"cannot reach the control API at {where} (is the target running with --control?)",
+            ) from None
+        except httpx.TransportError as err:
+            where = self.url.split("://", 1)[-1]
+            raise ControlApiError(
+                0, f"control API at {where}: {err or type(err).__name__}"
+            ) from None
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        try:
+            answer = response.json() if is_json else response.text
+        except ValueError:
+            answer = None
+        if response.status_code >= 400:
+            raise api_error(response.status_code, answer, response.reason_phrase)
+        return answer
+
+    # -- status, ports, paths ------------------------------------------------------------------
+
+    def status(self) -> TargetStatus:
+        return cast(TargetStatus, self.request("GET", "/status"))
+
+    def port_add(
+        self,
+        port_id: int,
+        *,
+        addr: str = "127.0.0.1",
+        port: int = 0,
+        subsystems: Sequence[str] = (),
+        ana: Mapping[int, str] | None = None,
+        advertise: str | None = None,
+        inline_data_size: int | None = None,
+        strict: bool | None = None,
+    ) -> PortStatus:
+        """Create a port and listen on it (``port`` 0: any free TCP port, answered in
+        ``["port"]``)."""
+        body = compact(
+            id=port_id,
+            addr=addr,
+            port=port,
+            subsystems=list(subsystems),
+            ana={str(g): s for g, s in ana.items()} if ana else None,
+            advertise=advertise,
+            inline_data_size=inline_data_size,
+            strict=strict,
+        )
+        return cast(PortStatus, self.request("POST", "/ports", body))
+
+    def port_remove(self, port_id: int) -> list[str]:
+        return self._changes("DELETE", f"/ports/{port_id}")
+
+    def port_down(self, port_id: int, mode: str = "reset") -> int:
+        """Take a path down (reset, close, blackhole, refuse); connections affected."""
+        answer = self.request("POST", f"/ports/{port_id}/down", {"mode": mode})
+        return int(answer["connections"])
+
+    def port_up(self, port_id: int) -> None:
+        self.request("POST", f"/ports/{port_id}/up")
+
+    def port_link(self, port_id: int, nqn: str) -> list[str]:
+        return self._changes("POST", f"/ports/{port_id}/subsystems", {"nqn": nqn})
+
+    def port_unlink(self, port_id: int, nqn: str) -> list[str]:
+        return self._changes("DELETE", f"/ports/{port_id}/subsystems/{segment(nqn)}")
+
+    def referral_add(
+        self,
+        port_id: int,
+        name: str,
+        addr: str,
+        *,
+        port: int | None = None,
+        portid: int | None = None,
+    ) -> list[str]:
+        body = compact(name=name, addr=addr, port=port, portid=portid)
+        return self._changes("POST", f"/ports/{port_id}/referrals", body)
+
+    def referral_remove(self, port_id: int, name: str) -> list[str]:
+        return self._changes("DELETE", f"/ports/{port_id}/referrals/{segment(name)}")
+
+    def set_ana(
+        self, port_id: int, group: int, state: str, *, via_change_ms: int | None = None
+    ) -> dict[str, Any]:
+        """Set an ANA group's state on a port; with ``via_change_ms`` go through the change
+        state that long first (the call returns once "change" is in place)."""
+        body = compact(
+            port=port_id,
+            group=group,
+            state=state,
+            via=None if via_change_ms is None else "change",
+            after_ms=via_change_ms,
+        )
+        return cast(dict[str, Any], self.request("POST", "/ana", body))
+
+    def ana_group_remove(self, port_id: int, group: int) -> list[str]:
+        return self._changes("DELETE", f"/ports/{port_id}/ana/{group}")
+
+    # -- subsystems, hosts, namespaces ---------------------------------------------------------
+
+    def subsystem_add(
+        self,
+        nqn: str,
+        *,
+        namespaces: Sequence[Mapping[str, Any]] = (),
+        ports: Sequence[int] = (),
+        **attributes: Any,
+    ) -> list[str]:
+        """Create a subsystem with ``namespaces`` (``[[subsystem.namespace]]`` tables) and
+        expose it on ``ports``; ``attributes``: serial, model, allow_any_host, allowed_hosts,
+        max_io_queues, queue_size, cntlid_min, cntlid_max, max_namespaces."""
+        body = {"nqn": nqn, "namespace": [dict(ns) for ns in namespaces], "ports": list(ports),
+                **attributes}  # fmt: skip
+        return self._changes("POST", "/subsystems", body)
+
+    def subsystem_remove(self, nqn: str) -> list[str]:
+        return self._changes("DELETE", f"/subsystems/{segment(nqn)}")
+
+    def subsystem_update(self, nqn: str, **attributes: Any) -> list[str]:
+        return self._changes("PATCH", f"/subsystems/{segment(nqn)}", attributes)
+
+    def host_allow(self, nqn: str, host: str) -> list[str]:
+        return self._changes("POST", f"/subsystems/{segment(nqn)}/hosts", {"host": host})
+
+    def host_disallow(self, nqn: str, host: str) -> list[str]:
+        path = f"/subsystems/{segment(nqn)}/hosts/{segment(host)}"
+        return self._changes("DELETE", path)
+
+    def host_add(self, host: str) -> list[str]:
+        return self._changes("POST", "/hosts", {"nqn": host})
+
+    def host_remove(self, host: str) -> list[str]:
+        return self._changes("DELETE", f"/hosts/{segment(host)}")
+
+    def ns_add(self, nqn: str, nsid: int, **fields: Any) -> list[str]:
+        """Add a namespace; ``fields``: size (bytes or "64M"), block_size, backend, path, uuid,
+        nguid, eui64, ana_group, enabled."""
+        body = {"nsid": nsid, **fields}
+        return self._changes("POST", f"/subsystems/{segment(nqn)}/namespaces", body)
+
+    def ns_remove(self, nqn: str, nsid: int) -> list[str]:
+        return self._changes("DELETE", f"/subsystems/{segment(nqn)}/namespaces/{nsid}")
+
+    def ns_update(self, nqn: str, nsid: int, **fields: Any) -> list[str]:
+        """Change a namespace: size, enabled and ana_group in place; other fields replace it."""
+        path = f"/subsystems/{segment(nqn)}/namespaces/{nsid}"
+        return self._changes("PATCH", path, fields)
+
+    def ns_resize(self, nqn: str, nsid: int, size: int | str) -> list[str]:
+        return self.ns_update(nqn, nsid, size=size)
+
+    # -- the whole configuration ---------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The live configuration as the native document (what ``config_export`` writes)."""
+        return cast(dict[str, Any], self.request("GET", "/config", params={"format": "json"}))
+
+    def config_export(self, fmt: str = "toml") -> str:
+        """The live configuration as text: ``toml`` (native) or ``nvmetcli`` (JSON)."""
+        return str(self.request("GET", "/config", params={"format": fmt}))
+
+    def config_apply(
+        self, text: str, *, fmt: str | None = None, source: str | None = None
+    ) -> list[str]:
+        """Bring the target to a configuration (native TOML or nvmetcli JSON text)."""
+        body = compact(text=text, format=fmt, source=source)
+        return self._changes("PUT", "/config", body)
+
+    def config_apply_file(self, path: str | os.PathLike[str]) -> list[str]:
+        """:meth:`config_apply` with a file's text (``.json``: nvmetcli, else native TOML)."""
+        text, fmt, source = read_config_file(path)  # a small local file: read at once
+        return self.config_apply(text, fmt=fmt, source=source)
+
+    # -- faults, metrics, description ----------------------------------------------------------
+
+    def faults(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self.request("GET", "/faults"))
+
+    def fault_add(self, action: str, **fields: Any) -> dict[str, Any]:
+        """Add a fault rule (``fields``: port, subsystem, nsid, opcode, host, queue,
+        probability, every, count, delay_ms, status, dnr, after, direction, duration_ms);
+        the rule as the target describes it, with its ``id``."""
+        answer = self.request("POST", "/faults", {"action": action, **fields})
+        return cast(dict[str, Any], answer)
+
+    def fault_remove(self, rule_id: int) -> int:
+        return int((self.request("DELETE", f"/faults/{rule_id}"))["removed"])
+
+    def fault_clear(self) -> int:
+        return int((self.request("DELETE", "/faults"))["removed"])
+
+    def metrics_text(self) -> str:
+        return str(self.request("GET", "/metrics"))
+
+    def metrics(self) -> Metrics:
+        """The target's metrics, parsed by prometheus_client's parser."""
+        return Metrics(self.metrics_text())
+
+    def openapi(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self.request("GET", "/openapi.json"))
+
+    def _changes(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> list[str]:
+        answer = self.request(method, path, body)
+        return list(answer["changes"])

@@ -1,0 +1,95 @@
+"""How ``nvmeof-target ctl`` prints what the control API answers: tables for people."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from target.control.clientbase import format_endpoint
+
+
+def human_size(size: int) -> str:
+    """Bytes as the largest exact binary unit (``64MiB``), or plain bytes."""
+    for shift, unit in ((60, "EiB"), (50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"),
+                        (10, "KiB")):  # fmt: skip
+        if size >= 1 << shift and not size % (1 << shift):
+            return f"{size >> shift}{unit}"
+    return f"{size}B"
+
+
+def _table(rows: Sequence[Sequence[object]], indent: str = "") -> list[str]:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in cells]  # fmt: skip
+
+
+def describe_fault(rule: dict[str, Any]) -> str:
+    """What a fault rule matches, how often it fires and what it does, on one line."""
+    parts = []
+    for key in ("port", "subsystem", "nsid", "host"):
+        if rule.get(key) is not None:
+            parts.append(f"{key}={rule[key]}")
+    if rule.get("opcode") is not None:
+        parts.append(f"opcode={rule['opcode']:#04x}")
+    parts.append(f"queue={rule.get('queue', 'io')}")
+    if rule.get("probability", 1.0) < 1.0:
+        parts.append(f"probability={rule['probability']}")
+    if rule.get("every", 1) > 1:
+        parts.append(f"every={rule['every']}")
+    if rule.get("count") is not None:
+        parts.append(f"count={rule['count']}")
+    action = rule["action"]
+    if action in ("delay", "ghost-write"):
+        parts.append(f"delay_ms={rule['delay_ms']}")
+    elif action == "status":
+        parts.append(f"status={rule['status']:#05x}" + (" dnr" if rule.get("dnr") else ""))
+    elif action == "close":
+        parts.append(f"after={rule['after']}")
+    elif action == "stall":
+        parts.append(f"direction={rule['direction']} duration_ms={rule['duration_ms']}")
+    return " ".join(parts)
+
+
+def format_faults(rules: list[dict[str, Any]], indent: str = "") -> list[str]:
+    """The fault rules as a table."""
+    if not rules:
+        return [indent + "no fault rules"]
+    rows: list[Sequence[object]] = [("ID", "ACTION", "MATCHED", "FIRED", "RULE")]
+    rows += [(r["id"], r["action"], r["matched"], r["fired"], describe_fault(r)) for r in rules]
+    return _table(rows, indent)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """``GET /status`` as tables: ports, subsystems (namespaces, controllers), faults."""
+    rows: list[Sequence[object]] = [("PORT", "ADDRESS", "MODE", "LISTENING", "CONNECTIONS",
+                                     "ANA", "SUBSYSTEMS")]  # fmt: skip
+    for p in status["ports"]:
+        conns = f"{p['connections']}" + (f" ({p['blackholed']} blackholed)"
+                                         if p["blackholed"] else "")  # fmt: skip
+        ana = " ".join(f"{g}={s}" for g, s in p["ana"].items()) or "-"
+        rows.append((p["id"], format_endpoint((p["addr"], p["port"])), p["mode"],
+                     "yes" if p["listening"] else "no", conns, ana,
+                     len(p["subsystems"]) or "discovery"))  # fmt: skip
+    lines = _table(rows)
+    for sub in status["subsystems"]:
+        lines += ["", f"subsystem {sub['nqn']} (serial {sub['serial']})"]
+        ns_rows: list[Sequence[object]] = [("NSID", "SIZE", "BLOCK", "BACKEND", "ANA GROUP",
+                                            "ENABLED")]  # fmt: skip
+        ns_rows += [(n["nsid"], human_size(n["size"]), n["block_size"], n["backend"],
+                     n["ana_group"], "yes" if n["enabled"] else "no")
+                    for n in sub["namespaces"]]  # fmt: skip
+        lines += _table(ns_rows, "  ") if sub["namespaces"] else ["  no namespaces"]
+        if sub["controllers"]:
+            ctrl_rows: list[Sequence[object]] = [("CNTLID", "PORT", "KATO MS", "QUEUES", "HOST")]
+            ctrl_rows += [(c["cntlid"], c["port"], c["kato_ms"],
+                           ",".join(map(str, c["queues"])), c["host"])
+                          for c in sub["controllers"]]  # fmt: skip
+            lines += _table(ctrl_rows, "  ")
+        else:
+            lines.append("  no controllers")
+    lines += ["", "faults", *format_faults(status["faults"], "  "), ""]
+    lines.append(f"ANA change count {status['ana_change_count']}, "
+                 f"{status['connections']} connections, "
+                 f"{status['discovery_controllers']} discovery controllers")  # fmt: skip
+    return "\n".join(lines)
