@@ -100,6 +100,8 @@ TCP_ACK = 0x10
 #: Payload bytes per synthesized segment: an IPv4 total length (16 bits) must hold them plus
 #: 40 bytes of IPv4 and TCP header.
 MAX_SEGMENT = 65000
+#: The MSS the SYNs announce: a loopback interface's (MTU 65536 less 40 header bytes).
+SYN_MSS = 65495
 #: Window scale shift offered in the SYNs (RFC 7323 section 2.3 allows at most 14): the
 #: advertised window is then about 1 GiB, so Wireshark's TCP analysis never sees a full window
 #: however many bytes one side sends before the other answers.
@@ -210,12 +212,14 @@ class TcpFlow:
         return ethernet + ip + segment
 
     def handshake(self) -> list[bytes]:
-        """SYN, SYN-ACK, ACK; the SYNs offer window scaling (NOP, then kind 3 length 3)."""
+        """SYN, SYN-ACK, ACK. The SYNs carry a maximum segment size (kind 2, length 4: RFC
+        9293 section 3.7.1) that admits the largest synthesized segment, and offer window
+        scaling (NOP, then kind 3, length 3)."""
         client, server = self.client, self.server
-        window_scale = bytes([1, 3, 3, WINDOW_SCALE])
-        frames = [self._frame(client, server, TCP_SYN, options=window_scale)]
+        syn_options = struct.pack("!BBHBBBB", 2, 4, SYN_MSS, 1, 3, 3, WINDOW_SCALE)
+        frames = [self._frame(client, server, TCP_SYN, options=syn_options)]
         client.next_seq += 1
-        frames.append(self._frame(server, client, TCP_SYN | TCP_ACK, options=window_scale))
+        frames.append(self._frame(server, client, TCP_SYN | TCP_ACK, options=syn_options))
         server.next_seq += 1
         frames.append(self._frame(client, server, TCP_ACK))
         return frames

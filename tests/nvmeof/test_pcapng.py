@@ -68,12 +68,12 @@ def test_enhanced_packet_block_golden():
 def test_syn_frame_golden():
     syn = TcpFlow(HOST, TARGET).handshake()[0]
     ethernet = h("020000000002 020000000001 0800")
-    ipv4 = h("45 00 002c 0000 4000 40 06 3cca 7f000001 7f000001")
-    # data offset 6 words, SYN, window 65535, checksum, NOP + window scale 14
-    tcp = h("a112 1144 10000000 00000000 6002 ffff db74 0000 01 03030e")
+    ipv4 = h("45 00 0030 0000 4000 40 06 3cc6 7f000001 7f000001")
+    # data offset 7 words, SYN, window 65535, checksum, MSS 65495, NOP, window scale 14
+    tcp = h("a112 1144 10000000 00000000 7002 ffff c994 0000 0204ffd7 01 03030e")
     assert syn == ethernet + ipv4 + tcp
     assert ones_complement_sum_ok(ipv4)
-    pseudo = h("7f000001 7f000001 00 06 0018")
+    pseudo = h("7f000001 7f000001 00 06 001c")
     assert ones_complement_sum_ok(pseudo + tcp)
 
 
