@@ -18,6 +18,8 @@ import trio
 from nvmeof.constants import Cns, PduType
 from nvmeof.pcapng import Endpoint, FlowRecorder, TcpFlow
 from target.cli import build_parser
+from target.daemon import Target
+from tests.integration.conftest import itest_config
 from tests.pcapng_reader import Capture, read_pcapng, stream_bytes
 
 KIB = 1024
@@ -92,6 +94,30 @@ async def test_capture_off_for_new_connections(lb, tmp_path):
         ctrl = await lb.connect(1, io_queues=1)
         await ctrl.shutdown()
     assert not list(tmp_path.iterdir())
+
+
+def test_pcap_dir_at_construction(tmp_path):
+    directory = tmp_path / "new" / "captures"
+    target = Target(itest_config(), pcap_dir=directory)
+    assert target.pcap_dir == directory and directory.is_dir()
+
+
+async def test_reset_ends_with_rst_and_live_file_parses(lb, tmp_path):
+    """A file is readable while its connection runs; ``port down --mode reset`` ends it with
+    the RST the socket sends (SO_LINGER 0)."""
+    lb.target.capture_to(tmp_path)
+    with trio.fail_after(10):
+        ctrl = await lb.connect(1, io_queues=0, kato_ms=0)
+        [path] = tmp_path.iterdir()
+        live = read_pcapng(path.read_bytes())
+        assert [s.flags for s in live.segments[:3]] == [0x02, 0x12, 0x10]
+        assert stream_bytes(live, live.segments[0].source_port)[0] == PduType.ICREQ
+        await lb.target.port_down(1, mode="reset")
+        await lb.wait_until(lambda: not lb.target.connections)
+        await lb.target.port_up(1)
+        await ctrl.shutdown()
+    last = read_pcapng(path.read_bytes()).segments[-1]
+    assert last.flags == 0x14 and last.source_port == lb.ports[1]  # RST-ACK from the target
 
 
 # -- Wireshark ------------------------------------------------------------------------------------
