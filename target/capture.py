@@ -93,7 +93,8 @@ class ConnectionCapture:
         self._write(self._recorder.client_sent(data, _now_us()))
 
     def sent(self, data: bytes | bytearray | memoryview) -> None:
-        """Bytes the target is handing to the socket."""
+        """Bytes the target is handing to the socket, recorded just before the send (under
+        the connection's send lock, so in stream order), so also when the send then fails."""
         self._write(self._recorder.server_sent(data, _now_us()))
 
     def close(self, sock: trio.socket.SocketType, *, target_closed: bool) -> None:

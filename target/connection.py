@@ -206,10 +206,10 @@ class QueueConnection(FaultInjection):
             pass
         while self._deaf:  # read nothing more, but notice when the host hangs up
             try:
-                if not (ignored := await self.stream.receive_some(65536)):
+                if not (discarded := await self.stream.receive_some(65536)):
                     return
                 if self.capture is not None:
-                    self.capture.received(ignored)
+                    self.capture.received(discarded)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
