@@ -3,6 +3,7 @@
 Commands:
     serve [--config FILE] [--advertise ADDR] [--log-level LEVEL]
           [--control ADDR:PORT|off] [--control-token-file FILE] [--metrics ADDR:PORT|off]
+          [--pcap DIR]
     config export [--config FILE] [--output FILE]   (nvmetcli JSON)
     config check FILE
     ctl ...   (operate a running target: see :mod:`target.control.ctl`)
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_METRICS,
         help="Prometheus /metrics listener (default 127.0.0.1:9464; off)",
     )
+    serve.add_argument(
+        "--pcap",
+        metavar="DIR",
+        help="write each connection's traffic to DIR as pcapng (for Wireshark's NVMe/TCP)",
+    )
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     export = config_sub.add_parser("export", help="write the configuration as nvmetcli JSON")
@@ -182,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             config = _load(args.config)
             token = _control_token(args)
-            target = Target(config, advertise=args.advertise)
+            target = Target(config, advertise=args.advertise, pcap_dir=args.pcap)
             add_config_faults(target, config)
             setup_logging(args.log_level)
             return _serve(args, target, token)

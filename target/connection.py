@@ -40,6 +40,7 @@ from target.faultpath import FaultInjection
 from target.state import IO_OPCODES
 
 if TYPE_CHECKING:
+    from target.capture import ConnectionCapture
     from target.controller import Controller
     from target.port import Port
     from target.state import TargetState
@@ -111,6 +112,8 @@ class QueueConnection(FaultInjection):
         self._flowing.set()
         self._rx_resume_at = 0.0
         self._tx_resume_at = 0.0
+        #: Packet capture of this connection (target.capture), None when not capturing.
+        self.capture: ConnectionCapture | None = None
 
     # -- QueueContext --------------------------------------------------------------------------
 
@@ -183,6 +186,8 @@ class QueueConnection(FaultInjection):
                     nursery.cancel_scope.cancel()
         finally:
             self._detach()
+            if self.capture is not None:
+                self.capture.close(self.stream.socket, target_closed=bool(self.close_reason))
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
             log.debug("queue closed peer=%s qid=%s reason=%s", self.peer, self.qid,
@@ -201,8 +206,10 @@ class QueueConnection(FaultInjection):
             pass
         while self._deaf:  # read nothing more, but notice when the host hangs up
             try:
-                if not await self.stream.receive_some(65536):
+                if not (discarded := await self.stream.receive_some(65536)):
                     return
+                if self.capture is not None:
+                    self.capture.received(discarded)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
@@ -214,11 +221,14 @@ class QueueConnection(FaultInjection):
             await trio.sleep_until(self._rx_resume_at)
         try:
             # Straight into the framer's preallocated buffer: no per-receive allocation.
-            nbytes = await self.stream.socket.recv_into(conn.reader.get_buffer())
+            buffer = conn.reader.get_buffer()
+            nbytes = await self.stream.socket.recv_into(buffer)
         except (OSError, trio.ClosedResourceError):
             return False
         if not nbytes:
             return False
+        if self.capture is not None:
+            self.capture.received(buffer[:nbytes])
         self._received_at = self._batch_at = perf_counter()  # when this batch arrived
         self._batch_base = self.completed
         conn.reader.commit(nbytes)
@@ -419,8 +429,11 @@ class QueueConnection(FaultInjection):
             buffers = self.conn.data_to_send()
             if not buffers:
                 return
+            data = b"".join(buffers)
+            if self.capture is not None:
+                self.capture.sent(data)
             try:
-                await self.stream.send_all(b"".join(buffers))
+                await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.close("send failed")
 

@@ -6,11 +6,15 @@ accepting (``refuse``) while its established connections carry on.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import signal
+from pathlib import Path
 
 import trio
 
+from target.capture import ConnectionCapture, prepare_directory
 from target.config import TargetConfig
 from target.connection import QueueConnection
 from target.control.actions import Operations
@@ -26,10 +30,12 @@ class Target(Operations):
     Use ``await nursery.start(target.serve)``; the ports are bound when ``start`` returns (port 0
     in the configuration picks a free port: see ``port.bound_port``). The operator actions of
     :class:`~target.control.Operations` (port down/up, ANA changes, namespaces, faults) are
-    methods of the target.
+    methods of the target. With ``pcap_dir`` each connection's traffic is captured there
+    (:meth:`capture_to`).
     """
 
-    def __init__(self, config: TargetConfig, *, advertise: str | None = None) -> None:
+    def __init__(self, config: TargetConfig, *, advertise: str | None = None,
+                 pcap_dir: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
         self.state = TargetState(config)
         if advertise is not None:
             for port in self.state.ports.values():
@@ -38,7 +44,19 @@ class Target(Operations):
         self._cancel: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
         self._listeners: dict[int, tuple[trio.CancelScope, list[trio.SocketListener]]] = {}
+        self.pcap_dir: Path | None = None
+        self._connection_serial = itertools.count(1)
+        if pcap_dir is not None:
+            self.capture_to(pcap_dir)
         super().__init__()
+
+    def capture_to(self, directory: str | os.PathLike[str] | None) -> None:
+        """Capture every connection accepted from now on into ``directory`` (created if
+        missing), one pcapng file per connection (:mod:`target.capture`); None stops capturing
+        new connections. Connections already open are left as they are: those being captured
+        go on until they close, the others are not captured."""
+        self.pcap_dir = None if directory is None else prepare_directory(directory)
+        log.info("packet capture %s", self.pcap_dir or "off")
 
     @property
     def ports(self) -> dict[int, Port]:
@@ -126,6 +144,9 @@ class Target(Operations):
             return
         assert self._nursery is not None
         queue = QueueConnection(self.state, port, stream, self._nursery.start_soon)
+        serial = next(self._connection_serial)
+        if self.pcap_dir is not None:
+            queue.capture = ConnectionCapture.open(self.pcap_dir, port.id, stream.socket, serial)
         if port.mode == "blackhole":
             queue.blackhole(True)
         self.connections.add(queue)
