@@ -232,11 +232,14 @@ class Table:
 
 
 def nqn_problem(nqn: str) -> str | None:
-    """Why ``nqn`` is not a syntactically valid NQN, or None."""
-    if not nqn.startswith("nqn."):
-        return f"not an NQN (must start with 'nqn.'): {nqn!r}"
-    if not nqn.isascii() or not nqn.isprintable():
-        return f"NQN must be printable ASCII: {nqn!r}"
+    """Why ``nqn`` cannot name a subsystem or host, or None.
+
+    The ``nqn.`` prefix is not required: nvmet takes any configfs name as a subsystem NQN
+    (nvmet_subsys_make refuses only the discovery NQN) and nvmetcli's own examples use
+    ``testnqn``; what reaches the wire must be printable ASCII within NVMF_NQN_SIZE.
+    """
+    if not nqn.isascii() or not nqn.isprintable() or " " in nqn:
+        return f"NQN must be printable ASCII without spaces: {nqn!r}"
     if len(nqn) > NQN_MAX_LEN:
         return f"NQN is {len(nqn)} bytes, longer than {NQN_MAX_LEN}"
     return None

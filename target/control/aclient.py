@@ -80,8 +80,10 @@ class AsyncControlClient:
         path: str,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
+        *,
+        text: bool = False,
     ) -> Any:
-        """One request: the decoded JSON answer (text for a text answer)."""
+        """One request: the decoded JSON answer (the text with ``text``, or for a text answer)."""
         try:
             response = await self._http.request(method, path, json=body, params=params)
         except httpx.ConnectError:
@@ -95,7 +97,9 @@ class AsyncControlClient:
             raise ControlApiError(
                 0, f"control API at {where}: {err or type(err).__name__}"
             ) from None
-        is_json = response.headers.get("content-type", "").startswith("application/json")
+        is_json = not text and response.headers.get("content-type", "").startswith(
+            "application/json"
+        )
         try:
             answer = response.json() if is_json else response.text
         except ValueError:
@@ -245,7 +249,7 @@ class AsyncControlClient:
 
     async def config_export(self, fmt: str = "toml") -> str:
         """The live configuration as text: ``toml`` (native) or ``nvmetcli`` (JSON)."""
-        return str(await self.request("GET", "/config", params={"format": fmt}))
+        return str(await self.request("GET", "/config", params={"format": fmt}, text=True))
 
     async def config_apply(
         self, text: str, *, fmt: str | None = None, source: str | None = None
@@ -258,6 +262,17 @@ class AsyncControlClient:
         """:meth:`config_apply` with a file's text (``.json``: nvmetcli, else native TOML)."""
         text, fmt, source = read_config_file(path)  # a small local file: read at once
         return await self.config_apply(text, fmt=fmt, source=source)
+
+    # -- capture -------------------------------------------------------------------------------
+
+    async def capture(self, directory: str | os.PathLike[str] | None) -> str | None:
+        """Capture connections accepted from now on into ``directory`` (one pcapng file per
+        connection; None stops); the directory the target writes to."""
+        where = None if directory is None else os.fspath(directory)
+        return cast("str | None", (await self.request("PUT", "/capture", {"dir": where}))["dir"])
+
+    async def capture_dir(self) -> str | None:
+        return cast("str | None", (await self.request("GET", "/capture"))["dir"])
 
     # -- faults, metrics, description ----------------------------------------------------------
 

@@ -60,7 +60,8 @@ class Operations(LiveConfig):
     def listening(self, port: Port) -> bool:  # pragma: no cover - Target overrides
         raise NotImplementedError
 
-    def _record(self, what: str) -> None:
+    def record(self, what: str) -> None:
+        """Keep an operator change in the audit trail (and log it)."""
         self.changes.append(Change(time.time(), what))
         log.info("operator change: %s", what)
 
@@ -102,7 +103,7 @@ class Operations(LiveConfig):
         elif mode == "blackhole":
             for conn in conns:
                 conn.blackhole(True)
-        self._record(f"port {port_id} down mode={mode} connections={len(conns)}")
+        self.record(f"port {port_id} down mode={mode} connections={len(conns)}")
         return len(conns) if mode != "refuse" else 0
 
     async def port_up(self, port_id: int) -> None:
@@ -117,7 +118,7 @@ class Operations(LiveConfig):
                 conn.reset("port up after blackhole")
         if not self.listening(port):
             await self.open_listener(port)
-        self._record(f"port {port_id} up (was {previous})")
+        self.record(f"port {port_id} up (was {previous})")
 
     # -- ANA -------------------------------------------------------------------------------------
 
@@ -132,7 +133,7 @@ class Operations(LiveConfig):
             notified = self.state.set_ana_state(port.id, group, ana)
         except ValueError as err:
             raise ControlError(str(err)) from None
-        self._record(f"ana port={port_id} group={group} state={ana.label} "
+        self.record(f"ana port={port_id} group={group} state={ana.label} "
                      f"chgcnt={self.state.ana_chgcnt} notified={len(notified)}")  # fmt: skip
         return self.state.ana_chgcnt
 
@@ -341,7 +342,7 @@ class Operations(LiveConfig):
         except (TypeError, ValueError) as err:
             raise ControlError(f"bad fault rule: {err}") from None
         self.state.faults.add(fault)
-        self._record(f"fault add id={fault.id} action={fault.action} "
+        self.record(f"fault add id={fault.id} action={fault.action} "
                      f"{ {k: v for k, v in fault.describe().items() if v not in (None,)} }")  # fmt: skip
         return fault
 
@@ -355,7 +356,7 @@ class Operations(LiveConfig):
             count = int(self.state.faults.remove(rule_id))
             if not count:
                 raise NotFound(f"no fault rule {rule_id}")
-        self._record(f"fault clear {'all' if rule_id is None else rule_id} removed={count}")
+        self.record(f"fault clear {'all' if rule_id is None else rule_id} removed={count}")
         return count
 
     # -- status ----------------------------------------------------------------------------------

@@ -74,8 +74,10 @@ class ControlClient:
         path: str,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
+        *,
+        text: bool = False,
     ) -> Any:
-        """One request: the decoded JSON answer (text for a text answer)."""
+        """One request: the decoded JSON answer (the text with ``text``, or for a text answer)."""
         try:
             response = self._http.request(method, path, json=body, params=params)
         except httpx.ConnectError:
@@ -89,7 +91,9 @@ class ControlClient:
             raise ControlApiError(
                 0, f"control API at {where}: {err or type(err).__name__}"
             ) from None
-        is_json = response.headers.get("content-type", "").startswith("application/json")
+        is_json = not text and response.headers.get("content-type", "").startswith(
+            "application/json"
+        )
         try:
             answer = response.json() if is_json else response.text
         except ValueError:
@@ -239,7 +243,7 @@ class ControlClient:
 
     def config_export(self, fmt: str = "toml") -> str:
         """The live configuration as text: ``toml`` (native) or ``nvmetcli`` (JSON)."""
-        return str(self.request("GET", "/config", params={"format": fmt}))
+        return str(self.request("GET", "/config", params={"format": fmt}, text=True))
 
     def config_apply(
         self, text: str, *, fmt: str | None = None, source: str | None = None
@@ -252,6 +256,17 @@ class ControlClient:
         """:meth:`config_apply` with a file's text (``.json``: nvmetcli, else native TOML)."""
         text, fmt, source = read_config_file(path)  # a small local file: read at once
         return self.config_apply(text, fmt=fmt, source=source)
+
+    # -- capture -------------------------------------------------------------------------------
+
+    def capture(self, directory: str | os.PathLike[str] | None) -> str | None:
+        """Capture connections accepted from now on into ``directory`` (one pcapng file per
+        connection; None stops); the directory the target writes to."""
+        where = None if directory is None else os.fspath(directory)
+        return cast("str | None", (self.request("PUT", "/capture", {"dir": where}))["dir"])
+
+    def capture_dir(self) -> str | None:
+        return cast("str | None", (self.request("GET", "/capture"))["dir"])
 
     # -- faults, metrics, description ----------------------------------------------------------
 

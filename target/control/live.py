@@ -84,7 +84,7 @@ class LiveConfig:
     def close_listener(self, port: Port) -> None:  # pragma: no cover - Target overrides
         raise NotImplementedError
 
-    def _record(self, what: str) -> None:  # pragma: no cover - Operations overrides
+    def record(self, what: str) -> None:  # pragma: no cover - Operations overrides
         raise NotImplementedError
 
     # -- the live state as configuration ---------------------------------------------------------
@@ -138,7 +138,7 @@ class LiveConfig:
                 if done and _discovery_view(wanted) != _discovery_view(current):
                     state.discovery_changed()
                 for line in done:
-                    self._record(line)
+                    self.record(line)
             return done
 
     def _remove_ports(self, current: TargetConfig, wanted: TargetConfig, done: list[str]) -> None:

@@ -142,6 +142,12 @@ ROUTES = (
                       after_ms=_INT)),
     RouteSpec("DELETE", f"{_PORT}/ana/{{group:int}}", ControlApi.ana_group_remove,
               "Forget an ANA group's state on the port (optimized again)"),
+    # -- capture
+    RouteSpec("GET", "/capture", ControlApi.capture_get,
+              "Where new connections are captured (pcapng, one file each), or null"),
+    RouteSpec("PUT", "/capture", ControlApi.capture_set,
+              "Capture connections accepted from now on into a directory (null: stop)",
+              _object(("dir",), dir={"type": ["string", "null"]})),
     # -- faults, metrics
     RouteSpec("GET", "/faults", ControlApi.fault_list, "The active fault rules"),
     RouteSpec("POST", "/faults", ControlApi.fault_add, "Add a fault rule", _FAULT_BODY, ok=201),

@@ -294,6 +294,21 @@ class ControlApi:
             raise HttpError(400, f"{source}: invalid JSON: {err}") from None
         return _changes(await self.target.apply_config(wanted, source))
 
+    # -- capture -----------------------------------------------------------------------------------
+
+    async def capture_get(self, request: Request) -> Response:
+        directory = self.target.pcap_dir
+        return JSONResponse({"dir": None if directory is None else str(directory)})
+
+    async def capture_set(self, request: Request) -> Response:
+        body = await _body(request, ("dir",))
+        directory = body.text("dir")
+        if "dir" not in body.data:
+            raise HttpError(400, "request: dir: missing (a directory, or null to stop)")
+        self.target.capture_to(directory)
+        self.target.record(f"capture {directory or 'off'}")
+        return await self.capture_get(request)
+
     # -- faults, metrics -------------------------------------------------------------------------
 
     async def fault_list(self, request: Request) -> Response:
