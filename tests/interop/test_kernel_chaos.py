@@ -28,10 +28,7 @@ import dataclasses
 import faulthandler
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,10 +41,9 @@ from interop_harness import (
     DEMO_NQN,
     GUEST_DIR,
     GUEST_HOST_IP,
-    REPO_ROOT,
     GuestRun,
     LinuxVM,
-    tail,
+    StreamingVM,
 )
 
 from target.config import TargetConfig, default_config
@@ -184,118 +180,6 @@ class Traffic:
 # the VM
 
 
-@dataclass
-class ChaosVM:
-    """``linuxvm run ... chaos_fio.sh`` as a Trio subprocess, its output read as it comes."""
-
-    argv: list[str]
-    log_path: Path
-    lines: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-    markers: dict[str, tuple[float, str]] = field(default_factory=dict)  # name -> (time, line)
-    rc: int | None = None
-    started: float = 0.0
-    finished: float = 0.0
-    exited: trio.Event = field(default_factory=trio.Event)
-    echo: bool = True
-    _quiet: int = 0  # lines of the fio JSON block not echoed
-
-    async def run(self) -> None:
-        self.started = trio.current_time()
-        proc = await trio.lowlevel.open_process(
-            self.argv,
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # so a stuck run can be killed with everything it started
-        )
-        try:
-            with self.log_path.open("w", encoding="utf-8") as log:
-                async with trio.open_nursery() as nursery:
-                    assert proc.stderr is not None
-                    nursery.start_soon(self._pump, proc.stderr, self.stderr, None)
-                    assert proc.stdout is not None
-                    await self._pump(proc.stdout, self.lines, log)
-                    self.rc = await proc.wait()
-        finally:
-            with trio.CancelScope(shield=True):
-                await stop_process(proc)
-                if self.rc is None:
-                    self.rc = proc.returncode
-            self.finished = trio.current_time()
-            self.exited.set()
-
-    async def _pump(self, stream: Any, into: list[str], log: Any) -> None:
-        buffer = b""
-        async for chunk in stream:
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for raw in complete:
-                self._line(raw.decode("utf-8", "replace").rstrip("\r"), into, log)
-        if buffer:
-            self._line(buffer.decode("utf-8", "replace"), into, log)
-
-    def _line(self, line: str, into: list[str], log: Any) -> None:
-        into.append(line)
-        if log is not None:
-            log.write(line + "\n")
-            log.flush()
-            if line.startswith("CHAOS-"):
-                self.markers[line.split()[0]] = (trio.current_time(), line)
-        if not self.echo:
-            return
-        if log is None:
-            print(f"  run| {line}", flush=True)
-            return
-        # PATHS lines and the fio JSON are summarised after the run (all of it is in the log)
-        if line == "=== BEGIN fio-json":
-            self._quiet = 1
-        elif self._quiet and line.startswith("=== END fio-json"):
-            print(f"  guest| ({self._quiet - 1} lines of fio JSON: {self.log_path})", flush=True)
-            self._quiet = 0
-        elif self._quiet:
-            self._quiet += 1
-            return
-        if not line.startswith("PATHS "):
-            print(f"  guest| {line}", flush=True)
-
-    async def wait_marker(self, name: str, limit: float) -> tuple[float, str]:
-        """Wait for a ``CHAOS-...`` line; fails if the VM exits first or it takes too long."""
-        with trio.move_on_after(limit):
-            while name not in self.markers:
-                if self.exited.is_set():
-                    pytest.fail(f"the VM exited (rc {self.rc}) before {name}:\n{self.context()}")
-                await trio.sleep(0.1)
-            return self.markers[name]
-        pytest.fail(f"no {name} from the guest within {limit:g} s:\n{self.context()}")
-
-    def result(self) -> GuestRun:
-        run = GuestRun("chaos", self.argv, self.rc if self.rc is not None else -1,
-                       "\n".join(self.lines), "\n".join(self.stderr),
-                       self.finished - self.started)  # fmt: skip
-        return GuestRun.parse(run)
-
-    def context(self) -> str:
-        return (f"--- guest output (tail)\n{tail(chr(10).join(self.lines), 40)}\n"
-                f"--- run stderr (tail)\n{tail(chr(10).join(self.stderr), 15)}")  # fmt: skip
-
-
-async def stop_process(proc: trio.Process) -> None:
-    """SIGTERM `run` (it stops QEMU itself), then SIGKILL its whole session; bounded."""
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    with trio.move_on_after(20):
-        await proc.wait()
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with trio.move_on_after(10):
-        await proc.wait()
-
-
 # ---------------------------------------------------------------------------------------------
 # the schedule
 
@@ -331,7 +215,7 @@ def build_schedule(target: Target) -> list[tuple[float, str, Callable[[], Awaita
 
 
 async def run_schedule(target: Target, t0: float, events: list[Event],
-                       vm: ChaosVM) -> None:  # fmt: skip
+                       vm: StreamingVM) -> None:  # fmt: skip
     for wait, label, action in build_schedule(target):
         await trio.sleep(wait)
         if vm.exited.is_set() or "CHAOS-FIO-DONE" in vm.markers:
@@ -448,7 +332,7 @@ async def test_kernel_fio_verify_survives_path_chaos(
             for key, value in env.items():
                 argv += ["-e", f"{key}={value}"]
             argv.append(str(GUEST_DIR / "chaos_fio.sh"))
-            vm = ChaosVM(argv, tmp_path / "vm.log")
+            vm = StreamingVM(argv, tmp_path / "vm.log")
             print(f"\n  target ports {ports} (advertised {GUEST_HOST_IP}); VM log {vm.log_path}")
             nursery.start_soon(vm.run)
 

@@ -104,6 +104,9 @@ if [ -z "$NS1" ]; then
   FAILED=1
   finish
 fi
+# The namespace's identifiers as the kernel sees them (a test may have set the UUID live).
+echo "INFO ns1=$NS1 uuid=$(cat "/sys/block/$NS1/uuid" 2>/dev/null || echo -)"
+step ns-descs nvme ns-descs "/dev/$NS1"
 for c in "$SUBSYS"/nvme*; do
   d=${c##*/}
   case $d in nvme*n*) continue ;; esac
