@@ -66,6 +66,7 @@ class Subsystem(Generic[C]):
         self.queue_size = cfg.queue_size
         self.cntlid_min, self.cntlid_max = cfg.cntlid_min, cfg.cntlid_max
         self.max_namespaces = cfg.max_namespaces
+        self.cqt_ms = cfg.cqt_ms
 
     def host_allowed(self, hostnqn: str) -> bool:
         return self.allow_any_host or hostnqn in self.allowed_hosts

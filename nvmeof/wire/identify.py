@@ -162,7 +162,9 @@ IDENTIFY_CONTROLLER = Struct(
     _u32("anagrpmax"),  # 344
     _u32("nanagrpid"),  # 348
     _u32("pels"),  # 352 (kernel: part of rsvd352)
-    Reserved(156),  # 356
+    Reserved(30),  # 356 (DOMAINID, MEGCAP, TMPTHHA)
+    _u16("cqt"),  # 386: Command Quiesce Time in ms (NVMe 2.1, TP4129)
+    Reserved(124),  # 388
     _u8("sqes"),  # 512
     _u8("cqes"),  # 513
     _u16("maxcmd"),  # 514

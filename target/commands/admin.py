@@ -98,7 +98,7 @@ def identify_controller(ctrl: Controller, discovery_nqn: str = DISCOVERY_NQN) ->
         "anatt": ANATT_S, "anacap": 0x1F, "anagrpmax": MAX_ANA_GROUPS,
         "nanagrpid": MAX_ANA_GROUPS, "nn": sub.max_namespaces,
         "oncs": ONCS_COMPARE | ONCS_DSM | ONCS_WRITE_ZEROES, "vwc": 1,
-        "mnan": sub.max_namespaces, "subnqn": sub.nqn, "ioccsz": (64 + inline) // 16,
+        "mnan": sub.max_namespaces, "cqt": sub.cqt_ms, "subnqn": sub.nqn, "ioccsz": (64 + inline) // 16,
     })  # fmt: skip
 
 

@@ -60,10 +60,13 @@ def _export_port(port: PortConfig) -> dict[str, Any]:
 
 def _export_subsystem(sub: SubsystemConfig) -> dict[str, Any]:
     attr = {"allow_any_host": "1" if sub.allow_any_host else "0",
-            "cntlid_max": str(sub.cntlid_max), "cntlid_min": str(sub.cntlid_min), "model": sub.model, "qid_max": str(sub.max_io_queues),
+            "cntlid_max": str(sub.cntlid_max), "cntlid_min": str(sub.cntlid_min), "model": sub.model,
+            "qid_max": str(sub.max_io_queues),
             "version": "1.3"}  # fmt: skip
     if sub.serial is not None:
         attr["serial"] = sub.serial
+    if sub.cqt_ms:  # only then: a kernel without the attribute would refuse it on restore
+        attr["cqt"] = str(sub.cqt_ms)
     out: dict[str, Any] = {
         "allowed_hosts": list(sub.allowed_hosts),
         "attr": attr,
@@ -116,7 +119,7 @@ def _native_subsystem(sub: SubsystemConfig) -> dict[str, Any]:
     out.update(model=sub.model, allow_any_host=sub.allow_any_host,
                allowed_hosts=list(sub.allowed_hosts), max_io_queues=sub.max_io_queues,
                queue_size=sub.queue_size, cntlid_min=sub.cntlid_min, cntlid_max=sub.cntlid_max,
-               max_namespaces=sub.max_namespaces)  # fmt: skip
+               max_namespaces=sub.max_namespaces, cqt_ms=sub.cqt_ms)  # fmt: skip
     out["namespace"] = [_native_namespace(ns) for ns in sub.namespaces]
     return out
 

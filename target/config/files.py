@@ -136,7 +136,7 @@ NULL_DEFAULT_SIZE = 1 << 30
 
 SUBSYSTEM_KEYS = {"nqn", "serial", "model", "allow_any_host", "allowed_hosts",
                    "max_io_queues", "queue_size", "cntlid_min", "cntlid_max", "max_namespaces",
-                   "namespace"}  # fmt: skip
+                   "cqt_ms", "namespace"}  # fmt: skip
 NAMESPACE_KEYS = {"nsid", "size", "block_size", "backend", "path", "uuid", "nguid", "eui64",
                    "ana_group", "enabled"}  # fmt: skip
 PORT_KEYS = {"id", "addr", "port", "advertise", "subsystems", "inline_data_size", "ana",
@@ -201,7 +201,8 @@ def native_subsystem(t: Table) -> SubsystemConfig:
         _put(kwargs, name, t.text(name))
     _put(kwargs, "allow_any_host", t.boolean("allow_any_host"))
     _put(kwargs, "allowed_hosts", t.texts("allowed_hosts"))
-    for name in ("max_io_queues", "queue_size", "cntlid_min", "cntlid_max", "max_namespaces"):
+    for name in ("max_io_queues", "queue_size", "cntlid_min", "cntlid_max", "max_namespaces",
+                 "cqt_ms"):  # fmt: skip
         _put(kwargs, name, t.integer(name))
     namespaces = t.tables("namespace", NAMESPACE_KEYS)
     kwargs["namespaces"] = tuple(native_namespace(n) for n in namespaces)
@@ -310,6 +311,8 @@ def _nvmet_subsystem(t: Table) -> SubsystemConfig:
     _put(kwargs, "queue_size", t.integer("nvmeof_emu_queue_size", strings=True))
     for name in ("cntlid_min", "cntlid_max"):
         _put(kwargs, name, attr.integer(name, strings=True))
+    # attr_cqt: the configfs attribute of the TP8028/TP4129 nvmet patches (milliseconds)
+    _put(kwargs, "cqt_ms", attr.integer("cqt", strings=True))
     _put(kwargs, "max_namespaces", t.integer("nvmeof_emu_max_namespaces", strings=True))
     _put(kwargs, "allowed_hosts", t.texts("allowed_hosts"))
     for passthru in t.tables("passthru"):

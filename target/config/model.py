@@ -67,6 +67,10 @@ class SubsystemConfig:
     cntlid_max: int = 0xFFEF
     #: The highest NSID (SPDK's max_namespaces); Identify Controller reports it as NN and MNAN.
     max_namespaces: int = 1024
+    #: Command Quiesce Time (TP4129, NVMe 2.1), in Identify Controller: how long after it
+    #: learns of a lost connection a controller may still be executing that connection's
+    #: commands. 0: not reported (nvmet's default).
+    cqt_ms: int = 0
 
 
 @dataclass(frozen=True)

@@ -301,6 +301,7 @@ class _Checker:
             self.int_in(f"{path}.cntlid_min", sub.cntlid_min, 1, CNTLID_MAX)
             self.int_in(f"{path}.cntlid_max", sub.cntlid_max, sub.cntlid_min, CNTLID_MAX)
             self.int_in(f"{path}.max_namespaces", sub.max_namespaces, 1, MAX_NSID)
+            self.int_in(f"{path}.cqt_ms", sub.cqt_ms, 0, 0xFFFF)
             self.namespaces(sub.namespaces, path, sub.max_namespaces)
         for h_index, host in enumerate(config.hosts):
             self.text(f"hosts[{h_index}]", host, nqn=True)

@@ -101,7 +101,7 @@ def _subsystem_add(client: ControlClient, args: argparse.Namespace) -> str:
                          allowed_hosts=args.allowed_host or None,
                          max_io_queues=args.max_io_queues, queue_size=args.queue_size,
                          cntlid_min=args.cntlid_min, cntlid_max=args.cntlid_max,
-                         max_namespaces=args.max_namespaces)  # fmt: skip
+                         max_namespaces=args.max_namespaces, cqt_ms=args.cqt_ms)  # fmt: skip
     return _changes(client.subsystem_add(args.nqn, ports=args.port or (), **attributes))
 
 
@@ -300,7 +300,8 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
     add_sub.add_argument("--allowed-host", action="append", metavar="HOSTNQN")
     for option in ("serial", "model"):
         add_sub.add_argument(f"--{option}")
-    for option in ("max-io-queues", "queue-size", "cntlid-min", "cntlid-max", "max-namespaces"):
+    for option in ("max-io-queues", "queue-size", "cntlid-min", "cntlid-max", "max-namespaces",
+                   "cqt-ms"):  # fmt: skip
         add_sub.add_argument(f"--{option}", type=int)
     leaf(subsystems, "remove", _subsystem_remove,
          "remove a subsystem (its controllers are dropped)").add_argument("nqn", metavar="NQN")  # fmt: skip

@@ -282,7 +282,7 @@ def _subsystem_config(sub: Subsystem[Controller]) -> SubsystemConfig:
         serial=sub.serial, model=sub.model, allow_any_host=sub.allow_any_host,
         allowed_hosts=tuple(sub.allowed_hosts), max_io_queues=sub.max_io_queues,
         queue_size=sub.queue_size, cntlid_min=sub.cntlid_min, cntlid_max=sub.cntlid_max,
-        max_namespaces=sub.max_namespaces,
+        max_namespaces=sub.max_namespaces, cqt_ms=sub.cqt_ms,
     )  # fmt: skip
 
 

@@ -46,7 +46,7 @@ _NAMESPACE_FIELDS: dict[str, dict[str, Any]] = dict(
 _NAMESPACE_BODY = _object(("nsid",), nsid=_INT, **_NAMESPACE_FIELDS)
 _SUBSYSTEM_ATTRIBUTES: dict[str, dict[str, Any]] = dict(
     serial=_STR, model=_STR, allow_any_host=_BOOL, allowed_hosts=_STRS, max_io_queues=_INT,
-    queue_size=_INT, cntlid_min=_INT, cntlid_max=_INT, max_namespaces=_INT,
+    queue_size=_INT, cntlid_min=_INT, cntlid_max=_INT, max_namespaces=_INT, cqt_ms=_INT,
 )  # fmt: skip
 _REFERRAL_BODY = _object(("name", "addr"), name=_STR, addr=_STR, port=_INT, portid=_INT)
 _PORT_BODY = _object(

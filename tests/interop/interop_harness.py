@@ -48,6 +48,12 @@ _PROBLEM = re.compile(r"\blevel=(error|warning)\b")
 # linuxvm
 
 
+#: A line of fio's output that reports a verify failure.
+FIO_VERIFY_FAILURE = re.compile(
+    r"verify.*(fail|bad|mismatch)|bad magic|bad header|crc32c.*(fail|mismatch)", re.IGNORECASE
+)
+
+
 def discovery_entries(text: str) -> list[dict[str, str]]:
     """nvme-cli's discovery log text: one dict per ``=====Discovery Log Entry N======``."""
     entries: list[dict[str, str]] = []

@@ -39,6 +39,7 @@ import pytest
 import trio
 from interop_harness import (
     DEMO_NQN,
+    FIO_VERIFY_FAILURE,
     GUEST_DIR,
     GUEST_HOST_IP,
     GuestRun,
@@ -77,9 +78,6 @@ EXPECTED_PORT = {
     "ANA p1 opt, p2 non-opt": (OPTIMIZED_PORT, ANA_SETTLE),
 }
 
-FIO_VERIFY_FAILURE = re.compile(
-    r"verify.*(fail|bad|mismatch)|bad magic|bad header|crc32c.*(fail|mismatch)", re.IGNORECASE
-)
 KERNEL_TS = re.compile(r"^\[\s*(\d+\.\d+)\]\s*(.*)$")
 
 

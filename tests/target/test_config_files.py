@@ -79,7 +79,7 @@ def to_toml(config: TargetConfig) -> str:
                   f"allowed_hosts = [{', '.join(map(_q, sub.allowed_hosts))}]",
                   f"max_io_queues = {sub.max_io_queues}", f"queue_size = {sub.queue_size}",
                   f"cntlid_min = {sub.cntlid_min}", f"cntlid_max = {sub.cntlid_max}",
-                  f"max_namespaces = {sub.max_namespaces}"]  # fmt: skip
+                  f"max_namespaces = {sub.max_namespaces}", f"cqt_ms = {sub.cqt_ms}"]  # fmt: skip
         if sub.serial is not None:
             lines.append(f"serial = {_q(sub.serial)}")
         for ns in sub.namespaces:
@@ -613,6 +613,7 @@ def configs(draw: st.DrawFn) -> TargetConfig:
             cntlid_max=draw(st.integers(cntlid_min, 0xFFEF)),
             max_namespaces=draw(st.integers(max((ns.nsid for ns in spaces), default=1),
                                             0xFFFFFFFE)),
+            cqt_ms=draw(st.integers(0, 0xFFFF)),
         ))  # fmt: skip
     ports = []
     ids = draw(st.lists(st.integers(0, 0xFFFF), unique=True, max_size=3))
