@@ -20,7 +20,7 @@ Metrics (``path`` is the controller's ``addr:port``):
   ``_path_io_latency_seconds`` (histogram: sent on the path to completed);
 - per namespace head ``{subsystem,nsid}``, named like the kernel's multipath ``diag/``
   counters: ``nvmeof_initiator_failovers_total``, ``_requeued_total``, ``_retries_total``,
-  ``_no_path_queued_total``, ``_failed_total``, ``_queued_commands`` (parked right now) and
+  ``_no_path_queued_total``, ``_failed_total``, ``_quiesce_held_total``, ``_queued_commands`` (parked right now) and
   ``nvmeof_initiator_failover_seconds`` (histogram: path error to the first successful
   completion of a failed-over command);
 - per controller ``{path,subsystem}``: ``nvmeof_initiator_reconnects_total``,
@@ -60,6 +60,11 @@ _HEAD_COUNTERS = (
     ("retries", "retries", "Same-path retries"),
     ("no_path_queued", "no_path_queued", "Commands parked because no path was usable"),
     ("failed", "failed", "Commands failed because no path was available"),
+    (
+        "quiesce_held",
+        "quiesce_held",
+        "Commands held until their lost controller's command quiesce time ran out (TP4129)",
+    ),
 )
 _PATH_COUNTERS = (
     ("path_ios", "ios", "I/Os completed on the path"),

@@ -101,6 +101,7 @@ class HeadStats:
     retries: int = 0  # same-path retries
     no_path_queued: int = 0  # commands parked because no path was usable
     failed: int = 0  # commands failed because no path was available
+    quiesce_held: int = 0  # commands held until their lost controller's quiesce deadline
 
 
 class IoError(NvmeofError):
@@ -367,8 +368,17 @@ class MultipathHead:
         slot.failovers += 1
         slot.retries = 0  # a failed-over command is a fresh request (nvme_failover_req)
         slot.pinned = False
-        cqt = path.session.cqt
-        slot.not_before = now + cqt if cqt and slot.data_out is not None else 0.0
+        slot.not_before = 0.0
+        if code == StatusCode.HOST_ABORTED_CMD and may_change_media(slot.cmd[0]):
+            # The lost controller may still be executing it (TP4129): not before it is quiet.
+            until = path.session.quiesce_until
+            if until > now:
+                slot.not_before = until
+                self.stats.quiesce_held += 1
+                if path.session.quiesce_noted != until:
+                    path.session.quiesce_noted = until
+                    self.note(f"holding writes from {path.label} for {until - now:.3f} s "
+                              "(command quiesce time)")  # fmt: skip
         slot.move(SlotState.REQUEUED)
         self._requeue.append(slot)
         self.kick()
@@ -442,3 +452,14 @@ class MultipathHead:
 
     def __repr__(self) -> str:
         return f"MultipathHead({self.subnqn}, nsid={self.nsid}, paths={len(self.paths)})"
+
+
+#: NVM opcodes whose retry elsewhere cannot overwrite newer data: Flush, Read, Compare.
+_HARMLESS_OPCODES = frozenset((0x00, 0x02, 0x05))
+
+
+def may_change_media(opcode: int) -> bool:
+    """Whether a command aborted with its connection must wait for the controller to quiesce
+    before it runs on another path: anything but Flush, Read and Compare (a Write, Write
+    Zeroes, a Dataset Management deallocate, a vendor passthrough...)."""
+    return opcode not in _HARMLESS_OPCODES

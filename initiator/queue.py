@@ -51,6 +51,10 @@ class QueueClosed(NvmeofError):
     """The queue's connection is gone; outstanding commands did not complete."""
 
 
+class PeerClosed(QueueClosed):
+    """The target ended the connection (EOF or a C2HTermReq): it knows the queue is gone."""
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """A completed command: CQE status word and result dwords."""
@@ -240,7 +244,7 @@ class HostQueue:
             while not self._closed:
                 nbytes = await self.stream.socket.recv_into(reader.get_buffer())
                 if not nbytes:
-                    raise QueueClosed("connection closed by the target")
+                    raise PeerClosed("connection closed by the target")
                 reader.commit(nbytes)
                 while (event := conn.next_event()) is not None:
                     if type(event) is ResponseReceived:
@@ -252,7 +256,7 @@ class HostQueue:
                     elif isinstance(event, ConnectionEstablished):
                         self._established.set()
                     elif isinstance(event, TermReqReceived):
-                        raise QueueClosed(f"target sent C2HTermReq FES {event.fes:#x}")
+                        raise PeerClosed(f"target sent C2HTermReq FES {event.fes:#x}")
                 self._wake_writer()  # H2CData answering R2Ts, resubmissions
         except (QueueClosed, TransportError, OSError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as err:  # fmt: skip

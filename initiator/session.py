@@ -21,7 +21,7 @@ from initiator.controller import (
     NamespaceInfo,
     connect_controller,
 )
-from initiator.queue import HostQueue, QueueClosed
+from initiator.queue import HostQueue, PeerClosed, QueueClosed
 from nvmeof.constants import (
     OAES_ANA_CHANGE,
     OAES_NS_ATTR,
@@ -106,6 +106,10 @@ class Session:
         self.paths: dict[int, SessionPath] = {}
         self.crdt: tuple[int, int, int] = (0, 0, 0)
         self.cqt = 0.0
+        #: When commands this controller may still be executing are certainly dead (TP4129):
+        #: set at the loss of communication; writes failed over from it wait until then.
+        self.quiesce_until = -math.inf
+        self.quiesce_noted = -math.inf  # the deadline the head last announced
         self.last_failover = -math.inf
         self.reconnects = 0
         self.lost_at: float | None = None
@@ -272,12 +276,16 @@ class Session:
 
     def _queue_lost(self, err: BaseException) -> None:
         if self.live:
-            self._lost(f"connection lost: {err}")
+            self._lost(f"connection lost: {err}", peer_closed=isinstance(err, _PEER_CLOSED))
 
-    def _lost(self, why: str) -> None:
-        """Error recovery: no longer live, every queue aborted (slots fail over), then reconnect."""
+    def _lost(self, why: str, *, peer_closed: bool = False) -> None:
+        """Error recovery: no longer live, every queue aborted (slots fail over), then reconnect.
+
+        ``peer_closed``: the target ended the connection, so it knows; otherwise the host gave
+        up (a timeout) and the controller may learn of it only by its own keep-alive timer."""
         if self.lost_at is None:
             self.lost_at = trio.current_time()  # starts ctrl_loss_tmo and fast_io_fail_tmo
+            self.quiesce_until = self._quiesce_deadline(self.lost_at, peer_closed)
         if self.state is SessionState.LIVE:
             self._set_state(SessionState.CONNECTING, why)
         elif self.state is not SessionState.DELETED and not self._deleting:
@@ -288,6 +296,22 @@ class Session:
                 queue._fail(QueueClosed(why))
         if self._scope is not None:
             self._scope.cancel()
+
+    def _quiesce_deadline(self, lost_at: float, peer_closed: bool) -> float:
+        """TP4129 (NVMe 2.1, KATO corrections): after a loss of communication, a controller
+        may go on executing commands until it has noticed the loss and then for CQT more. It
+        notices at once when it saw the connection close; otherwise by its keep-alive timer,
+        within 2 x KATO (3 x with traffic based keep-alive, CTRATT.TBKAS), the bound the
+        Linux host's TP4129 patches use (nvmef_req_hold_timeout_ms). A controller that
+        reports no CQT (0) makes no promise we could wait for: nothing is held, as the Linux
+        host does today."""
+        if not self.cqt:
+            return -math.inf
+        detect = 0.0
+        if not peer_closed and self.assoc is not None:
+            traffic_based = self.assoc.identify.ctratt & _CTRATT_TBKAS
+            detect = (3 if traffic_based else 2) * self.options.kato_ms / 1000
+        return lost_at + detect + self.cqt
 
     async def disconnect(self) -> None:
         """Like ``nvme disconnect``: shut the controller down and stop reconnecting."""
@@ -343,6 +367,11 @@ class Session:
                 self._lost(f"I/O timeout ({timeout:g} s)")
                 return
 
+
+#: How a queue ends when the target closed it (EOF, C2HTermReq, RST, a broken pipe).
+_PEER_CLOSED = (PeerClosed, ConnectionResetError, BrokenPipeError)
+#: CTRATT bit 6: Traffic Based Keep Alive Support.
+_CTRATT_TBKAS = 1 << 6
 
 #: Errors that end an association but not the controller: reconnect after them.
 _RECOVERABLE = (NvmeofError, OSError, trio.TooSlowError)

@@ -16,7 +16,7 @@ which calls ``head.complete`` the way the queue's reader task does.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -108,11 +108,17 @@ class FakeQueue:
 
 
 @dataclass
+class FakeIdentify:
+    ctratt: int = 0
+
+
+@dataclass
 class FakeAssociation:
-    """The part of a HostController a Session hands out: its I/O queues."""
+    """The part of a HostController a Session hands out: its I/O queues (and CTRATT)."""
 
     io_queues: list[FakeQueue]
     cntlid: int = 1
+    identify: FakeIdentify = field(default_factory=FakeIdentify)
 
 
 class FakeSession(Session):
@@ -127,8 +133,9 @@ class FakeSession(Session):
 
     def __init__(self, label: str, *, state: SessionState = SessionState.LIVE, nqueues: int = 1,
                  crdt: tuple[int, int, int] = (0, 0, 0), cqt: float = 0.0,
-                 fast_io_fail_tmo: float | None = None, record: bool = True) -> None:  # fmt: skip
-        options = ControllerOptions(fast_io_fail_tmo=fast_io_fail_tmo)
+                 fast_io_fail_tmo: float | None = None, record: bool = True,
+                 kato_ms: int = 5000) -> None:  # fmt: skip
+        options = ControllerOptions(fast_io_fail_tmo=fast_io_fail_tmo, kato_ms=kato_ms)
         super().__init__(cast("Host", None), label, 4420, NQN, options)
         self.label = label
         self.state = state
@@ -142,10 +149,12 @@ class FakeSession(Session):
         self.ana_rereads += 1
         super().request_ana_reread()
 
-    def lose(self) -> None:
-        """Connection lost: CONNECTING (reconnecting) from now on."""
+    def lose(self, *, peer_closed: bool = True) -> None:
+        """Connection lost (closed by the target, or given up by a timeout when not
+        ``peer_closed``): CONNECTING (reconnecting) from now on."""
         if self.lost_at is None:
             self.lost_at = trio.current_time()
+            self.quiesce_until = self._quiesce_deadline(self.lost_at, peer_closed)
         self.state = SessionState.CONNECTING
 
     def reconnect(self) -> None:

@@ -479,6 +479,52 @@ async def test_cqt_delays_failed_over_writes_only(nursery: trio.Nursery,
     assert rig.sent(1)[2].cmd == rig.sent(0)[0].cmd and rig.sent(1)[2].cmd_obj is write.cmd
 
 
+async def test_cqt_hold_counts_from_the_loss_not_from_the_retry(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = requeue(make_rig(FakeSession("a", cqt=0.5), FakeSession("b")), nursery)
+    write = rig.write()
+    zeroes = rig.passthru(bytes([0x08]) + bytes(63))  # Write Zeroes: no data, changes media
+    compare = rig.passthru(bytes([0x05]) + bytes(63), data_out=1)  # Compare: harmless
+    start = trio.current_time()
+    rig.sessions[0].lose()
+    await trio.sleep(0.3)  # the aborts come later (the queues are torn down slowly)
+    rig.queue(0).abort_all(rig.head, HOST_ABORTED)
+    await settle()
+    assert [s.slot for s in rig.sent(1)] == [compare]
+    await trio.sleep(0.201)
+    assert [s.slot for s in rig.sent(1)[1:]] == [write, zeroes]
+    assert all(s.at - start == pytest.approx(0.5, abs=0.002) for s in rig.sent(1)[1:])
+    assert rig.head.stats.quiesce_held == 2
+    assert any("command quiesce time" in what for _, what in rig.head.events)
+
+
+async def test_a_loss_found_by_timeout_adds_two_kato_to_cqt(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = requeue(make_rig(FakeSession("a", cqt=0.5, kato_ms=1000), FakeSession("b")), nursery)
+    write = rig.write()
+    start = trio.current_time()
+    rig.sessions[0].lose(peer_closed=False)  # the controller learns by its keep-alive timer
+    rig.queue(0).abort_all(rig.head, HOST_ABORTED)
+    await trio.sleep(2.49)
+    assert write.state is S.REQUEUED
+    await trio.sleep(0.02)
+    (sent,) = rig.sent(1)
+    assert sent.slot is write and sent.at - start == pytest.approx(2.5, abs=0.002)
+
+
+async def test_completed_commands_are_never_held(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = requeue(make_rig(FakeSession("a", cqt=5.0), FakeSession("b")), nursery)
+    write = rig.write()
+    rig.queue(0).complete_next(rig.head, ANA_INACCESSIBLE)  # the controller answered: done
+    await settle()
+    assert write.state is S.INFLIGHT and write.path is rig.paths[1]
+    assert rig.head.stats.quiesce_held == 0
+
+
 async def test_no_cqt_writes_fail_over_at_once(nursery: trio.Nursery,
                                                autojump_clock: trio.testing.MockClock) -> None:  # fmt: skip
     rig = requeue(make_rig(FakeSession("a"), FakeSession("b", cqt=5.0)), nursery)

@@ -161,7 +161,7 @@ async def test_kernel_host_rides_a_subsystem_removed_and_recreated_live(
                         await trio.sleep(0.1)
                 status = await client.status()
                 metrics = await client.metrics()
-            target.stop()
+            nursery.cancel_scope.cancel()  # the target and its control API
     run = vm.result()
 
     interop_figures(f"live subsystem: {CYCLES} removals under fio, host back after "
