@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -96,6 +97,7 @@ class QueueConnection(FaultInjection):
         self._cancel = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self.close_reason = ""
+        self.ended_at = math.inf  # when the connection ended (every command quiesced by then)
         self.commands = 0
         # Metrics counters (target.control.metrics reads when scraped); ``commands`` counts those
         # received. The commands of a receive batch completed while it is served are timed
@@ -185,6 +187,7 @@ class QueueConnection(FaultInjection):
                     await self._receive_loop()
                     nursery.cancel_scope.cancel()
         finally:
+            self.ended_at = trio.current_time()
             self._detach()
             if self.capture is not None:
                 self.capture.close(self.stream.socket, target_closed=bool(self.close_reason))

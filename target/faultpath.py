@@ -41,6 +41,7 @@ class FaultInjection:
     _cancel: trio.CancelScope
     _rx_resume_at: float
     _tx_resume_at: float
+    ended_at: float
 
     def _account(self, req: Request, status: int) -> None: ...
     def _respond(self, cid: int, status: int, dw0: int, dw1: int,
@@ -110,6 +111,14 @@ class FaultInjection:
         alive = not self._cancel.cancel_called and self.conn.state is ConnState.ESTABLISHED
         log.info("ghost write landed peer=%s qid=%s cid=%s connection=%s", self.peer, self.qid,
                  req.cid, "alive" if alive else "gone")  # fmt: skip
+        ctrl, late = self.controller, trio.current_time() - self.ended_at
+        cqt_ms = ctrl.subsystem.cqt_ms if ctrl is not None and ctrl.subsystem is not None else 0
+        if late > cqt_ms / 1000:  # ended_at is +inf while the connection lives
+            # Everything else a lost connection was executing is done when it ends (its tasks
+            # are cancelled, file I/O is awaited): only this fault outlives the promise.
+            log.warning("ghost write landed %.0f ms after its connection was lost, beyond the "
+                        "command quiesce time of %s ms it advertises: a deliberate violation "
+                        "(fault rule ghost-write)", late * 1000, cqt_ms)  # fmt: skip
         if alive:
             req.fault = None
             self._complete(req, reply)

@@ -20,10 +20,10 @@ BLOCKS = 8
 SIZE = BLOCKS * 512
 
 
-def config() -> TargetConfig:
+def config(cqt_ms: int = 0) -> TargetConfig:
     ns = NamespaceConfig(nsid=1, size=4 << 20, block_size=512)
     return TargetConfig(
-        subsystems=(SubsystemConfig(nqn=DEMO_NQN, namespaces=(ns,)),),
+        subsystems=(SubsystemConfig(nqn=DEMO_NQN, namespaces=(ns,), cqt_ms=cqt_ms),),
         ports=(
             PortConfig(id=1, port=0, subsystems=(DEMO_NQN,),
                        ana_states=((1, AnaState.OPTIMIZED),)),
@@ -69,6 +69,74 @@ async def test_ghost_write_overwrites_the_retry_without_quiesce(target: Target,
             await trio.sleep(1.0)  # ... until the ghost lands on the media
             assert await head.read(0, BLOCKS) == stale
         assert target.state.faults_fired.get("ghost-write") == 1
+
+
+def write_command(slba: int, nblocks: int) -> bytes:
+    """A raw NVM Write SQE for ring passthrough (NSID 1; the ring fills CID and SGL)."""
+    sqe = bytearray(64)
+    sqe[0] = IoOpcode.WRITE
+    sqe[4:8] = (1).to_bytes(4, "little")
+    sqe[40:48] = slba.to_bytes(8, "little")
+    sqe[48:50] = (nblocks - 1).to_bytes(2, "little")
+    return bytes(sqe)
+
+
+@pytest.mark.parametrize("kind", ["block", "passthrough"])
+async def test_cqt_above_the_ghost_delay_keeps_the_newer_data(
+    kind: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    target: Target = await nursery.start(Target(config(cqt_ms=1500)).serve)
+    target.fault_add({"action": "ghost-write", "port": 1, "opcode": IoOpcode.WRITE,
+                      "delay_ms": 800, "count": 1})  # fmt: skip
+    stale, fresh = b"\xaa" * SIZE, b"\x55" * SIZE
+    async with open_host(options()) as host:
+        for port_id in (1, 2):
+            await host.connect(HOST, target.ports[port_id].bound_port, DEMO_NQN)
+        head = host.namespace(DEMO_NQN, 1)
+        assert [s.cqt for s in host.sessions] == [1.5, 1.5]  # read from Identify Controller
+        with trio.fail_after(20):
+
+            async def kill_path_soon() -> None:
+                await trio.sleep(0.2)
+                await target.port_down(1, "reset")
+
+            nursery.start_soon(kill_path_soon)
+            started = trio.current_time()
+            if kind == "block":
+                await head.write(0, stale)
+            else:
+                done = await head.passthru(write_command(0, BLOCKS), data_out=stale)
+                assert done.status_word == 0
+            # held until the lost controller's quiesce deadline (loss + CQT), not sent at once
+            assert trio.current_time() - started >= 0.2 + 1.5 - 0.05
+            assert head.stats.quiesce_held == 1
+            await head.write(0, fresh)
+            await trio.sleep(1.0)  # the ghost landed long ago, before the retry: nothing more
+            assert await head.read(0, BLOCKS) == fresh
+        assert target.state.faults_fired.get("ghost-write") == 1
+        assert not [r for r in caplog.records if "deliberate violation" in r.getMessage()]
+    target.stop()
+
+
+async def test_a_ghost_beyond_the_advertised_cqt_says_it_is_a_violation(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    target: Target = await nursery.start(Target(config(cqt_ms=100)).serve)
+    target.fault_add({"action": "ghost-write", "port": 1, "opcode": IoOpcode.WRITE,
+                      "delay_ms": 600, "count": 1})  # fmt: skip
+    async with open_host(options()) as host:
+        await host.connect(HOST, target.ports[1].bound_port, DEMO_NQN)
+        head = host.namespace(DEMO_NQN, 1)
+        with trio.fail_after(20):
+            async with trio.open_nursery() as writers:
+                writers.start_soon(head.write, 0, b"\x01" * SIZE)
+                await trio.sleep(0.2)
+                await target.port_down(1, "reset")
+                await trio.sleep(0.8)
+                writers.cancel_scope.cancel()
+    (warning,) = [r for r in caplog.records if "deliberate violation" in r.getMessage()]
+    assert "command quiesce time of 100 ms" in warning.getMessage()
+    target.stop()
 
 
 async def test_drop_makes_the_host_time_out_and_fail_over(target: Target) -> None:
