@@ -18,6 +18,11 @@ import trio
 T = TypeVar("T")
 
 
+class BackendClosed(OSError):
+    """I/O asked of a backend whose namespace was removed meanwhile (the command raced the
+    removal): the command is answered Invalid Namespace, like nvmet after nvmet_ns_disable."""
+
+
 class Backend(Protocol):
     """What a namespace needs from its storage. Offsets and lengths are in bytes."""
 
@@ -168,7 +173,7 @@ class FileBackend:
         close the descriptor under it (a namespace removed under I/O: the number could be
         reused by the next open and a late pwrite land in another file)."""
         if self._closing:
-            raise OSError(errno.EBADF, f"{self.path}: namespace removed")
+            raise BackendClosed(errno.EBADF, f"{self.path}: namespace removed")
         self._busy += 1
         try:
             return await trio.to_thread.run_sync(work, *args)

@@ -34,6 +34,7 @@ from nvmeof.tcp.events import (
     DataReceived,
     TermReqReceived,
 )
+from target.backends import BackendClosed
 from target.commands.admin import MAX_TRANSFER
 from target.commands.dispatch import CloseQueue, route
 from target.commands.request import Execute, Pending, Reply, Request, fail
@@ -335,6 +336,9 @@ class QueueConnection(FaultInjection):
             reply = await work
         except CommandError as err:
             self._fail(req, err)
+        except BackendClosed as err:  # its namespace was removed while it ran: not an error
+            log.debug("command raced a namespace removal peer=%s: %s", self.peer, err)
+            self._fail(req, fail(StatusCode.INVALID_NS, str(err)))
         except OSError as err:
             log.error("storage error peer=%s qid=%s: %s", self.peer, self.qid, err)
             if self.controller is not None:

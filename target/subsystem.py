@@ -90,5 +90,8 @@ class Subsystem(Generic[C]):
         return None
 
     def close(self) -> None:
+        """The subsystem is gone: its backends close and commands still arriving on its dying
+        controllers find no namespace (Invalid Namespace), as after nvmet_ns_disable."""
         for ns in self.namespaces.values():
             ns.backend.close()
+        self.namespaces.clear()

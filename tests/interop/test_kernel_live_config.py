@@ -26,6 +26,7 @@ import gc
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -166,7 +167,10 @@ async def test_kernel_host_rides_a_subsystem_removed_and_recreated_live(
 
     interop_figures(f"live subsystem: {CYCLES} removals under fio, host back after "
                     f"{min(back_after):.1f}..{max(back_after):.1f} s")  # fmt: skip
-    assert removals == [f"subsystem remove {LIVE_NQN} controllers=2"] * CYCLES
+    # Each removal dropped the host's controllers (both, unless the target had just expired one
+    # by keep-alive: TCG can starve the guest's keep-alive past 2 s), and the host came back.
+    assert len(removals) == len(back_after) == CYCLES
+    assert all(re.fullmatch(rf"subsystem remove {LIVE_NQN} controllers=[12]", r) for r in removals)
     uuid_lines = [line for line in run.stdout.splitlines() if line.startswith("INFO ns1=")]
     assert uuid_lines and uuid_lines[0].endswith(f"uuid={NS_UUID}"), uuid_lines
     assert NS_UUID.replace("-", "") in run.step("ns-descs").output.replace("-", "")
