@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint interop differential bench clean
+.PHONY: demo cqt-demo test lint interop differential bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m demo
+
+# The stale write after a failover (CQT 0) and the Command Quiesce Time that stops it.
+cqt-demo: $(STAMP)
+	$(BIN)/python -m demo.cqt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not interop"
