@@ -266,7 +266,9 @@ def target_argv(config: Path | None) -> list[str]:
     argv.append("serve")
     if config is not None:
         argv += ["--config", str(config)]
-    return [*argv, "--advertise", GUEST_HOST_IP, "--log-level", "info"]
+    # No control API or metrics listener: two targets of one run must not fight over 9465/9464.
+    return [*argv, "--advertise", GUEST_HOST_IP, "--log-level", "info", "--control", "off",
+            "--metrics", "off"]  # fmt: skip
 
 
 def port_busy(port: int) -> bool:

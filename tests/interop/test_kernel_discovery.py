@@ -8,6 +8,7 @@ controller connects to the unique NQN, reads the log and goes away.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from interop_harness import (
 
 pytestmark = pytest.mark.interop
 
+CQT_MS = 1234  # shows in nvme-cli 2.13's id-ctrl (Debian 13); 2.3 does not print the field
 UNIQUE = "nqn.2014-08.org.nvmexpress.discovery:uuid:5b0f5f4e-7f7c-4a49-9d2e-1a5c9c6b2f10"
 
 
@@ -39,7 +41,7 @@ def unique_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TargetPr
     config = workdir / "target.toml"
     config.write_text(
         f'discovery_nqn = "{UNIQUE}"\n'
-        f'[[subsystem]]\nnqn = "{DEMO_NQN}"\n'
+        f'[[subsystem]]\nnqn = "{DEMO_NQN}"\ncqt_ms = {CQT_MS}\n'
         '  [[subsystem.namespace]]\n  nsid = 1\n  size = "64MiB"\n'
         f'[[port]]\nid = 1\naddr = "127.0.0.1"\nport = 0\nsubsystems = ["{DEMO_NQN}"]\n'
         '[[port]]\nid = 2\naddr = "127.0.0.1"\nport = 0\n',
@@ -71,6 +73,7 @@ def test_kernel_discovers_through_the_unique_and_the_well_known_nqn(
     script: Path = GUEST_DIR / "discovery_nqn.sh"
     run = linuxvm.run("discovery-nqn", script, {
         "DISC_PORT": str(unique_target.discovery_port), "UNIQUE": UNIQUE,
+        "IO_PORT": str(unique_target.io_ports[0]), "NQN": DEMO_NQN,
     }, timeout=240, target=unique_target)  # fmt: skip
     for name in ("discover-well-known", "discover-unique"):
         step = run.step(name)
@@ -87,4 +90,9 @@ def test_kernel_discovers_through_the_unique_and_the_well_known_nqn(
     assert through.rc == 0, run.context()
     assert [e.get("subnqn") for e in discovery_entries(through.output)] == [UNIQUE, DEMO_NQN]
     assert run.step("disconnect-persistent").rc == 0, run.context()
+    id_ctrl = run.step("id-ctrl")
+    assert id_ctrl.rc == 0, run.context()
+    cqt = [line for line in id_ctrl.output.splitlines() if line.split(":")[0].strip() == "cqt"]
+    if os.environ.get("LINUXVM_RELEASE", "bookworm") != "bookworm":  # nvme-cli 2.13
+        assert cqt and cqt[0].split(":")[1].strip() == str(CQT_MS), id_ctrl.output
     assert not unique_target.problems(run.target_log), run.target_log
