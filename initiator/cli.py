@@ -21,7 +21,7 @@ import trio
 
 from initiator.bench import RW_MODES
 from initiator.policy import IOPOLICIES
-from logfmt import first_leaf, setup_logging
+from logfmt import first_leaf, reader_went_away, setup_logging
 from nvmeof.constants import DISCOVERY_PORT, IO_PORT
 
 EXIT_USAGE = 2
@@ -203,8 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = trio.run(commands.run, args)
     except* KeyboardInterrupt:
         status = 130
+    except* BrokenPipeError:
+        status = reader_went_away()
     except* Exception as group:  # one clear line, not a traceback
         print(f"nvmeof {args.command}: {first_leaf(group)}", file=sys.stderr)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = reader_went_away()
     return status
 
 

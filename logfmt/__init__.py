@@ -7,9 +7,13 @@ lives beside them rather than in either; it imports nothing of ours.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 
 LEVELS = ("debug", "info", "warning", "error")
+#: Exit status when stdout's reader went away: 128 + SIGPIPE, what a tool killed by it gives.
+EXIT_BROKEN_PIPE = 128 + 13
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -40,3 +44,14 @@ def first_leaf(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
+
+
+def reader_went_away() -> int:
+    """stdout's reader closed the pipe (``nvmeof id-ctrl ... | head -1``): stop quietly, as a
+    tool killed by SIGPIPE does. SIGPIPE itself stays ignored (Python's default), since a
+    write to a reset TCP connection must raise, not kill the process; stdout is pointed at
+    /dev/null so the interpreter's final flush has nothing to complain about."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE

@@ -124,7 +124,8 @@ ROUTES = (
               "Take a path down (reset = TCP RST, close = FIN, blackhole, refuse new connections)",
               _object((), mode={"enum": list(PORT_DOWN_MODES), "default": "reset"})),
     RouteSpec("POST", f"{_PORT}/up", ControlApi.port_up,
-              "Restore a path: accept again, resume blackholed connections"),
+              "Restore a path: accept again; connections left blackholed are reset (their "
+              "queued commands are stale by now)"),
     RouteSpec("POST", f"{_PORT}/subsystems", ControlApi.port_link,
               "Expose a subsystem on the port", _object(("nqn",), nqn=_STR)),
     RouteSpec("DELETE", f"{_PORT}/subsystems/{{nqn}}", ControlApi.port_unlink,

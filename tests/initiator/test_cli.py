@@ -8,6 +8,8 @@ serves from the test's event loop.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -125,3 +127,25 @@ async def test_unreachable_target_is_one_line(capsys: pytest.CaptureFixture[str]
     assert code == 1
     lines = [line for line in err.splitlines() if line.startswith("nvmeof discover:")]
     assert len(lines) == 1
+
+
+async def test_a_reader_that_goes_away_ends_the_command_quietly(target: Target) -> None:
+    """``nvmeof id-ctrl ... | head -1``: no "Broken pipe" message, the SIGPIPE exit status."""
+    argv = [sys.executable, "-m", "initiator.cli", "id-ctrl", *paths(target), "-n", DEMO_NQN]
+
+    def head_one() -> tuple[int, str, str]:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()  # what head does after its line
+        try:
+            return proc.wait(timeout=30), first, proc.stderr.read()
+        finally:
+            proc.kill()
+            proc.stderr.close()
+
+    with trio.fail_after(60):
+        status, first, stderr = await trio.to_thread.run_sync(head_one)
+    assert first.startswith("NVME Identify Controller")
+    assert status == 141 and "Broken pipe" not in stderr and "Errno" not in stderr, stderr
