@@ -10,6 +10,7 @@ import logging
 from bisect import bisect_right
 from dataclasses import replace
 
+from logfmt.aggregate import Aggregator
 from nvmeof.aen import ANA_CHANGE, DISCOVERY_CHANGE, NS_CHANGED
 from nvmeof.constants import (
     DISCOVERY_NQN,
@@ -101,6 +102,7 @@ class TargetState:
         self._next_disc_cntlid = 1
         self.faults = FaultSet()
         self.faults_fired: dict[str, int] = {}
+        self.fault_log = Aggregator(log)
         # Counters read by target.control.metrics at scrape time.
         self.command_stats: dict[int, CommandStats] = {pid: CommandStats() for pid in self.ports}
         self.byte_counts: dict[str, ByteCounts] = {nqn: ByteCounts() for nqn in self.subsystems}
@@ -282,9 +284,11 @@ class TargetState:
 
     def fault_fired(self, rule: FaultRule, where: str) -> None:
         self.faults_fired[rule.action] = self.faults_fired.get(rule.action, 0) + 1
-        log.info("fault fired rule=%s action=%s %s", rule.id, rule.action, where)
+        # A rule may fire on every command: one line per rule per second, with the count.
+        self.fault_log.note(f"fault fired rule={rule.id} action={rule.action}", where)
 
     def close(self) -> None:
+        self.fault_log.flush()
         for ctrl in self.controllers():
             ctrl.close("target shutting down")
         for sub in self.subsystems.values():

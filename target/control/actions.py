@@ -350,6 +350,7 @@ class Operations(LiveConfig):
         return [rule.describe() for rule in self.state.faults.rules]
 
     def fault_clear(self, rule_id: int | None = None) -> int:
+        self.state.fault_log.flush()  # the folded lines of the rules going away
         if rule_id is None:
             count = self.state.faults.clear()
         else:
