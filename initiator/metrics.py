@@ -20,9 +20,12 @@ Metrics (``path`` is the controller's ``addr:port``):
   ``_path_io_latency_seconds`` (histogram: sent on the path to completed);
 - per namespace head ``{subsystem,nsid}``, named like the kernel's multipath ``diag/``
   counters: ``nvmeof_initiator_failovers_total``, ``_requeued_total``, ``_retries_total``,
-  ``_no_path_queued_total``, ``_failed_total``, ``_quiesce_held_total``, ``_queued_commands`` (parked right now) and
-  ``nvmeof_initiator_failover_seconds`` (histogram: path error to the first successful
-  completion of a failed-over command);
+  ``_no_path_queued_total``, ``_failed_total``, ``_quiesce_held_total``,
+  ``_path_losses_total``, ``_queued_commands`` (parked right now),
+  ``nvmeof_initiator_failover_seconds`` (histogram, recovery: a path lost, from when I/O on it
+  stopped, to the first successful completion of a command sent after the loss was detected)
+  and ``nvmeof_initiator_detection_seconds`` (histogram: a lost path's last good completion to
+  the host marking it unusable);
 - per controller ``{path,subsystem}``: ``nvmeof_initiator_reconnects_total``,
   ``nvmeof_initiator_controller_state{...,state}``.
 """
@@ -60,6 +63,7 @@ _HEAD_COUNTERS = (
     ("retries", "retries", "Same-path retries"),
     ("no_path_queued", "no_path_queued", "Commands parked because no path was usable"),
     ("failed", "failed", "Commands failed because no path was available"),
+    ("path_losses", "path_losses", "Times a usable path stopped being usable"),
     (
         "quiesce_held",
         "quiesce_held",
@@ -72,6 +76,7 @@ _PATH_COUNTERS = (
     ("path_errors", "errors", "I/Os completed on the path with an error status"),
     ("path_failovers", "failovers", "Commands that left the path because of an error"),
     ("path_retries", "retries", "Same-path retries on the path"),
+    ("path_losses", "losses", "Times the path stopped being usable"),
 )
 
 
@@ -155,8 +160,13 @@ class InitiatorCollector(Collector):
         )  # fmt: skip
         failover = HistogramMetricFamily(
             "nvmeof_initiator_failover_seconds",
-            "Failover time: path error to the first successful completion of a failed-over "
-            "command", labels=HEAD_LABELS,
+            "Recovery time: a path lost (I/O on it stopped) to the first successful completion "
+            "of a command sent after the loss was detected", labels=HEAD_LABELS,
+        )  # fmt: skip
+        detection = HistogramMetricFamily(
+            "nvmeof_initiator_detection_seconds",
+            "Detection time: a lost path's last good completion to the host marking it "
+            "unusable (losses with I/O in flight)", labels=HEAD_LABELS,
         )  # fmt: skip
         for head in heads:
             labels = [head.subnqn, str(head.nsid)]
@@ -165,9 +175,12 @@ class InitiatorCollector(Collector):
             queued.add_metric(labels, head.queued)
             hist = head.failover_latency
             failover.add_metric(labels, histogram_buckets(hist), hist.sum)
+            hist = head.detection_latency
+            detection.add_metric(labels, histogram_buckets(hist), hist.sum)
         yield from (family for _, family in families)
         yield queued
         yield failover
+        yield detection
 
     def _controllers(self) -> Iterator[Metric]:
         reconnects = CounterMetricFamily(
@@ -178,6 +191,10 @@ class InitiatorCollector(Collector):
             "nvmeof_initiator_controller_state", "Controller state: 1 for the current state",
             labels=["path", "subsystem", "state"],
         )  # fmt: skip
+        reconnected = CounterMetricFamily(
+            "nvmeof_initiator_reconnected", "Reconnects that brought the controller back",
+            labels=["path", "subsystem"],
+        )  # fmt: skip
         seen: set[tuple[str, str]] = set()
         for session in list(self.host.sessions):
             key = (session.label, session.subnqn)
@@ -185,9 +202,11 @@ class InitiatorCollector(Collector):
                 continue
             seen.add(key)
             reconnects.add_metric(list(key), session.reconnects)
+            reconnected.add_metric(list(key), session.reconnected)
             for each in SessionState:
                 state.add_metric([*key, each.value], 1 if each is session.state else 0)
         yield reconnects
+        yield reconnected
         yield state
 
 

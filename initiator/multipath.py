@@ -89,6 +89,7 @@ class PathStats:
     errors: int = 0
     failovers: int = 0  # commands that left this path because of an error
     retries: int = 0
+    losses: int = 0  # times the path stopped being usable
     latency: Buckets = field(default_factory=_latency_buckets)  # completions, from sending
 
 
@@ -102,6 +103,7 @@ class HeadStats:
     no_path_queued: int = 0  # commands parked because no path was usable
     failed: int = 0  # commands failed because no path was available
     quiesce_held: int = 0  # commands held until their lost controller's quiesce deadline
+    path_losses: int = 0  # a usable path stopped being usable (with or without I/O on it)
 
 
 class IoError(NvmeofError):
@@ -130,6 +132,8 @@ class Path:
         self.ana_pending = False
         self.inflight = 0
         self.stats = PathStats()
+        self.last_good = -math.inf  # the last successful completion on the path
+        self.was_usable = False  # as of the head's last look (see MultipathHead.check_paths)
         self.head: MultipathHead | None = None
         self._next_queue = 0
 
@@ -194,9 +198,13 @@ class MultipathHead:
         self._kicked = False
         self.stats = HeadStats()
         self.events: list[tuple[float, str]] = []  # (time, what) for live views and plots
-        #: Path error to the first successful completion of a failed-over command.
+        #: Recovery: the loss of a path (when I/O on it stopped: its last good completion) to
+        #: the first successful completion of a command sent after the loss was detected.
         self.failover_latency = Buckets(FAILOVER_BOUNDS)
-        self.failover_started: float | None = None  # the path error being recovered from
+        #: Detection: a lost path's last good completion to the host marking it unusable.
+        self.detection_latency = Buckets(FAILOVER_BOUNDS)
+        self.failover_started: float | None = None  # when I/O stopped (the loss recovered from)
+        self.loss_detected = -math.inf  # when the host noticed it
         try:  # the run's clock itself: cheaper than trio.current_time() on every completion
             self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
         except RuntimeError:  # made outside a Trio run
@@ -325,9 +333,11 @@ class MultipathHead:
             latency.sum += elapsed
             if status & 0xFFFE:
                 stats.errors += 1
-            elif slot.failovers and self.failover_started is not None:
-                self.failover_latency.observe(now - self.failover_started)
-                self.failover_started = None
+            else:
+                path.last_good = now
+                if self.failover_started is not None and slot.sent_at >= self.loss_detected:
+                    self.failover_latency.observe(now - self.failover_started)
+                    self.failover_started = None
             slot.status_word = status
             slot.dw0 = dw0
             slot.dw1 = dw1
@@ -352,8 +362,8 @@ class MultipathHead:
     def _failover(self, slot: Slot, path: Path, status: int) -> None:
         now = trio.current_time()
         code = (status >> 1) & 0x7FF
-        if self.failover_started is None:
-            self.failover_started = now
+        if self.failover_started is None:  # a path error without a path loss
+            self.failover_started = self.loss_detected = now
         if self._current is not None and self.paths[self._current] is path:
             self._current = None
         if code in _ANA_CODES and not path.ana_pending:
@@ -385,8 +395,29 @@ class MultipathHead:
 
     # -- requeue task ----------------------------------------------------------------------------
 
+    def check_paths(self) -> None:
+        """Count a loss for every path that was usable and is not any more (its controller
+        lost, its ANA group inaccessible or being re-read), whether or not commands were in
+        flight on it: the loss is when I/O on it stopped (its last good completion, when it
+        had commands outstanding), the detection is now."""
+        now = self._now()
+        for path in self.paths:
+            usable = path.usable
+            if path.was_usable and not usable:
+                self.stats.path_losses += 1
+                path.stats.losses += 1
+                stopped = now
+                if path.inflight and path.last_good > -math.inf:
+                    stopped = path.last_good
+                    self.detection_latency.observe(now - stopped)
+                if self.failover_started is None:
+                    self.failover_started, self.loss_detected = stopped, now
+                self.note(f"path {path.label} lost (I/O stopped {now - stopped:.3f} s before)")
+            path.was_usable = usable
+
     def kick(self) -> None:
         """Wake the requeue task (a path became usable, a slot was parked, a tag was freed)."""
+        self.check_paths()
         if not self._kicked:
             self._kicked = True
             self._lot.unpark_all()

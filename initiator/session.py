@@ -111,7 +111,8 @@ class Session:
         self.quiesce_until = -math.inf
         self.quiesce_noted = -math.inf  # the deadline the head last announced
         self.last_failover = -math.inf
-        self.reconnects = 0
+        self.reconnects = 0  # attempts
+        self.reconnected = 0  # attempts that brought the controller back
         self.lost_at: float | None = None
         self.anatt_deadline = math.inf  # armed while an ANA group is in the change state
         self._scope: trio.CancelScope | None = None
@@ -220,6 +221,8 @@ class Session:
             queue.on_close = self._queue_lost
             queue.on_slot_complete = _complete_slot
         await self._scan(assoc)
+        if self.lost_at is not None:
+            self.reconnected += 1
         self.lost_at = None
         self._set_state(SessionState.LIVE)
         nursery.start_soon(self._aer_loop, assoc)

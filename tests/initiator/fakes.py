@@ -87,6 +87,7 @@ class FakeQueue:
         if self.refuse:
             self.refused += 1
             return False
+        slot.sent_at = trio.current_time()  # as HostQueue.send_slot does
         self.pending.append(slot)
         self.last_cmd = slot.cmd
         if self.record:

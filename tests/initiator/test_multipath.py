@@ -174,7 +174,9 @@ async def test_ana_inaccessible_fails_over(nursery: trio.Nursery,
     rig.queue(1).complete_next(rig.head, 0)
     assert slot.state is S.DONE and slot.ok and slot.path_label == "b" and slot.user_data == "x"
     assert len(rig.sent(0)) == 1  # never resent on the ANA-pending path
-    assert rig.head.events and "failover from a" in rig.head.events[-1][1]
+    assert any("failover from a" in what for _, what in rig.head.events)
+    assert any("path a lost" in what for _, what in rig.head.events)
+    assert rig.head.stats.path_losses == 1 and rig.paths[0].stats.losses == 1
 
 
 async def test_failover_events_coalesce_and_ana_reread_once(nursery: trio.Nursery,
