@@ -146,7 +146,8 @@ class TargetProcess:
                                 "and was killed")  # fmt: skip
             else:
                 if returncode not in (0, -signal.SIGTERM):
-                    problems.append(f"it exited with {describe_exit(returncode)} after SIGTERM")
+                    problems.append(f"it exited with {describe_exit(returncode)}, not from our "
+                                    "SIGTERM")  # fmt: skip
         errors = self.internal_errors()
         if errors:
             problems.append(f"it logged {len(errors)} internal error(s):\n" + "\n".join(errors))
