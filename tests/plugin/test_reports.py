@@ -8,6 +8,11 @@ import re
 from importlib.metadata import entry_points
 from pathlib import Path
 
+# pytester's in-process runs put sys.modules back as they found it: a module first imported
+# inside one would come back as a second copy when imported again later. httpx imports httpcore
+# lazily (at its first client) and then maps httpcore's exceptions by class, so with a second
+# copy a refused connection escapes as a raw httpcore.ConnectError. Import it out here first.
+import httpcore  # noqa: F401
 import pytest
 
 #: Load the plugin in the inner runs unless pytest loads it already (installed entry point).
