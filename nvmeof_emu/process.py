@@ -244,8 +244,9 @@ class TargetProcess:
     @property
     def log(self) -> str:
         """Everything the daemon logged (every run, restarts included)."""
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if (
-            self.log_path.exists()) else ""  # fmt: skip
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def internal_errors(self) -> list[str]:
         """The current run's log lines that show an internal error (:mod:`nvmeof_emu.checks`)."""
