@@ -3,7 +3,7 @@
 Commands:
     serve [--config FILE] [--advertise ADDR] [--log-level LEVEL]
           [--control ADDR:PORT|off] [--control-token-file FILE] [--metrics ADDR:PORT|off]
-          [--pcap DIR]
+          [--pcap DIR] [--ready-file FILE]
     config export [--config FILE] [--output FILE]   (nvmetcli JSON)
     config check FILE
     ctl ...   (operate a running target: see :mod:`target.control.ctl`)
@@ -11,7 +11,9 @@ Bad configuration or arguments print one line naming the problem and exit with s
 
 ``serve`` runs the control API (default 127.0.0.1:9465; off loopback it needs
 ``--control-token-file``) and the Prometheus listener (default 127.0.0.1:9464) next to the
-target, and installs the configuration's ``[[fault]]`` rules before serving.
+target, and installs the configuration's ``[[fault]]`` rules before serving. With
+``--ready-file`` it writes where everything listens, once it does (:mod:`target.ready`): how a
+test harness learns the ports bound for ports configured as 0.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from target.control.clientbase import (
 from target.control.ctl import add_ctl_parser, run_ctl
 from target.control.httpapi import DEFAULT_METRICS, serve_control
 from target.daemon import Target
+from target.ready import ReadyFileError, ready_document, write_ready_file
 
 log = logging.getLogger("nvmeof.target")
 
@@ -105,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write each connection's traffic to DIR as pcapng (for Wireshark's NVMe/TCP)",
     )
+    serve.add_argument(
+        "--ready-file",
+        metavar="FILE",
+        help="once everything listens, write the bound ports and endpoints there as JSON",
+    )
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     export = config_sub.add_parser("export", help="write the configuration as nvmetcli JSON")
@@ -135,8 +143,11 @@ async def _serve_target(
         stopped.set()
 
 
-async def _stop_on_signal(target: Target) -> None:
+async def _stop_on_signal(
+    target: Target, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("signal %s: shutting down, closing %s connections",
                      signal.Signals(signum).name, len(target.connections))  # fmt: skip
@@ -145,18 +156,34 @@ async def _stop_on_signal(target: Target) -> None:
 
 
 async def run_with_control(
-    target: Target, control: Endpoint | None, metrics: Endpoint | None, token: str | None
+    target: Target,
+    control: Endpoint | None,
+    metrics: Endpoint | None,
+    token: str | None,
+    ready_file: str | None = None,
 ) -> None:
     """Serve ``target`` with its control API and metrics listener until SIGINT or SIGTERM
-    (or until the target stops); then everything shuts down."""
+    (or until the target stops); then everything shuts down. ``ready_file`` is written once
+    everything listens (:mod:`target.ready`)."""
     async with trio.open_nursery() as nursery:
         stopped = trio.Event()
         await nursery.start(_serve_target, target, stopped)
+        endpoints = None
         if control is not None or metrics is not None:
-            await nursery.start(partial(serve_control, target, control=control, metrics=metrics,
-                                        token=token, shutdown_trigger=stopped.wait))  # fmt: skip
+            endpoints = await nursery.start(partial(
+                serve_control, target, control=control, metrics=metrics, token=token,
+                shutdown_trigger=stopped.wait))  # fmt: skip
         async with trio.open_nursery() as watcher:
-            watcher.start_soon(_stop_on_signal, target)
+            # The signal handler is in place before the ready file says "started": a harness
+            # that stops the daemon as soon as it reads the file gets a clean shutdown.
+            await watcher.start(_stop_on_signal, target)
+            if ready_file is not None:
+                try:
+                    write_ready_file(ready_file, ready_document(target, endpoints))
+                except OSError as err:
+                    raise ReadyFileError(f"cannot write the ready file {ready_file}: "
+                                         f"{err.strerror or err}") from None  # fmt: skip
+                log.info("ready file %s written", ready_file)
             await stopped.wait()
             watcher.cancel_scope.cancel()
 
@@ -172,7 +199,10 @@ def _control_token(args: argparse.Namespace) -> str | None:
 def _serve(args: argparse.Namespace, target: Target, token: str | None) -> int:
     status = 0
     try:
-        trio.run(run_with_control, target, args.control, args.metrics, token)
+        trio.run(run_with_control, target, args.control, args.metrics, token, args.ready_file)
+    except* ReadyFileError as group:
+        print(f"nvmeof-target: {first_leaf(group)}", file=sys.stderr)
+        status = 1
     except* OSError as group:  # typically an address already in use
         print(f"nvmeof-target: cannot listen: {first_leaf(group)}", file=sys.stderr)
         status = 1
