@@ -145,8 +145,8 @@ class ScenarioRunner:
         result = StepResult(self.scenario.name, occurrence.time, elapsed, wall,
                             occurrence.step.number, occurrence.index, occurrence.action, what,
                             ok, detail)  # fmt: skip
-        level = logging.INFO if ok else logging.WARNING
-        log.log(level, "scenario %s %s", self.scenario.name, result.line())
+        # INFO even when refused: the caller reports failures (ctl prints them once, on stderr).
+        log.info("scenario %s %s", self.scenario.name, result.line())
         return result
 
     async def _perform(self, occurrence: Occurrence) -> str:

@@ -6,13 +6,16 @@ command and its dry run."""
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from initiator import ControllerOptions, open_host
+from initiator.cli import main as bench_main
 from initiator.multipath import IoError, MultipathHead
 from target.cli import main
 from target.config import DEMO_NQN
@@ -253,6 +256,59 @@ async def test_fault_steps_remove_what_they_added_and_only_that() -> None:
     assert results[5].detail == f"rules {results[0].detail.removeprefix('rule ')} removed"
     assert "no fault rule added under the name 'kept'" in results[4].detail
     assert [rule["action"] for rule in left] == ["drop"]
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """``nvmeof`` (main) points the root logger at the stderr of the moment: put it back, or
+    later tests log into a closed capture."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
+async def test_bench_draws_the_steps_a_scenario_runs_meanwhile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = parse_scenario('''
+        name = "drawn"
+        [[step]]
+        at = "300ms"
+        action = "port-down"
+        port = 1
+        duration = "300ms"
+        [[step]]
+        at = "900ms"
+        action = "mark"
+        label = "halfway"
+    ''', "drawn.toml")  # fmt: skip
+    steps, page = tmp_path / "steps.jsonl", tmp_path / "t.html"
+    with trio.fail_after(40):
+        async with live() as env:
+            argv = ["bench", "--path", f"{HOST}:{env.port(1)}", "--path", f"{HOST}:{env.port(2)}",
+                    "-n", DEMO_NQN, "-c", "0.1", "--rw", "randrw", "--bs", "4k", "--iodepth",
+                    "4", "--size", "4M", "--runtime", "2.5", "--verify", "--json",
+                    "--timeline", str(page), "--events", str(steps)]  # fmt: skip
+            async with trio.open_nursery() as nursery:
+                done: list[int] = []
+
+                async def bench() -> None:
+                    done.append(await trio.to_thread.run_sync(bench_main, argv))
+
+                nursery.start_soon(bench)
+                await trio.sleep(0.5)  # the bench connects and starts sampling
+                results = await run_scenario(env.control, scenario, log_path=steps)
+    out, err = capsys.readouterr()
+    assert done == [0], err
+    assert all(r.ok for r in results) and len(results) == 3
+    assert "events: 3 scenario steps from" in err
+    job = json.loads(out)["jobs"][0]
+    assert job["error"] == 0 and job["verify_errors"] == 0
+    text = page.read_text()
+    assert "step[0] port-down port=1 mode=reset" in text and "step[1] mark halfway" in text
 
 
 # -- ctl ------------------------------------------------------------------------------------------
