@@ -235,8 +235,9 @@ def _scenario_run(client: ControlClient, args: argparse.Namespace) -> str:
     schedule = scenario.schedule(args.seed)
     seed = scenario.seed if args.seed is None else args.seed
     length = max((o.time for o in schedule), default=0.0)
-    heading = (f"scenario {scenario.name}: {len(scenario.steps)} steps, {len(schedule)} "
-               f"occurrences over {length:.3f}s, seed {seed}")  # fmt: skip
+    steps = f"{len(scenario.steps)} step{'s' if len(scenario.steps) != 1 else ''}"
+    heading = (f"scenario {scenario.name}: {steps}, {len(schedule)} occurrences over "
+               f"{length:.3f}s, seed {seed}")  # fmt: skip
     if args.dry_run:
         return "\n".join([heading + " (dry run)", *format_schedule(schedule)])
     print(heading, flush=True)

@@ -323,3 +323,10 @@ def test_schedules_are_sorted_complete_and_deterministic_per_seed(
     # Two jittered occurrences drawn alike by two seeds: about one chance in 2.5e9.
     if sum(s.repeat for s in scenario.steps if s.jitter) >= 2 and seed != other:
         assert [o.time for o in first] != [o.time for o in scenario.schedule(other)]
+
+
+def test_the_dry_run_shown_in_the_documentation_is_what_the_seed_gives() -> None:
+    doc = (ROOT / "docs" / "SCENARIOS.md").read_text()
+    example = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    shown = doc.split("(dry run)\n", 1)[1].split("```", 1)[0].splitlines()
+    assert format_schedule(parse_scenario(example, "flap.toml").schedule()) == shown
