@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from target.control.live import ControlError
+
 if TYPE_CHECKING:
     from target.connection import QueueConnection
     from target.port import Port
@@ -77,13 +79,21 @@ class Lifecycle:
             with trio.move_on_after(RESTART_DRAIN_SECONDS):
                 while old & self.connections:  # noqa: ASYNC110 - tasks end on their own
                     await trio.sleep(0.005)
+            unbound = []
             for port in ports:
                 port.mode = "up"
-                if port.enabled:
+                if not port.enabled:
+                    continue
+                try:
                     await self.open_listener(port)
+                except OSError as err:  # taken meanwhile: bind the others all the same
+                    unbound.append(f"port {port.id} ({port.addr}:{port.bound_port}): "
+                                   f"{err.strerror or err}")  # fmt: skip
         ids = [p.id for p in ports]
         self.record(f"restart connections={len(old)} controllers={len(controllers)} "
-                    f"ports={ids}")  # fmt: skip
+                    f"ports={ids}" + (f" cannot listen: {'; '.join(unbound)}" if unbound else ""))  # fmt: skip
+        if unbound:
+            raise ControlError(f"restarted, but cannot listen again on {'; '.join(unbound)}")
         return {"connections": len(old), "controllers": len(controllers), "ports": ids}
 
     # -- scenario markers ------------------------------------------------------------------------

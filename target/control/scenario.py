@@ -1,4 +1,5 @@
-"""Fault scenarios: a TOML timeline of operator actions, parsed and expanded without I/O.
+"""Fault scenarios: a TOML timeline of operator actions, parsed and expanded (no sockets, no
+clock: only :func:`load_scenario` reads its file).
 
 A scenario file (documented in ``docs/SCENARIOS.md``, example ``deploy/scenario.example.toml``)::
 

@@ -4,12 +4,15 @@ the typed client against an in-process target, with our initiator as the host.""
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import trio
 
 from initiator import ControllerOptions, open_host
 from target.config import DEMO_NQN
 from target.control.clientbase import ControlApiError
+from target.port import Port
 from tests.target.test_live_config import HOST, live, until
 
 MIB = 1 << 20
@@ -69,3 +72,24 @@ async def test_events_are_recorded_and_counted_by_scenario_and_action() -> None:
                 await env.client.event("two\nlines")
             with pytest.raises(ControlApiError, match=r"request: what: missing"):
                 await env.client.request("POST", "/events", {"scenario": "x"})
+
+
+async def test_a_port_that_cannot_listen_again_is_named_and_the_others_still_serve() -> None:
+    with trio.fail_after(15):
+        async with live() as env:
+            real_open = env.target.open_listener
+
+            async def taken_for_port_1(port: Port) -> None:
+                if port.id == 1:
+                    raise OSError(errno.EADDRINUSE, "Address already in use")
+                await real_open(port)
+
+            env.target.open_listener = taken_for_port_1  # type: ignore[method-assign]
+            with pytest.raises(ControlApiError, match=r"restarted, but cannot listen again on "
+                               r"port 1 \(127\.0\.0\.1:\d+\): Address already in use"):  # fmt: skip
+                await env.client.restart()
+            listening = {p["id"]: p["listening"] for p in (await env.client.status())["ports"]}
+            assert listening == {1: False, 2: True}
+            env.target.open_listener = real_open  # type: ignore[method-assign]
+            await env.client.port_up(1)  # the operator's way back
+            assert all(p["listening"] for p in (await env.client.status())["ports"])
