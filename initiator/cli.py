@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.html|FILE.png",
         help="plot per-path IOPS over time with path and ANA events marked",
     )
+    bench.add_argument(
+        "--events",
+        metavar="STEPS.jsonl",
+        help="also mark the steps of a scenario's step log on the timeline (written by "
+        "nvmeof-target ctl scenario run --log, read when the run ends)",
+    )
     bench.add_argument("--metrics", type=path_arg, metavar="ADDR:PORT",
                        help="serve Prometheus metrics on http://ADDR:PORT/metrics while it runs")  # fmt: skip
     return parser  # fmt: skip
@@ -186,6 +192,8 @@ def _validate(args: argparse.Namespace) -> str | None:
             return "--rwmixread must be 0..100"
         if args.timeline and not args.timeline.lower().endswith((".html", ".png")):
             return "--timeline wants a .html or .png file"
+        if args.events and not args.timeline:
+            return "--events needs --timeline (the steps are drawn on it)"
     return None
 
 

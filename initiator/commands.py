@@ -17,7 +17,7 @@ from initiator.controller import ControllerOptions
 from initiator.host import Host, open_host
 from initiator.multipath import MultipathHead
 from initiator.session import Session
-from initiator.timeline import Timeline
+from initiator.timeline import Timeline, read_step_log
 from nvmeof.constants import DISCOVERY_PORT, IO_PORT, AnaState, Cns, DiscoverySubtype
 from nvmeof.wire.identify import parse_identify_ns
 
@@ -326,6 +326,14 @@ async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
             sampler.start_soon(timeline.run)
         result = await run_bench(head, opts, view.tick)
         sampler.cancel_scope.cancel()
+    if timeline is not None and args.events:
+        # Read at the end: the scenario runner may have been writing it all along.
+        try:
+            steps = await trio.to_thread.run_sync(read_step_log, args.events)
+        except ValueError as problem:
+            err(f"events: {problem} (the timeline is drawn without them)")
+        else:
+            err(f"events: {timeline.add_steps(steps)} scenario steps from {args.events}")
     if timeline is not None:
         await trio.to_thread.run_sync(timeline.write, args.timeline)
         err(f"timeline: {args.timeline}")

@@ -4,11 +4,20 @@
 renders the same chart with matplotlib (the optional ``plot`` extra). Samples are taken every
 ``period`` seconds from the paths' completion counters; events (path lost, live again, ANA
 changes, failovers) come from the namespace head's event log.
+
+Scenario steps (``nvmeof bench --events STEPS.jsonl``) come from the step log a scenario runner
+writes (``nvmeof-target ctl scenario run FILE --log STEPS.jsonl``), one JSON object a line with
+the Unix ``time`` it ran: :func:`read_step_log` reads it (here, not through the target's code:
+the initiator stands apart from the target) and :meth:`Timeline.add_steps` places each step on
+the chart by the wall clock, drawn apart from the host's own events.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +28,40 @@ if TYPE_CHECKING:
     from initiator.multipath import MultipathHead
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+#: Scenario steps are drawn in this colour, host events in grey.
+STEP_COLOR = "#e377c2"
+
+
+def read_step_log(path: str | Path) -> list[tuple[float, str]]:
+    """``(Unix time, description)`` of each step in a scenario step log (JSON lines with
+    ``time``, ``what`` or ``action``, and ``ok``). A last line without its newline is one the
+    runner is still writing: left out. Anything else unreadable is a ValueError naming the
+    line."""
+    name = str(path)
+    try:
+        text = Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    lines = text.split("\n")
+    complete = lines[:-1]  # the text after the last newline is unfinished (or empty)
+    steps = []
+    for number, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise ValueError(f"{name}: line {number}: not JSON") from None
+        when = record.get("time") if isinstance(record, dict) else None
+        if not isinstance(when, int | float) or isinstance(when, bool):
+            raise ValueError(f'{name}: line {number}: no Unix "time" in the record')
+        what = str(record.get("what") or record.get("action") or "step")
+        if "step" in record:
+            what = f"step[{record['step']}] {what}"
+        if record.get("ok") is False:
+            what += f" FAILED: {record.get('detail', '')}".rstrip(": ")
+        steps.append((float(when), what))
+    return steps
 
 
 @dataclass
@@ -31,10 +74,14 @@ class Timeline:
     times: list[float] = field(default_factory=list)
     iops: dict[str, list[float]] = field(default_factory=dict)
     events: list[tuple[float, str]] = field(default_factory=list)
+    #: Unix time at ``start``: where scenario steps (timed by the wall clock) fall.
+    wall_start: float = 0.0
+    steps: list[tuple[float, str]] = field(default_factory=list)
 
     async def run(self) -> None:
         """Sample until cancelled."""
         self.start = trio.current_time()
+        self.wall_start = time.time()
         seen_events = len(self.head.events)
         last = {p.label: p.stats.ios for p in self.head.paths}
         while True:
@@ -49,6 +96,15 @@ class Timeline:
             for when, what in self.head.events[seen_events:]:
                 self.events.append((max(0.0, when - self.start), what))
             seen_events = len(self.head.events)
+
+    def add_steps(self, steps: Iterable[tuple[float, str]]) -> int:
+        """Mark scenario steps given by Unix time (:func:`read_step_log`); those from before the
+        sampling started are left out. Returns how many were kept."""
+        kept = [(when - self.wall_start, what) for when, what in steps
+                if when >= self.wall_start]  # fmt: skip
+        self.steps.extend(kept)
+        self.steps.sort(key=lambda step: step[0])
+        return len(kept)
 
     def write(self, path: str | Path) -> None:
         target = Path(path)
@@ -100,6 +156,11 @@ class Timeline:
             parts.append(f'<line x1="{x(when):.1f}" y1="{top}" x2="{x(when):.1f}" '
                          f'y2="{top + plot_h}" stroke="#999" stroke-dasharray="4,3">'
                          f"<title>{html.escape(what)}</title></line>")  # fmt: skip
+        for when, what in self.steps:
+            if when <= t_max:
+                parts.append(f'<line x1="{x(when):.1f}" y1="{top}" x2="{x(when):.1f}" '
+                             f'y2="{top + plot_h}" stroke="{STEP_COLOR}" stroke-width="1.5">'
+                             f"<title>{html.escape(what)}</title></line>")  # fmt: skip
         for index, (label, series) in enumerate(sorted(self.iops.items())):
             color = COLORS[index % len(COLORS)]
             points = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in zip(self.times, series,
@@ -116,9 +177,15 @@ class Timeline:
     def html(self) -> str:
         rows = "\n".join(f"<tr><td>{t:.2f} s</td><td>{html.escape(what)}</td></tr>"
                          for t, what in self.events)  # fmt: skip
-        return ("<!doctype html><html><head><meta charset='utf-8'><title>nvmeof bench timeline"
+        page = ("<!doctype html><html><head><meta charset='utf-8'><title>nvmeof bench timeline"
                 "</title></head><body><h2>Per-path IOPS</h2>" + self.svg() +
-                "<h3>Events (dashed lines)</h3><table>" + rows + "</table></body></html>\n")  # fmt: skip
+                "<h3>Events (dashed lines)</h3><table>" + rows + "</table>")  # fmt: skip
+        if self.steps:
+            steps = "\n".join(f"<tr><td>{t:.2f} s</td><td>{html.escape(what)}</td></tr>"
+                              for t, what in self.steps)  # fmt: skip
+            page += (f"<h3>Scenario steps (<span style='color:{STEP_COLOR}'>solid lines</span>)"
+                     "</h3><table>" + steps + "</table>")  # fmt: skip
+        return page + "</body></html>\n"
 
     def png(self, path: Path) -> None:
         try:
@@ -140,6 +207,10 @@ class Timeline:
             ax.annotate(label, (when, top * (0.97 - 0.04 * (column % 2))), fontsize=7,
                         va="top", ha="left", color="#444", xytext=(3, 0),
                         textcoords="offset points")  # fmt: skip
+        for when, what in self.steps:
+            ax.axvline(when, color=STEP_COLOR, linewidth=1.0)
+            ax.annotate(what[:40], (when, 0), fontsize=6, rotation=90, va="bottom",
+                        ha="right", color=STEP_COLOR)  # fmt: skip
         ax.set_xlabel("seconds")
         ax.set_ylabel("IOPS")
         ax.set_title("nvmeof bench: per-path IOPS")

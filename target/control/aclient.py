@@ -292,6 +292,19 @@ class AsyncControlClient:
     async def fault_clear(self) -> int:
         return int((await self.request("DELETE", "/faults"))["removed"])
 
+    # -- the target as a whole, scenario markers -----------------------------------------------
+
+    async def restart(self) -> dict[str, Any]:
+        """Soft restart: connections closed, controllers dropped, listeners bound again on the
+        same ports, every port up; configuration and data kept. What was dropped."""
+        return cast(dict[str, Any], await self.request("POST", "/restart"))
+
+    async def event(
+        self, what: str, scenario: str | None = None, action: str | None = None
+    ) -> None:
+        """Record a marker line in the target's audit trail, counted by scenario and action."""
+        await self.request("POST", "/events", compact(what=what, scenario=scenario, action=action))
+
     async def metrics_text(self) -> str:
         return str(await self.request("GET", "/metrics"))
 

@@ -25,6 +25,7 @@ from target.config import (
     TargetConfig,
 )
 from target.control.faults import FaultRule
+from target.control.lifecycle import Lifecycle
 from target.control.live import ControlError, LiveConfig, NotFound
 
 if TYPE_CHECKING:
@@ -45,8 +46,9 @@ class Change:
     what: str
 
 
-class Operations(LiveConfig):
-    """Mixed into :class:`~target.daemon.Target`."""
+class Operations(Lifecycle, LiveConfig):
+    """Mixed into :class:`~target.daemon.Target`; the restart and scenario markers are in
+    :class:`~target.control.lifecycle.Lifecycle`."""
 
     state: TargetState
     connections: set[QueueConnection]

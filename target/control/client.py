@@ -286,6 +286,19 @@ class ControlClient:
     def fault_clear(self) -> int:
         return int((self.request("DELETE", "/faults"))["removed"])
 
+    # -- the target as a whole, scenario markers -----------------------------------------------
+
+    def restart(self) -> dict[str, Any]:
+        """Soft restart: connections closed, controllers dropped, listeners bound again on the
+        same ports, every port up; configuration and data kept. What was dropped."""
+        return cast(dict[str, Any], self.request("POST", "/restart"))
+
+    def event(
+        self, what: str, scenario: str | None = None, action: str | None = None
+    ) -> None:
+        """Record a marker line in the target's audit trail, counted by scenario and action."""
+        self.request("POST", "/events", compact(what=what, scenario=scenario, action=action))
+
     def metrics_text(self) -> str:
         return str(self.request("GET", "/metrics"))
 

@@ -34,6 +34,8 @@ command; the default address is 127.0.0.1:9465)::
     nvmeof-target ctl fault add ACTION [--port P] [--nqn NQN] [--nsid N] [--opcode 0x02] ...
     nvmeof-target ctl fault list [--json]
     nvmeof-target ctl fault clear [ID]
+    nvmeof-target ctl scenario run FILE [--seed N] [--log STEPS.jsonl] [--keep-going]
+                                        [--dry-run]       # docs/SCENARIOS.md
 
 Exit status: 0 done, 1 the API refused (its one-line error is printed) or cannot be reached,
 2 bad arguments.
@@ -45,10 +47,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import trio
+
 from nvmeof.constants import AnaState
-from target.config import BACKENDS, BLOCK_SIZES
+from target.config import BACKENDS, BLOCK_SIZES, ConfigError
 from target.config.validate import parse_size
 from target.control.actions import PORT_DOWN_MODES
 from target.control.client import ControlClient
@@ -63,6 +68,13 @@ from target.control.clientbase import (
 )
 from target.control.ctlformat import describe_fault, format_faults, format_status, human_size
 from target.control.faults import ACTIONS, QUEUE_KINDS
+from target.control.scenario import format_schedule, load_scenario
+from target.control.scenario_run import (
+    ScenarioFailed,
+    failure_message,
+    first_failure,
+    run_scenario,
+)
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 ANA_LABELS = [s.label for s in AnaState]
@@ -214,6 +226,34 @@ def _fault_list(client: ControlClient, args: argparse.Namespace) -> str:
 def _fault_clear(client: ControlClient, args: argparse.Namespace) -> str:
     removed = client.fault_clear() if args.id is None else client.fault_remove(args.id)
     return f"removed {removed} fault rule{'s' if removed != 1 else ''}"
+
+
+def _scenario_run(client: ControlClient, args: argparse.Namespace) -> str:
+    """Print each step as it is done; the last line sums up. The runner is async (it keeps
+    time with Trio): it runs here in its own event loop with its own client."""
+    scenario = load_scenario(args.file)
+    schedule = scenario.schedule(args.seed)
+    seed = scenario.seed if args.seed is None else args.seed
+    length = max((o.time for o in schedule), default=0.0)
+    steps = f"{len(scenario.steps)} step{'s' if len(scenario.steps) != 1 else ''}"
+    heading = (f"scenario {scenario.name}: {steps}, {len(schedule)} occurrences over "
+               f"{length:.3f}s, seed {seed}")  # fmt: skip
+    if args.dry_run:
+        return "\n".join([heading + " (dry run)", *format_schedule(schedule)])
+    print(heading, flush=True)
+    token = read_token(args.token_file) if args.token_file else None
+    run = partial(run_scenario, args.control, scenario, token=token, seed=args.seed,
+                  keep_going=args.keep_going, log_path=args.log,
+                  on_step=lambda result: print(result.line(), flush=True))  # fmt: skip
+    results = trio.run(run)
+    failed = first_failure(results)
+    if failed is not None and not args.keep_going:
+        raise ScenarioFailed(failure_message(scenario, failed))
+    bad = sum(1 for r in results if not r.ok)
+    summary = f"scenario {scenario.name}: {len(results)} steps done, {bad} failed"
+    if bad:
+        raise ScenarioFailed(summary)
+    return summary
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -391,6 +431,17 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
     clear = leaf(faults, "clear", _fault_clear, "remove one rule, or all")
     clear.add_argument("id", metavar="ID", type=int, nargs="?")
 
+    scenarios = group("scenario", "fault scenarios (docs/SCENARIOS.md)")
+    run = leaf(scenarios, "run", _scenario_run, "run a scenario file's timeline")
+    run.add_argument("file", metavar="FILE")
+    run.add_argument("--seed", type=int, help="seed for the jitter (default: the file's seed)")
+    run.add_argument("--log", metavar="STEPS.jsonl",
+                     help="write each step as a JSON line (nvmeof bench --events reads it)")  # fmt: skip
+    run.add_argument("--keep-going", action="store_true",
+                     help="go on after a refused step (exit 1 at the end)")  # fmt: skip
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the expanded schedule; do not touch the target")  # fmt: skip
+
 
 def run_ctl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run a parsed ``ctl`` command: print its result, or one error line on stderr."""
@@ -404,7 +455,7 @@ def run_ctl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         with ControlClient(args.control, token=token) as client:
             output = args.ctl_handler(client, args)
-    except (ControlApiError, ControlSetupError) as err:
+    except (ControlApiError, ControlSetupError, ConfigError, ScenarioFailed) as err:
         print(f"nvmeof-target: {err}", file=sys.stderr)
         return EXIT_FAILED
     print(output)

@@ -26,6 +26,8 @@ Metrics (``port`` is the port ID, ``group`` the ANA group ID):
 - ``nvmeof_target_port_up{port}`` (1 while the operator state is ``up``),
   ``nvmeof_target_port_mode{port,mode}`` (1 for the current mode: up, reset, close,
   blackhole, refuse).
+- ``nvmeof_target_scenario_steps_total{scenario,action}``: scenario steps (and other markers)
+  reported through ``POST /events`` (:meth:`~target.control.lifecycle.Lifecycle.scenario_event`).
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class TargetCollector(Collector):
         yield from self._events()
         yield from self._ana(ports)
         yield from self._ports(ports)
+        yield self._scenario_steps()
 
     def _commands(self, ports: list[Port]) -> Iterator[Metric]:
         commands = CounterMetricFamily(
@@ -260,6 +263,15 @@ class TargetCollector(Collector):
                 mode.add_metric([label, each], 1 if each == port.mode else 0)
         yield up
         yield mode
+
+    def _scenario_steps(self) -> Metric:
+        family = CounterMetricFamily(
+            "nvmeof_target_scenario_steps", "Scenario steps reported to the target, by action",
+            labels=["scenario", "action"],
+        )  # fmt: skip
+        for (scenario, action), count in sorted(self.target.scenario_steps.items()):
+            family.add_metric([scenario, action], count)
+        return family
 
 
 def _mode_order(mode: str) -> tuple[int, str]:

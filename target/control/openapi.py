@@ -156,6 +156,14 @@ ROUTES = (
     RouteSpec("DELETE", "/faults/{rule_id:int}", ControlApi.fault_remove,
               "Remove one fault rule"),
     RouteSpec("GET", "/metrics", ControlApi.metrics, "Prometheus metrics of the target"),
+    # -- the target as a whole, scenario markers
+    RouteSpec("POST", "/restart", ControlApi.restart,
+              "Soft restart: every connection closed and controller dropped, listeners bound "
+              "again on the same ports, every port up; configuration and data kept"),
+    RouteSpec("POST", "/events", ControlApi.event,
+              "Record a marker (a scenario's step) in the audit trail and count it in "
+              "nvmeof_target_scenario_steps_total{scenario,action}",
+              _object(("what",), what=_STR, scenario=_STR, action=_STR), ok=201),
 )  # fmt: skip
 
 _PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")

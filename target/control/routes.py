@@ -331,6 +331,23 @@ class ControlApi:
     async def metrics(self, request: Request) -> Response:
         return metrics_response(self.registry)
 
+    # -- the target as a whole, scenario markers -------------------------------------------------
+
+    async def restart(self, request: Request) -> Response:
+        await _body(request, ())
+        return JSONResponse(await self.target.restart())
+
+    async def event(self, request: Request) -> Response:
+        body = await _body(request, ("what", "scenario", "action"))
+        what = _required(body.text("what"), "what")
+        scenario, action = body.text("scenario"), body.text("action")
+        for name, value in (("what", what), ("scenario", scenario), ("action", action)):
+            if value is not None and (not value.strip() or not value.isprintable()):
+                raise HttpError(400, f"request: {name}: must be printable text, got {value!r}")
+        self.target.scenario_event(what, scenario, action)
+        return JSONResponse({"what": what, "scenario": scenario, "action": action},
+                            status_code=201)  # fmt: skip
+
 
 def metrics_response(registry: CollectorRegistry) -> Response:
     """The Prometheus text exposition of ``registry``."""

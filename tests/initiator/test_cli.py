@@ -108,6 +108,7 @@ async def test_bench_json_has_fio_shape_and_timeline(target: Target, tmp_path: P
         (["bench", "-a", "x", "--rwmixread", "200"], "--rwmixread"),
         (["bench", "-a", "x", "--bs", "4q"], "not a size"),
         (["bench", "-a", "x", "--timeline", "t.txt"], ".html or .png"),
+        (["bench", "-a", "x", "--events", "s.jsonl"], "--events needs --timeline"),
         (["frobnicate"], "invalid choice"),
     ],
 )
