@@ -400,10 +400,10 @@ class MultipathHead:
         lost, its ANA group inaccessible or being re-read), whether or not commands were in
         flight on it: the loss is when I/O on it stopped (its last good completion, when it
         had commands outstanding), the detection is now."""
-        now = self._now()
         for path in self.paths:
             usable = path.usable
             if path.was_usable and not usable:
+                now = self._now()
                 self.stats.path_losses += 1
                 path.stats.losses += 1
                 stopped = now
