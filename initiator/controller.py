@@ -1,4 +1,4 @@
-"""Host-side controller bring-up, as the Linux host does it (PROTOCOL.md 7.1, 7.2).
+"""Host-side controller bring-up, as the Linux host does it (docs/PROTOCOL.md §7.1, §7.2).
 
 ICReq, admin Connect, CC.EN and CSTS.RDY, Identify, ANA log, number of queues, I/O queue
 Connects, async event configuration and an AER, then keep-alive every KATO/2.

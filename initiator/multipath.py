@@ -1,6 +1,6 @@
 """The namespace head: one shared namespace reached through several paths, with failover.
 
-Rules (the Linux host's drivers/nvme/host/multipath.c, PROTOCOL.md 8):
+Rules (the Linux host's drivers/nvme/host/multipath.c, docs/PROTOCOL.md §8):
 
 - :meth:`MultipathHead.submit` is the single submission path, for first attempts, retries and
   failovers alike. It picks a path with the I/O policy and hands the slot's stable command copy

@@ -1,7 +1,7 @@
 """Pure multipath decisions: what to do with a completion, and which path gets the next I/O.
 
 Modelled on the Linux host: ``nvme_decide_disposition`` (drivers/nvme/host/core.c) and the
-path selectors of drivers/nvme/host/multipath.c (PROTOCOL.md 3.4 and 8.3). No I/O, no clocks:
+path selectors of drivers/nvme/host/multipath.c (docs/PROTOCOL.md §3.4 and §8.3). No I/O, no clocks:
 everything is a function of its arguments, so the unit tests drive every branch.
 
 One deliberate difference from the kernel: the kernel marks passthrough commands fail-fast, so

@@ -3,7 +3,7 @@
 Like the Linux host's controller states: LIVE while the association works; on connection loss,
 keep-alive or I/O timeout it goes CONNECTING — every outstanding command completes as Host
 Aborted (0x371) and fails over — then reconnects every ``reconnect_delay`` seconds with a full
-new association (PROTOCOL.md 7.3) until ``ctrl_loss_tmo`` expires and it is DELETED.
+new association (docs/PROTOCOL.md §7.3) until ``ctrl_loss_tmo`` expires and it is DELETED.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 An event is completed into an outstanding AER at once or kept until the host sends one. After an
 event of a kind was reported, further events of that kind are masked until the host reads the
-matching log page with RAE = 0 (PROTOCOL.md 5.4, nvmet ``nvmet_aen_bit_disabled``).
+matching log page with RAE = 0 (docs/PROTOCOL.md §5.4, nvmet ``nvmet_aen_bit_disabled``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Numeric constants of NVMe and NVMe/TCP (PDU types, opcodes, CNS, log pages, features, ...).
 
 Values and names follow ``include/linux/nvme.h`` and ``include/linux/nvme-tcp.h``;
-see ../shared/docs/PROTOCOL.md sections 1-8 for where each is used.
+see docs/PROTOCOL.md §1-8 for where each is used.
 """
 
 from __future__ import annotations

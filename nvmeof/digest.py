@@ -1,4 +1,7 @@
-"""CRC32C header and data digests (PROTOCOL.md 0.1): ``~crc32c(~0, buf)``, stored little-endian."""
+"""CRC32C header and data digests: ``~crc32c(~0, buf)``, stored little-endian.
+
+See docs/PROTOCOL.md §0.1.
+"""
 
 from __future__ import annotations
 

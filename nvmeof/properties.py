@@ -1,4 +1,4 @@
-"""Controller properties (CAP, VS, CC, CSTS) as a pure state machine (PROTOCOL.md 4.4, 4.5).
+"""Controller properties (CAP, VS, CC, CSTS) as a pure state machine (docs/PROTOCOL.md §4.4, §4.5).
 
 CC.EN 0->1 with a valid configuration sets CSTS.RDY at once (what nvmet does; the Linux host
 polls CSTS right after); an invalid one sets CSTS.CFS. A shutdown request sets CSTS.SHST to

@@ -81,7 +81,7 @@ def build_pdu(
     corrupt_hdgst: bool = False,
     corrupt_ddgst: bool = False,
 ) -> bytes:
-    """A PDU laid out as PROTOCOL.md 1.4 describes: CH + ``psh``, optional header digest,
+    """A PDU laid out as docs/PROTOCOL.md §1.4 describes: CH + ``psh``, optional header digest,
     ``pad`` zero bytes, ``data``, optional data digest. HDGSTF/DDGSTF are set from ``hd``/``dd``
     (DDGSTF only with data); ``hlen``/``pdo``/``plen`` override the computed values."""
     real_hlen = 8 + len(psh)
@@ -128,7 +128,7 @@ def cqe_psh(
 
 
 def icresp(*, digest_bits: int = 0, cpda: int = 0, maxh2cdata: int = 131072, pfv: int = 0) -> bytes:
-    """An ICResp built by hand (PROTOCOL.md 1.5)."""
+    """An ICResp built by hand (docs/PROTOCOL.md §1.5)."""
     buf = bytearray(128)
     CH.pack_into(buf, 0, 0x01, 0, 128, 0, 128)
     struct.pack_into("<HBBI", buf, 8, pfv, cpda, digest_bits, maxh2cdata)

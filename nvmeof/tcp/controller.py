@@ -1,9 +1,9 @@
 """Controller (target) side of one NVMe/TCP connection, sans-IO.
 
 Rules of this module:
-- Owns the PDU layer of one queue: ICReq/ICResp negotiation (PROTOCOL.md 1.6), command capsules,
-  R2T + H2CData for host-to-controller data (2.4), C2HData with the SUCCESS optimisation (2.5,
-  2.6), CapsuleResp, and C2HTermReq on fatal errors (1.7).
+- Owns the PDU layer of one queue: ICReq/ICResp negotiation (docs/PROTOCOL.md §1.6), command
+  capsules, R2T + H2CData for host-to-controller data (§2.4), C2HData with the SUCCESS
+  optimisation (§2.5, §2.6), CapsuleResp, and C2HTermReq on fatal errors (§1.7).
 - Knows nothing about NVMe semantics beyond the data direction and length of a command: the
   caller validates commands and decides when to ask for data (nvmet's parse -> execute split).
 - Bytes in through :meth:`receive_data` (or ``reader.get_buffer()``/``reader.commit()``),

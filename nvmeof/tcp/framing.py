@@ -1,4 +1,4 @@
-"""Incremental NVMe/TCP framing: bytes in, validated PDUs out (PROTOCOL.md 1.1-1.5).
+"""Incremental NVMe/TCP framing: bytes in, validated PDUs out (docs/PROTOCOL.md §1.1-1.5).
 
 Rules of this module:
 - It frames and validates; it never interprets commands. Lengths (hlen, pdo, plen), the
@@ -13,7 +13,7 @@ Rules of this module:
   with data; PDO is ignored (data starts right after the header and its digest, where nvmet
   reads it) and digest flags that were not negotiated are ignored (docs/TOLERANCE.md).
 - A data digest mismatch is not fatal here: the PDU is returned with ``data_digest_ok`` False and
-  the receiver fails only that command (what the Linux host does, PROTOCOL.md 7.3).
+  the receiver fails only that command (what the Linux host does, docs/PROTOCOL.md §7.3).
 - Bytes live in one fixed, preallocated buffer (``recv_into`` friendly). The views a :class:`Pdu`
   holds are valid until the next :meth:`PduReader.get_buffer`, :meth:`PduReader.feed` or
   :meth:`PduReader.commit`: copy what you keep.

@@ -2,9 +2,9 @@
 
 Rules of this module:
 - Owns the PDU layer of one queue from the host's point of view: ICReq and the ICResp checks the
-  Linux host makes (PROTOCOL.md 1.6), command capsules with in-capsule data when it fits
-  (2.3), H2CData in answer to R2T (2.4), C2HData reassembly into the caller's buffer (2.5),
-  the SUCCESS flag (2.6), CapsuleResp.
+  Linux host makes (docs/PROTOCOL.md §1.6), command capsules with in-capsule data when it fits
+  (§2.3), H2CData in answer to R2T (§2.4), C2HData reassembly into the caller's buffer (§2.5),
+  the SUCCESS flag (§2.6), CapsuleResp.
 - Sets the SGL descriptor of every command (the transport's job, as in ``nvme_tcp_map_data``);
   the caller owns everything else in the 64-byte SQE, including the CID.
 - No NVMe semantics, no clocks, no sockets.

@@ -1,4 +1,4 @@
-"""The 16-byte completion queue entry (``struct nvme_completion``; PROTOCOL.md 3.2/3.3)."""
+"""The 16-byte completion queue entry (``struct nvme_completion``; docs/PROTOCOL.md §3.2, §3.3)."""
 
 from __future__ import annotations
 

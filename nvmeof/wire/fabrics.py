@@ -2,7 +2,7 @@
 
 ``struct nvmf_common_command``, ``nvmf_connect_command``, ``nvmf_connect_data``,
 ``nvmf_property_get_command``, ``nvmf_property_set_command`` in ``include/linux/nvme.h``;
-PROTOCOL.md section 4.
+docs/PROTOCOL.md §4.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Identify data structures (admin opcode 0x06), each 4096 bytes on the wire.
 
-Declared once with ``construct`` (see ../shared/docs/PROTOCOL.md section 5.1); field names are the
+Declared once with ``construct`` (see docs/PROTOCOL.md §5.1); field names are the
 lowercase member names of the Linux kernel structs in ``include/linux/nvme.h``:
 
 * ``IDENTIFY_CONTROLLER`` - CNS 0x01, ``struct nvme_id_ctrl`` (power states: ``struct

@@ -1,6 +1,6 @@
 """Get Log Page (admin opcode 0x02) payloads, declared once with ``construct``.
 
-See ../shared/docs/PROTOCOL.md sections 5.5-5.7. Field names are the lowercase member names of the
+See docs/PROTOCOL.md §5.5-5.7. Field names are the lowercase member names of the
 Linux kernel structs in ``include/linux/nvme.h``:
 
 * ``ERROR_LOG_ENTRY`` - LID 0x01, ``struct nvme_error_slot`` (64 bytes per entry); ``trtype`` (29)

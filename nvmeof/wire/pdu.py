@@ -1,4 +1,4 @@
-"""NVMe/TCP PDU headers (``include/linux/nvme-tcp.h``; PROTOCOL.md section 1).
+"""NVMe/TCP PDU headers (``include/linux/nvme-tcp.h``; docs/PROTOCOL.md §1).
 
 Each PDU header is declared once here; the data path uses the ``struct`` codecs in
 :mod:`nvmeof.wire.fast`, which tests prove byte-identical to these declarations.

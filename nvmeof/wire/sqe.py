@@ -1,7 +1,7 @@
 """The 64-byte submission queue entry and the per-command views of it.
 
 ``struct nvme_common_command`` and its per-command variants in ``include/linux/nvme.h``;
-PROTOCOL.md sections 2.2, 3.1, 5 and 6. Every command shares bytes 0-39 (opcode, flags, CID,
+docs/PROTOCOL.md §2.2, §3.1, §5 and §6. Every command shares bytes 0-39 (opcode, flags, CID,
 NSID, CDW2/3, MPTR, SGL1); bytes 40-63 (CDW10-15) are command specific.
 """
 

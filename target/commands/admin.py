@@ -1,7 +1,7 @@
 """Admin command handlers: Identify, Get Log Page, Get/Set Features, Keep Alive, AER, Abort.
 
-Pure functions of the model and the SQE (PROTOCOL.md 5); values are chosen so the Linux host's
-checks in ``nvme_init_identify``/``nvme_mpath_init_identify`` pass (see 9.2 in the sheet).
+Pure functions of the model and the SQE (docs/PROTOCOL.md §5); values are chosen so the Linux
+host's checks in ``nvme_init_identify``/``nvme_mpath_init_identify`` pass (§9.2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fabrics command handlers: Connect, Property Get/Set, Disconnect (PROTOCOL.md 4).
+"""Fabrics command handlers: Connect, Property Get/Set, Disconnect (docs/PROTOCOL.md §4).
 
 Connect validation follows nvmet (``nvmet_execute_admin_connect``/``_io_connect``): failures
 name the bad parameter with IPO/IATTR in DW0 so the host logs exactly what was wrong.

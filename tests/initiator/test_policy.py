@@ -1,4 +1,4 @@
-"""The pure multipath decisions of ``initiator.policy`` (PROTOCOL.md 3.4 and 8.3).
+"""The pure multipath decisions of ``initiator.policy`` (docs/PROTOCOL.md §3.4 and §8.3).
 
 ``decide_disposition`` mirrors ``nvme_decide_disposition`` (drivers/nvme/host/core.c):
 success, then DNR / retry budget, then path errors (SCT 3) or a dying queue, then retry.
@@ -136,7 +136,7 @@ def test_other_errors_retry_on_the_same_path(code: int) -> None:
 
 
 def reference(w: int, retries: int, alive: bool, max_retries: int) -> Disposition:
-    """PROTOCOL.md 3.4 rows 1, 2, 4 and 6, in that order (kernel status = word >> 1)."""
+    """docs/PROTOCOL.md §3.4 rows 1, 2, 4 and 6, in that order (kernel status = word >> 1)."""
     if w >> 1 == 0:
         return COMPLETE
     if w & DNR_BIT or retries >= max_retries:

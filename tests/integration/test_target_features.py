@@ -1,5 +1,5 @@
 """Loopback tests of the target's admin side over real TCP: Identify, ANA and its AENs,
-namespace changes, features, properties and log pages (PROTOCOL.md 4.4, 5, 8)."""
+namespace changes, features, properties and log pages (docs/PROTOCOL.md §4.4, §5, §8)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def target_controller(lb, ctrl):
     return lb.target.state.subsystems[lb.nqn].controllers[ctrl.cntlid]
 
 
-# -- Identify (PROTOCOL.md 5.1) ---------------------------------------------------------------------
+# -- Identify (docs/PROTOCOL.md §5.1) --------------------------------------------------------------
 
 
 async def test_identify_controller(lb):
@@ -120,7 +120,7 @@ async def test_identify_namespaces(lb):
             assert await admin_word(one, sqe, 4096) == INVALID_NS_DNR | MORE, (cns, nsid)
 
 
-# -- ANA (PROTOCOL.md 5.6, 8) ---------------------------------------------------------------------
+# -- ANA (docs/PROTOCOL.md §5.6, §8) ---------------------------------------------------------------
 
 
 def ana_view(log):
@@ -259,7 +259,7 @@ async def test_aer_not_enabled_and_limit(lb):
         assert await admin_word(ctrl, sqe) == 0x820A  # AER Limit Exceeded (SCT 1, SC 0x05)
 
 
-# -- namespace changes (PROTOCOL.md 5.4, 8.4) -----------------------------------------------------
+# -- namespace changes (docs/PROTOCOL.md §5.4, §8.4) -----------------------------------------------
 
 
 async def test_namespace_add_remove_resize(lb):
@@ -338,7 +338,7 @@ async def test_resize_while_reads_in_flight(lb):
         assert done.ok and back == data
 
 
-# -- features, properties (PROTOCOL.md 4.4, 5.2, 5.3) ---------------------------------------------
+# -- features, properties (docs/PROTOCOL.md §4.4, §5.2, §5.3) --------------------------------------
 
 
 async def test_features(lb):
@@ -423,7 +423,7 @@ async def test_properties(lb):
         assert await ctrl.property_get(0x1C) & 0xD == 0x8
 
 
-# -- log pages (PROTOCOL.md 5.5) ------------------------------------------------------------------
+# -- log pages (docs/PROTOCOL.md §5.5) -------------------------------------------------------------
 
 
 async def test_smart_log_counts_io(lb):

@@ -1,5 +1,5 @@
 """Loopback tests of the target over real TCP: discovery log, data path, backends, Connect rules
-and shutdown (PROTOCOL.md 4, 5.7, 6, 7). Hosts are this project's initiator."""
+and shutdown (docs/PROTOCOL.md §4, §5.7, §6, §7). Hosts are this project's initiator."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def pattern(seed: str, size: int) -> bytes:
     return bytes(out[:size])
 
 
-# -- discovery (PROTOCOL.md 5.7) ------------------------------------------------------------------
+# -- discovery (docs/PROTOCOL.md §5.7) -------------------------------------------------------------
 
 
 async def libnvme_discovery_log(ctrl):
@@ -147,7 +147,7 @@ def _log_sqe(lid: int, length: int, *, offset: int = 0, nsid: int = 0) -> bytes:
                                            numdu=numd >> 16, lpol=offset))  # fmt: skip
 
 
-# -- data path (PROTOCOL.md 2.3, 2.4, 6) ----------------------------------------------------------
+# -- data path (docs/PROTOCOL.md §2.3, §2.4, §6) ---------------------------------------------------
 
 SIZES = {
     1: (512, [512, 4096, 8192, 8704, 16384, 65536, 135168, 524288, MIB]),
@@ -312,7 +312,7 @@ async def test_null_backend_reads_zeros(start_target):
             assert done.ok and back == bytes(size)
 
 
-# -- Connect rules (PROTOCOL.md 4.1-4.3) ------------------------------------------------------------
+# -- Connect rules (docs/PROTOCOL.md §4.1-4.3) -----------------------------------------------------
 
 
 async def test_connect_unknown_or_unexposed_subsystem(lb):

@@ -11,7 +11,7 @@ states and unlink/relink ports. All three are forwarded from free host ports. A 
 no longer carries a probe of nvmet 6.1's data digest check over two H2CData PDUs: nvmet 6.1
 digests the command's whole buffer instead of the PDU (``nvmet_tcp_prep_recv_ddgst``), so a
 write above MAXH2CDATA (4 MiB) with data digests got "data digest error" and left nvmet wedged
-(verified here; PROTOCOL.md 9.1). The initiator now caps every command at the controller's
+(verified here; docs/PROTOCOL.md §9.1). The initiator now caps every command at the controller's
 MDTS, or 1 MiB when it reports none, so it never sends one. About a minute in all under TCG.
 
 Every I/O is verified: a shadow table remembers which version of each 4 KiB page was written

@@ -1,4 +1,4 @@
-"""AER slots, pending events and nvmet's masking rule (PROTOCOL.md 5.4, 8.4)."""
+"""AER slots, pending events and nvmet's masking rule (docs/PROTOCOL.md §5.4, §8.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PduReader: framing of NVMe/TCP byte streams (PROTOCOL.md 1.1-1.7, worked examples in 10)."""
+"""PduReader: framing of NVMe/TCP byte streams (docs/PROTOCOL.md §1.1-1.7, worked examples §10)."""
 
 from __future__ import annotations
 
@@ -187,7 +187,7 @@ def test_commit_beyond_buffer_is_refused() -> None:
         r.commit(-1)
 
 
-# -- PROTOCOL.md 10 worked examples -----------------------------------------------------------
+# -- docs/PROTOCOL.md §10 worked examples ----------------------------------------------------------
 
 
 def test_worked_example_icreq() -> None:

@@ -1,5 +1,5 @@
 """Property tests: whatever bytes arrive, the connection cores fail only with TransportError,
-and then queue a well-formed TermReq and ignore further input (PROTOCOL.md 1.7)."""
+and then queue a well-formed TermReq and ignore further input (docs/PROTOCOL.md §1.7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Controller register state machine (PROTOCOL.md 4.4, 4.5)."""
+"""Controller register state machine (docs/PROTOCOL.md §4.4, §4.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Status field encoding and the kernel's classification (PROTOCOL.md 3.3, 3.4, 10)."""
+"""Status field encoding and the kernel's classification (docs/PROTOCOL.md §3.3, §3.4, §10)."""
 
 from __future__ import annotations
 

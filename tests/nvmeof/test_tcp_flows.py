@@ -1,4 +1,7 @@
-"""HostConnection <-> ControllerConnection flows through an in-memory pair (PROTOCOL.md 1-2)."""
+"""HostConnection <-> ControllerConnection flows through an in-memory pair.
+
+See docs/PROTOCOL.md §1 and §2.
+"""
 
 from __future__ import annotations
 
@@ -394,7 +397,7 @@ def test_recorded_session_replays_identically_however_it_is_fed(hd: bool, dd: bo
     assert original.host.outstanding == 0
 
 
-# -- golden bytes of what the controller and host send (PROTOCOL.md 10) -----------------------
+# -- golden bytes of what the controller and host send (docs/PROTOCOL.md §10) ----------------------
 
 
 def test_golden_capsule_resp() -> None:
@@ -610,7 +613,7 @@ def test_h2c_data_after_response_cancelled_the_transfer() -> None:
 
 def test_h2c_data_above_maxh2cdata_is_refused() -> None:
     # The framer's limit is the larger of MAXH2CDATA and the in-capsule limit, so the H2CData
-    # handler must check MAXH2CDATA itself (PROTOCOL.md 2.4; SPDK answers FES 0x05).
+    # handler must check MAXH2CDATA itself (docs/PROTOCOL.md §2.4; SPDK answers FES 0x05).
     p = ProtocolPair(max_h2c_data=4096, max_in_capsule=16384)
     p.establish()
     assert p.host.max_h2c_data == 4096
@@ -761,7 +764,7 @@ def test_pdu_before_icresp_is_a_sequence_error() -> None:
 
 
 def test_short_successful_read_with_capsule_resp_is_fatal() -> None:
-    # PROTOCOL.md 2.5 (nvme_tcp_data_in_short): a successful read must deliver all its data,
+    # docs/PROTOCOL.md §2.5: a successful read must deliver all its data,
     # whether it completes by SUCCESS flag or by CapsuleResp.
     host = host_with(c1=("read", 4096))
     err = host_error(host, c2h_pdu(1, 0, pattern(1024)) + build_pdu(5, cqe_psh(1)))

@@ -80,7 +80,7 @@ def test_term_req_layout() -> None:
 
 
 def test_admin_connect_golden() -> None:
-    # PROTOCOL.md section 10: admin Connect SQE, CID 0, KATO 5000 ms.
+    # docs/PROTOCOL.md §10: admin Connect SQE, CID 0, KATO 5000 ms.
     expected = bytes.fromhex(
         "7f400000010000000000000000000000"
         "00000000000000000000000000000000"

@@ -1,5 +1,5 @@
-"""Identify structures (nvmeof/wire/identify.py): sizes, golden bytes at PROTOCOL.md 5.1 offsets,
-round trips, and robustness of the descriptor-list parser."""
+"""Identify structures (nvmeof/wire/identify.py): sizes, golden bytes at the offsets of
+docs/PROTOCOL.md §5.1, round trips, and robustness of the descriptor-list parser."""
 
 from __future__ import annotations
 

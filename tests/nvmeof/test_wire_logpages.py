@@ -1,4 +1,4 @@
-"""Log page payloads (nvmeof/wire/logpages.py): sizes, golden bytes at PROTOCOL.md 5.5-5.7
+"""Log page payloads (nvmeof/wire/logpages.py): sizes, golden bytes at docs/PROTOCOL.md §5.5-5.7
 offsets, round trips, and robustness of the ANA and discovery parsers."""
 
 from __future__ import annotations

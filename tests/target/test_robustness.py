@@ -1,6 +1,6 @@
 """The target under abuse, over real loopback sockets: protocol garbage is answered with a
 C2HTermReq and a close of that connection only, bad commands with NVMe statuses, and the keep-alive
-timer and ANA changes behave as PROTOCOL.md 3.3, 5.3, 5.4 and 8 describe."""
+timer and ANA changes behave as docs/PROTOCOL.md §1.7, §3.3, §5.3, §5.4 and §8 describe."""
 
 from __future__ import annotations
 
@@ -379,7 +379,7 @@ def connect_pair(qid: int, *, kato_ms: int = 0, cntlid: int = 0xFFFF,
 
 async def raw_queue(nursery: trio.Nursery, target: Target, qid: int) -> HostQueue:
     queue = await HostQueue.connect(nursery, HOST, port_of(target), qid=qid, depth=8)
-    queue.in_capsule_limit = 8192  # Connect data always goes in-capsule (PROTOCOL.md 2.3)
+    queue.in_capsule_limit = 8192  # Connect data always goes in-capsule (docs/PROTOCOL.md §2.3)
     return queue
 
 
