@@ -1,8 +1,8 @@
 """The Linux kernel's host against a subsystem created, removed under I/O and re-created live,
 ten times, through the control API's typed client (Linux 6.1 in ../shared/linuxvm).
 
-The target runs in this test's Trio loop with two ports and no subsystem; the test creates one
-through the control client: a file-backed namespace with a chosen UUID, only the guest's host
+The target runs in this test's Trio loop (``nvmeof_emu.running_target``: only the public API)
+with two ports and no subsystem; the test creates one through the control client: a file-backed namespace with a chosen UUID, only the guest's host
 NQN allowed, exposed on both ports. The guest (tests/interop/guest/chaos_fio.sh) connects both
 paths with that host NQN (keep-alive 2 s, reconnect delay 1 s, ctrl-loss-tmo 60 s), shows the
 UUID through sysfs and ``nvme ns-descs`` and runs fio verify on the multipath head. While fio
@@ -29,7 +29,6 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,7 @@ import pytest
 import trio
 from interop_harness import FIO_VERIFY_FAILURE, GUEST_DIR, GUEST_HOST_IP, LinuxVM, StreamingVM
 
-from target.config import PortConfig, TargetConfig
-from target.connection import QueueConnection
-from target.control.aclient import AsyncControlClient
-from target.control.httpapi import serve_control
-from target.controller import Controller
-from target.daemon import Target
+from nvmeof_emu import AsyncControlClient, running_target
 
 pytestmark = pytest.mark.interop
 
@@ -58,8 +52,9 @@ DOWN_FOR = 1.5  # s the subsystem stays removed (the host's reconnects are refus
 VM_TIMEOUT = 600
 
 
-def config() -> TargetConfig:
-    return TargetConfig(ports=(PortConfig(id=1, port=0), PortConfig(id=2, port=0)))
+#: Two ports and no subsystem: the test creates it live (a native TOML document as a dict).
+CONFIG = {"port": [{"id": 1, "port": 0, "advertise": GUEST_HOST_IP},
+                   {"id": 2, "port": 0, "advertise": GUEST_HOST_IP}]}  # fmt: skip
 
 
 def subsystem_spec(image: Path) -> dict[str, Any]:
@@ -109,9 +104,10 @@ async def wait_paths(client: AsyncControlClient, vm: StreamingVM, want: int) -> 
             await trio.sleep(0.2)
 
 
-def alive(kind: type) -> int:
+def alive(class_name: str) -> int:
+    """Objects of the target's class ``class_name`` left on the heap."""
     gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
+    return sum(1 for obj in gc.get_objects() if type(obj).__name__ == class_name)
 
 
 async def test_kernel_host_rides_a_subsystem_removed_and_recreated_live(
@@ -125,44 +121,38 @@ async def test_kernel_host_rides_a_subsystem_removed_and_recreated_live(
     removals: list[str] = []
     back_after: list[float] = []
     with target_errors() as errors:
-        target = Target(config(), advertise=GUEST_HOST_IP)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(target.serve)
-            ends = await nursery.start(partial(serve_control, target, control=("127.0.0.1", 0),
-                                               metrics=None))  # fmt: skip
-            async with AsyncControlClient(ends.control) as client:
+        async with running_target(CONFIG) as target, trio.open_nursery() as nursery:
+            client = target.client
+            await client.subsystem_add(LIVE_NQN, **spec)
+            ports = [target.ports[i][1] for i in (1, 2)]
+            env = {"NQN": LIVE_NQN, "ADDR": GUEST_HOST_IP, "PORTS": " ".join(map(str, ports)),
+                   "CONNECT_ARGS": CONNECT_ARGS, "RUNTIME": str(FIO_RUNTIME)}  # fmt: skip
+            argv = [str(linuxvm.run_path), "-t", str(VM_TIMEOUT),
+                    "--console-log", str(tmp_path / "console.log")]  # fmt: skip
+            for key, value in env.items():
+                argv += ["-e", f"{key}={value}"]
+            vm = StreamingVM([*argv, str(GUEST_DIR / "chaos_fio.sh")],
+                             tmp_path / "vm.log", name="live")  # fmt: skip
+            nursery.start_soon(vm.run)
+            await vm.wait_marker("CHAOS-FIO-START", BOOT_TIMEOUT)
+            for _ in range(CYCLES):
+                await wait_paths(client, vm, 2)
+                await trio.sleep(1.0)  # I/O flows on both paths
+                removals.append((await client.subsystem_remove(LIVE_NQN))[0])
+                await trio.sleep(DOWN_FOR)
+                assert LIVE_NQN not in target.nqns
                 await client.subsystem_add(LIVE_NQN, **spec)
-                ports = [target.ports[i].bound_port for i in (1, 2)]
-                env = {"NQN": LIVE_NQN, "ADDR": GUEST_HOST_IP,
-                       "PORTS": " ".join(map(str, ports)), "CONNECT_ARGS": CONNECT_ARGS,
-                       "RUNTIME": str(FIO_RUNTIME)}  # fmt: skip
-                argv = [str(linuxvm.run_path), "-t", str(VM_TIMEOUT),
-                        "--console-log", str(tmp_path / "console.log")]  # fmt: skip
-                for key, value in env.items():
-                    argv += ["-e", f"{key}={value}"]
-                vm = StreamingVM([*argv, str(GUEST_DIR / "chaos_fio.sh")],
-                                 tmp_path / "vm.log", name="live")  # fmt: skip
-                nursery.start_soon(vm.run)
-                await vm.wait_marker("CHAOS-FIO-START", BOOT_TIMEOUT)
-                for _ in range(CYCLES):
-                    await wait_paths(client, vm, 2)
-                    await trio.sleep(1.0)  # I/O flows on both paths
-                    removals.append((await client.subsystem_remove(LIVE_NQN))[0])
-                    await trio.sleep(DOWN_FOR)
-                    assert LIVE_NQN not in target.state.subsystems
-                    await client.subsystem_add(LIVE_NQN, **spec)
-                    started = trio.current_time()
-                    await wait_paths(client, vm, 2)
-                    back_after.append(trio.current_time() - started)
-                await vm.wait_marker("CHAOS-FIO-DONE", FIO_RUNTIME + 120.0)
-                with trio.fail_after(120):
-                    await vm.exited.wait()
-                with trio.fail_after(10):  # the guest disconnected at the end
-                    while (await client.status())["connections"]:  # noqa: ASYNC110 - polling the API, no event
-                        await trio.sleep(0.1)
-                status = await client.status()
-                metrics = await client.metrics()
-            nursery.cancel_scope.cancel()  # the target and its control API
+                started = trio.current_time()
+                await wait_paths(client, vm, 2)
+                back_after.append(trio.current_time() - started)
+            await vm.wait_marker("CHAOS-FIO-DONE", FIO_RUNTIME + 120.0)
+            with trio.fail_after(120):
+                await vm.exited.wait()
+            with trio.fail_after(10):  # the guest disconnected at the end
+                while (await client.status())["connections"]:  # noqa: ASYNC110 - polling the API
+                    await trio.sleep(0.1)
+            status = await client.status()
+            metrics = await target.metrics()
     run = vm.result()
 
     interop_figures(f"live subsystem: {CYCLES} removals under fio, host back after "
@@ -185,7 +175,7 @@ async def test_kernel_host_rides_a_subsystem_removed_and_recreated_live(
     assert sub["controllers"] == [] and status["connections"] == 0
     assert status["discovery_controllers"] == 0
     assert metrics.value("nvmeof_target_connections") == 0
-    assert alive(QueueConnection) == 0 and alive(Controller) == 0
+    assert alive("QueueConnection") == 0 and alive("Controller") == 0
     assert not errors, "\n".join(r.getMessage() for r in errors)
     assert run.rc == 0, run.context()
     print(json.dumps({"back_after_s": [round(t, 2) for t in back_after]}))
