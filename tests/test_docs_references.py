@@ -111,3 +111,15 @@ def test_no_reference_to_the_private_notes_remains() -> None:
 )
 def test_reference_syntax(text: str, numbers: list[tuple[str, str]]) -> None:
     assert SECTION_REF.findall(text) == numbers
+
+
+def test_the_readme_scenario_parses_and_replays_the_same_for_its_seed() -> None:
+    from target.control.scenario import format_schedule, parse_scenario
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r'```toml\n(name = "flaky-path".*?)```', text, re.S)
+    assert match is not None, "README.md lost its scenario example"
+    scenario = parse_scenario(match.group(1), "README.md")
+    first = format_schedule(scenario.schedule())
+    assert first == format_schedule(parse_scenario(match.group(1), "README.md").schedule())
+    assert len(first) == 8 and "port-up port=1 (end of step[0])" in first[2]
