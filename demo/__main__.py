@@ -8,6 +8,7 @@ Runs the host side with the protocol core's host connection (``initiator.control
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import sys
@@ -107,10 +108,10 @@ async def verify_io(ctrl: HostController, tag: str) -> int:
     return verified
 
 
-async def demo() -> int:
+async def demo(pcap_dir: str | None = None) -> int:
     started = time.monotonic()
     async with trio.open_nursery() as nursery:
-        target = Target(default_config())
+        target = Target(default_config(), pcap_dir=pcap_dir)
         await nursery.start(target.serve)
         endpoints = await start_control(nursery, target)
         say("target: serving the embedded default (RAM namespaces)")
@@ -230,16 +231,23 @@ def show_where_to_look(target: Target, endpoints: ControlEndpoints | None) -> No
         say(f"faults fired: {fired}")
 
 
-async def _bounded_demo() -> int:
+async def _bounded_demo(pcap_dir: str | None) -> int:
     with trio.fail_after(DEMO_TIMEOUT):
-        return await demo()
+        status = await demo(pcap_dir)
+    if pcap_dir:
+        say(f"captures: {pcap_dir} (one pcapng file per connection; docs in the README)")
+    return status
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description="make demo")
+    parser.add_argument("--pcap", metavar="DIR",
+                        help="capture every connection as pcapng into DIR (for Wireshark)")  # fmt: skip
+    args = parser.parse_args(argv)
     setup_logging("warning")
     logging.getLogger("nvmeof").setLevel(logging.ERROR)  # the demo narrates events itself
     try:
-        return trio.run(_bounded_demo)
+        return trio.run(_bounded_demo, args.pcap)
     except* DemoFailure as group:
         say(f"demo: FAILED - {first_leaf(group)}")
     except* trio.TooSlowError:
