@@ -24,6 +24,18 @@ from target.state import TargetState
 log = logging.getLogger("nvmeof.target")
 
 
+class ListenError(OSError):
+    """A port cannot listen; says which port and address ("[Errno 98]" alone does not)."""
+
+    def __init__(self, port: Port, bind: int, err: OSError) -> None:
+        super().__init__(err.errno, err.strerror or str(err))
+        addr = f"[{port.addr}]" if ":" in port.addr else port.addr
+        self.where = f"port {port.id} on {addr}:{bind}"
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.strerror}"
+
+
 class Target(Operations):
     """An NVMe/TCP target serving a :class:`~target.config.TargetConfig`.
 
@@ -93,7 +105,10 @@ class Target(Operations):
         """Bind ``port`` (again, on the same TCP port once it was bound) and accept on it."""
         assert self._nursery is not None, "the target is not serving"
         bind = port.bound_port if port.bound_port else port.port
-        listeners = await trio.open_tcp_listeners(bind, host=port.addr)
+        try:
+            listeners = await trio.open_tcp_listeners(bind, host=port.addr)
+        except OSError as err:
+            raise ListenError(port, bind, err) from err
         port.bound_port = listeners[0].socket.getsockname()[1]
         scope = trio.CancelScope()
         self._listeners[port.id] = (scope, listeners)

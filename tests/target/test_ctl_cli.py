@@ -326,3 +326,18 @@ def test_config_fault_errors_name_the_field(tmp_path: Path, fault: str, message:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+
+
+def test_serve_names_the_address_it_cannot_listen_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "taken.toml"
+        config.write_text(f'[[port]]\nid = 7\naddr = "127.0.0.1"\nport = {port}\n')
+        argv = ["serve", "--config", str(config), "--control", "off", "--metrics", "off"]
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen: port 7 on 127.0.0.1:{port}: Address already in use" in err, err
