@@ -5,6 +5,9 @@ namespace (``size`` bytes at ``job * size``). With ``verify``, every written blo
 header (block address, write generation, job) repeated over the block, and every read checks
 it; blocks with a write in flight are never read at the same time. Read workloads are
 preconditioned by a write pass so there is something to verify.
+
+Like fio, the first I/O error ends the run (every job stops issuing; what is in flight
+completes) unless ``continue_on_error``; either way the errors are counted by status.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class BenchOptions:
     verify: bool = False
     rwmixread: int = 50
     seed: int = 1
+    continue_on_error: bool = False
 
 
 @dataclass
@@ -57,6 +61,11 @@ class BenchResult:
     verify_errors: int = 0
     first_error: str = ""
     elapsed: float = 0.0
+    errors_by_status: dict[str, int] = field(default_factory=dict)
+    stopped_on_error: bool = False  # the first error ended the run (no continue_on_error)
+    #: I/Os each path completed during the measured run (preconditioning and the verify
+    #: pass left out)
+    path_ios: dict[str, int] = field(default_factory=dict)
 
 
 class BenchJob:
@@ -142,7 +151,7 @@ class BenchJob:
         pending: dict[int, tuple[str, int]] = {}
         while True:
             now = time.monotonic()
-            more = issued < count if count else now < stop_at
+            more = (issued < count if count else now < stop_at) and not result.stopped_on_error
             while more and ring.ready == 0:
                 slot = ring.get_sqe()
                 if slot is None:
@@ -164,7 +173,9 @@ class BenchJob:
                 self.busy[unit] = 1
                 pending[slot.index] = (op, unit)
                 issued += 1
-                more = issued < count if count else time.monotonic() < stop_at
+                more = (issued < count if count else time.monotonic() < stop_at) and not (
+                    result.stopped_on_error
+                )
             if not pending:
                 return
             await ring.submit_and_wait(1)
@@ -174,8 +185,12 @@ class BenchJob:
                 self.busy[unit] = 0
                 if not cqe.ok:
                     result.errors += 1
+                    name = str(cqe.status)
+                    result.errors_by_status[name] = result.errors_by_status.get(name, 0) + 1
                     if not result.first_error:
                         result.first_error = f"{op} at unit {unit}: {cqe.status}"
+                    if not self.opts.continue_on_error:
+                        result.stopped_on_error = True
                     continue
                 if op == "write":
                     self.generation[unit] = cqe.user_data
@@ -199,6 +214,7 @@ async def run_bench(head: MultipathHead, opts: BenchOptions,
         async with trio.open_nursery() as nursery:
             for job in jobs:
                 nursery.start_soon(job.precondition)
+    before = {p.label: p.stats.ios for p in head.paths}
     started = time.monotonic()
     stop_at = started + opts.runtime
     async with trio.open_nursery() as nursery:
@@ -209,6 +225,7 @@ async def run_bench(head: MultipathHead, opts: BenchOptions,
                 workers.start_soon(job.run, stop_at)
         result.elapsed = time.monotonic() - started
         nursery.cancel_scope.cancel()
+    result.path_ios = {p.label: p.stats.ios - before.get(p.label, 0) for p in head.paths}
     if opts.verify and opts.rw in ("write", "randwrite"):
         async with trio.open_nursery() as nursery:
             for job in jobs:

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=size_arg, default=64 << 20, help="bytes per job")
     bench.add_argument("--rwmixread", type=int, default=50)
     bench.add_argument("--verify", action="store_true", help="write patterns and check reads")
+    bench.add_argument("--continue-on-error", action="store_true",
+                       help="keep going after an I/O error (fio's continue_on_error); by "
+                            "default the first error ends the run")  # fmt: skip
     bench.add_argument("--json", action="store_true", help="fio-style JSON on stdout")
     bench.add_argument("--quiet", action="store_true", help="no live per-path view")
     bench.add_argument(

@@ -15,7 +15,7 @@ import trio
 from initiator.bench import BenchOptions, BenchResult, Direction, run_bench
 from initiator.controller import ControllerOptions
 from initiator.host import Host, open_host
-from initiator.multipath import MultipathHead
+from initiator.multipath import Buckets, MultipathHead
 from initiator.session import Session
 from initiator.timeline import Timeline, read_step_log
 from nvmeof.constants import DISCOVERY_PORT, IO_PORT, AnaState, Cns, DiscoverySubtype
@@ -315,7 +315,8 @@ async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
     head = pick_head(host, args)
     opts = BenchOptions(rw=args.rw, bs=args.bs, iodepth=args.iodepth, numjobs=args.numjobs,
                         runtime=args.runtime, size=args.size, verify=args.verify,
-                        rwmixread=args.rwmixread)  # fmt: skip
+                        rwmixread=args.rwmixread,
+                        continue_on_error=args.continue_on_error)  # fmt: skip
     view = LiveView(head, args.quiet or args.json, total=args.runtime)
     if not args.json:
         err(f"bench: {args.rw} bs={args.bs} iodepth={args.iodepth} numjobs={args.numjobs} "
@@ -370,7 +371,8 @@ def bench_report(head: MultipathHead, opts: BenchOptions, result: BenchResult) -
             "jobname": f"nvmeof-{opts.rw}", "groupid": 0,
             "error": 1 if result.errors or result.verify_errors else 0,
             "first_error": result.first_error, "verify_errors": result.verify_errors,
-            "io_errors": result.errors, "elapsed": round(result.elapsed, 3),
+            "io_errors": result.errors, "errors_by_status": result.errors_by_status,
+            "stopped_on_error": result.stopped_on_error, "elapsed": round(result.elapsed, 3),
             "job options": {"rw": opts.rw, "bs": str(opts.bs), "iodepth": str(opts.iodepth),
                             "numjobs": str(opts.numjobs), "runtime": str(opts.runtime),
                             "size": str(opts.size), "verify": "1" if opts.verify else "0"},
@@ -379,12 +381,22 @@ def bench_report(head: MultipathHead, opts: BenchOptions, result: BenchResult) -
         }],
         "multipath": {"failovers": stats.failovers, "requeued": stats.requeued,
                       "retries": stats.retries, "no_path_queued": stats.no_path_queued,
-                      "failed": stats.failed, "iopolicy": head.iopolicy},
+                      "failed": stats.failed, "path_losses": stats.path_losses,
+                      "quiesce_held": stats.quiesce_held, "iopolicy": head.iopolicy,
+                      "recovery_s": _seconds(head.failover_latency),
+                      "detection_s": _seconds(head.detection_latency)},
         "paths": [{"addr": p.label, "cntlid": p.session.cntlid,
-                   "ana_state": p.ana_state.label, "state": p.state, "ios": p.stats.ios,
-                   "bytes": p.stats.bytes, "failovers": p.stats.failovers,
-                   "reconnects": p.session.reconnects} for p in head.paths],
+                   "ana_state": p.ana_state.label, "state": p.state,
+                   "ios": result.path_ios.get(p.label, p.stats.ios), "bytes": p.stats.bytes,
+                   "failovers": p.stats.failovers, "losses": p.stats.losses,
+                   "reconnects": p.session.reconnects, "reconnected": p.session.reconnected}
+                  for p in head.paths],
     }  # fmt: skip
+
+
+def _seconds(hist: Buckets) -> dict[str, float]:
+    """A histogram of seconds in the bench JSON: how many, their sum and the largest."""
+    return {"count": hist.count, "sum": round(hist.sum, 6), "max": round(hist.largest, 6)}
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -409,16 +421,22 @@ def print_report(report: dict[str, Any]) -> None:
             f"{float(k):g}th=[{v / 1000:.0f}]" for k, v in pct.items()
             if float(k) in (50.0, 90.0, 99.0, 99.9)))  # fmt: skip
     if job["first_error"]:
-        print(f"  first error: {job['first_error']}")
+        stopped = " (the run stopped there: --continue-on-error to go on)"
+        print(f"  first error: {job['first_error']}{stopped if job['stopped_on_error'] else ''}")
+        print("  errors: " + ", ".join(f"{n} x {s}" for s, n in job["errors_by_status"].items()))
     mp = report["multipath"]
     print(
         f"  multipath ({mp['iopolicy']}): failovers={mp['failovers']} requeued={mp['requeued']} "
-        f"retries={mp['retries']} no_path_queued={mp['no_path_queued']} failed={mp['failed']}"
+        f"retries={mp['retries']} no_path_queued={mp['no_path_queued']} failed={mp['failed']} "
+        f"path_losses={mp['path_losses']} quiesce_held={mp['quiesce_held']}"
     )
+    for kind in ("detection_s", "recovery_s"):
+        if mp[kind]["count"]:
+            print(f"  {kind[:-2]}: {mp[kind]['count']} x, max {mp[kind]['max']:.3f} s")
     for p in report["paths"]:
         print(f"  path {p['addr']} cntlid={p['cntlid']} {p['state']}/{p['ana_state']}: "
               f"ios={p['ios']} bytes={p['bytes']} failovers={p['failovers']} "
-              f"reconnects={p['reconnects']}")  # fmt: skip
+              f"losses={p['losses']} reconnects={p['reconnected']}/{p['reconnects']}")  # fmt: skip
 
 
 _COMMANDS = {

@@ -120,6 +120,9 @@ class Host:
         for session in self.sessions:
             if session.state is not SessionState.DELETED:
                 await session.disconnect()
+            session.problems.flush()  # the folded repeats still counted
+        for head in self.heads.values():
+            head.failure_log.flush()
         self.nursery.cancel_scope.cancel()
 
 

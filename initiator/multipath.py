@@ -32,6 +32,7 @@ import trio
 from initiator.policy import IOPOLICIES, SELECTORS, Disposition, decide_disposition, retry_delay
 from initiator.ring import Ring, Slot, SlotState
 from initiator.session import DEFAULT_MAX_TRANSFER
+from logfmt.aggregate import Aggregator
 from nvmeof.constants import AnaState
 from nvmeof.errors import NvmeofError
 from nvmeof.status import StatusCode, status_word
@@ -62,6 +63,7 @@ class Buckets:
     bounds: tuple[float, ...]
     counts: list[int] = field(default_factory=list)
     sum: float = 0.0
+    largest: float = 0.0  # by observe() only (the per-I/O latency path inlines its own count)
 
     def __post_init__(self) -> None:
         if not self.counts:
@@ -70,6 +72,7 @@ class Buckets:
     def observe(self, value: float) -> None:
         self.counts[bisect_right(self.bounds, value)] += 1
         self.sum += value
+        self.largest = max(self.largest, value)
 
     @property
     def count(self) -> int:
@@ -197,6 +200,7 @@ class MultipathHead:
         self._lot = trio.lowlevel.ParkingLot()
         self._kicked = False
         self.stats = HeadStats()
+        self.failure_log = Aggregator(log, level=logging.WARNING)
         self.events: list[tuple[float, str]] = []  # (time, what) for live views and plots
         #: Recovery: the loss of a path (when I/O on it stopped: its last good completion) to
         #: the first successful completion of a command sent after the loss was detected.
@@ -303,7 +307,8 @@ class MultipathHead:
     def _fail(self, slot: Slot, why: str) -> None:
         self.stats.failed += 1
         self.failover_started = None  # that failover did not succeed
-        log.warning("I/O failed on %s nsid %s: %s", self.subnqn, self.nsid, why)
+        # With no path left every I/O fails: one line per second with the count, not one each.
+        self.failure_log.note(f"I/O failed on {self.subnqn} nsid {self.nsid}:", why)
         slot.status_word = NO_PATH_STATUS
         slot.dw0 = slot.dw1 = 0
         slot.ring.post(slot)

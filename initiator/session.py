@@ -22,6 +22,7 @@ from initiator.controller import (
     connect_controller,
 )
 from initiator.queue import HostQueue, PeerClosed, QueueClosed
+from logfmt.aggregate import Aggregator
 from nvmeof.constants import (
     OAES_ANA_CHANGE,
     OAES_NS_ATTR,
@@ -111,6 +112,7 @@ class Session:
         self.quiesce_until = -math.inf
         self.quiesce_noted = -math.inf  # the deadline the head last announced
         self.last_failover = -math.inf
+        self.problems = Aggregator(log, level=logging.WARNING)
         self.reconnects = 0  # attempts
         self.reconnected = 0  # attempts that brought the controller back
         self.lost_at: float | None = None
@@ -192,7 +194,8 @@ class Session:
                 if first:
                     self._set_state(SessionState.DELETED, f"connect failed: {err}")
                     raise
-                log.warning("controller %s: %s", self.label, err)
+                # a reconnect every reconnect_delay fails the same way while the path is down
+                self.problems.note(f"controller {self.label}:", str(err))
             self._lost("association ended")
             if self._deleting:
                 break

@@ -70,7 +70,7 @@ class ConnectionCapture:
                 serial += 1
                 continue
             except OSError as err:
-                log.error("capture not started peer=%s:%s: %s", host.address, host.port, err)
+                log.error("capture not started peer=%s:%s: %s", host.address, host.port, str(err))
                 return None
             break
         capture = cls(path, file, recorder)
@@ -84,7 +84,7 @@ class ConnectionCapture:
         try:
             self._file.write(data)
         except OSError as err:  # a full disk stops the capture, not the connection
-            log.error("capture stopped file=%s: %s", self.path, err)
+            log.error("capture stopped file=%s: %s", self.path, str(err))
             self._file.close()
             self._file = None
 

@@ -147,7 +147,7 @@ class Target(Operations):
             except trio.ClosedResourceError:
                 return  # close_listener() closed it: the port is down
             except OSError as err:  # e.g. EMFILE: log, breathe, carry on (serve_listeners)
-                log.error("accept failed port=%s: %s", port.id, err)
+                log.error("accept failed port=%s: %s", port.id, str(err))
                 await trio.sleep(0.1)
                 continue
             assert self._nursery is not None

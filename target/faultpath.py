@@ -106,7 +106,7 @@ class FaultInjection:
             result = execute(cast("QueueContext", self), req)  # the queue it came from
             reply = result if isinstance(result, Reply) else await result  # type: ignore[misc]
         except Exception as err:  # a ghost must never take the target down
-            log.warning("ghost write cid=%s failed: %s", req.cid, err)
+            log.warning("ghost write cid=%s failed: %s", req.cid, str(err))
             return
         alive = not self._cancel.cancel_called and self.conn.state is ConnState.ESTABLISHED
         log.info("ghost write landed peer=%s qid=%s cid=%s connection=%s", self.peer, self.qid,
