@@ -97,6 +97,31 @@ async def test_bench_json_has_fio_shape_and_timeline(target: Target, tmp_path: P
     assert {p["addr"] for p in report["paths"]} == {f"127.0.0.1:{target.ports[i].bound_port}"
                                                     for i in (1, 2)}  # fmt: skip
     assert "<svg" in timeline.read_text()
+    # per-path I/Os are the measured run's: the preconditioning write pass is left out
+    assert sum(p["ios"] for p in report["paths"]) == sum(
+        job[side]["total_ios"] for side in ("read", "write")
+    )
+
+
+@pytest.mark.parametrize("go_on", [False, True])
+async def test_bench_stops_at_the_first_error_unless_told_to_continue(
+    go_on: bool, target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Unrecovered Read Error with DNR: a media error, completed as it is (no retry, no failover)
+    target.fault_add({"action": "status", "opcode": 0x02, "status": 0x281, "dnr": True,
+                      "every": 5})  # fmt: skip
+    more = ["--continue-on-error"] if go_on else []
+    code, out, _ = await run(capsys, "bench", *paths(target), "-n", DEMO_NQN, "--rw", "randread",
+                             "--iodepth", "4", "--runtime", "1", "--size", "1M", "--json", *more)  # fmt: skip
+    job = json.loads(out)["jobs"][0]
+    assert code != 0 and job["error"] == 1 and job["stopped_on_error"] is not go_on
+    (status,) = job["errors_by_status"]
+    assert "0x281" in status.lower() or "unrecovered" in status.lower(), status
+    assert job["errors_by_status"][status] == job["io_errors"]
+    if go_on:
+        assert job["io_errors"] > 20 and job["elapsed"] >= 0.9
+    else:  # what was in flight completes; nothing new is issued
+        assert job["io_errors"] <= 4 and job["elapsed"] < 0.9
 
 
 @pytest.mark.parametrize(
