@@ -203,7 +203,8 @@ class MultipathHead:
         self.failure_log = Aggregator(log, level=logging.WARNING)
         self.events: list[tuple[float, str]] = []  # (time, what) for live views and plots
         #: Recovery: the loss of a path (when I/O on it stopped: its last good completion) to
-        #: the first successful completion of a command sent after the loss was detected.
+        #: the first successful completion of a command sent after the loss was detected
+        #: (from that command's submission when it came later than the loss).
         self.failover_latency = Buckets(FAILOVER_BOUNDS)
         #: Detection: a lost path's last good completion to the host marking it unusable.
         self.detection_latency = Buckets(FAILOVER_BOUNDS)
@@ -340,8 +341,11 @@ class MultipathHead:
                 stats.errors += 1
             else:
                 path.last_good = now
-                if self.failover_started is not None and slot.sent_at >= self.loss_detected:
-                    self.failover_latency.observe(now - self.failover_started)
+                started = self.failover_started
+                if started is not None and slot.sent_at >= self.loss_detected:
+                    # from the loss, or from the command's submission if nothing was waiting
+                    # then (an idle path's loss costs the I/O that comes later nothing)
+                    self.failover_latency.observe(now - max(started, slot.submitted_at))
                     self.failover_started = None
             slot.status_word = status
             slot.dw0 = dw0
