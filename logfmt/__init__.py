@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 LEVELS = ("debug", "info", "warning", "error")
 #: Exit status when stdout's reader went away: 128 + SIGPIPE, what a tool killed by it gives.
@@ -30,9 +31,23 @@ class LogfmtFormatter(logging.Formatter):
         return line
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes (as logging's own last-resort
+    handler does), not the stream of the moment it was made: a program that swaps stderr (a
+    test's capture, closed afterwards) must not leave a handler writing to a closed file."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always sys.stderr
+
+
 def setup_logging(level: str) -> None:
     """Send logfmt records at ``level`` and above to stderr."""
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler.setFormatter(LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -191,7 +191,7 @@ def load_native(data: Mapping[str, Any], source: str) -> TargetConfig:
         faults=tuple(fault_rule_kwargs(t) for t in top.tables("fault", FAULT_KEYS)),
         discovery_nqn=top.text("discovery_nqn"),
     )
-    validate(config, source)
+    validate(config, source, "native")
     return config
 
 
@@ -291,7 +291,7 @@ def load_nvmetcli(data: Mapping[str, Any], source: str) -> TargetConfig:
         hosts=tuple(hosts),
         discovery_nqn=discovery.text("discovery_nqn") if discovery is not None else None,
     )
-    validate(config, source)
+    validate(config, source, "nvmetcli")
     return config
 
 

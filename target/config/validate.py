@@ -20,6 +20,7 @@ from fractions import Fraction
 from typing import Any
 
 from nvmeof.constants import CNTLID_MAX, DISCOVERY_NQN, NQN_MAX_LEN
+from target.config.keynames import file_path
 from target.config.model import BACKENDS, BLOCK_SIZES, ConfigError, NamespaceConfig, TargetConfig
 from target.control.faults import ACTIONS, QUEUE_KINDS
 
@@ -255,11 +256,16 @@ def ip_problem(addr: str) -> str | None:
 
 
 class _Checker:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, fmt: str = "fields") -> None:
         self.source = source
+        self.fmt = fmt
+
+    def name(self, path: str) -> str:
+        """``path`` as the file names it."""
+        return file_path(path, self.fmt)
 
     def fail(self, path: str, message: str) -> ConfigError:
-        return config_error(self.source, path, message)
+        return config_error(self.source, self.name(path), message)
 
     def int_in(self, path: str, value: object, low: int, high: int, why: str = "") -> None:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -289,7 +295,9 @@ class _Checker:
             if nqn == DISCOVERY_NQN:
                 raise self.fail(f"{path}.nqn", "the discovery NQN cannot be a subsystem")
             if nqn in seen_nqns:
-                raise self.fail(f"{path}.nqn", f"duplicate NQN {nqn!r} (also {seen_nqns[nqn]})")
+                raise self.fail(
+                    f"{path}.nqn", f"duplicate NQN {nqn!r} (also {self.name(seen_nqns[nqn])})"
+                )
             seen_nqns[nqn] = path
             if sub.serial is not None:
                 self.ascii_field(f"{path}.serial", sub.serial, SERIAL_MAX_LEN)
@@ -308,7 +316,7 @@ class _Checker:
         self.ports(config, set(seen_nqns))
         port_ids = {port.id for port in config.ports}
         for index, fault in enumerate(config.faults):
-            table = Table(fault, self.source, f"faults[{index}]", FAULT_KEYS)
+            table = Table(fault, self.source, file_path(f"faults[{index}]", self.fmt), FAULT_KEYS)
             fault_rule_kwargs(table, ports=port_ids, nqns=set(seen_nqns))
 
     def namespaces(self, namespaces: tuple[NamespaceConfig, ...], parent: str,
@@ -318,7 +326,9 @@ class _Checker:
             path = f"{parent}.namespaces[{index}]"
             self.namespace(ns, f"{path}.", max_nsid)
             if ns.nsid in seen:
-                raise self.fail(f"{path}.nsid", f"duplicate NSID {ns.nsid} (also {seen[ns.nsid]})")
+                raise self.fail(
+                    f"{path}.nsid", f"duplicate NSID {ns.nsid} (also {self.name(seen[ns.nsid])})"
+                )
             seen[ns.nsid] = path
 
     def namespace(self, ns: NamespaceConfig, path: str, max_nsid: int = MAX_NSID) -> None:
@@ -363,14 +373,17 @@ class _Checker:
             path = f"ports[{index}]"
             self.int_in(f"{path}.id", port.id, 0, MAX_PORT_ID)
             if port.id in ids:
-                raise self.fail(f"{path}.id", f"duplicate port id {port.id} (also {ids[port.id]})")
+                raise self.fail(
+                    f"{path}.id", f"duplicate port id {port.id} (also {self.name(ids[port.id])})"
+                )
             ids[port.id] = path
             addr = self.text(f"{path}.addr", port.addr, ip=True)
             self.int_in(f"{path}.port", port.port, 0, 65535)
             key = (str(ipaddress.ip_address(addr)), port.port)
             if port.port and key in endpoints:
                 raise self.fail(
-                    f"{path}.port", f"{addr} port {port.port} already used by {endpoints[key]}"
+                    f"{path}.port",
+                    f"{addr} port {port.port} already used by {self.name(endpoints[key])}",
                 )
             endpoints[key] = path
             if port.advertise is not None:
@@ -450,7 +463,7 @@ def _put(kwargs: dict[str, Any], name: str, value: object) -> None:
         kwargs[name] = value
 
 
-def validate(config: TargetConfig, source: str) -> None:
+def validate(config: TargetConfig, source: str, fmt: str = "fields") -> None:
     """Cross-check a whole configuration; raise ConfigError (one line) at the first problem.
 
     Checks: subsystem NQNs unique and syntactically valid (``nqn.`` prefix, printable ASCII,
@@ -464,5 +477,8 @@ def validate(config: TargetConfig, source: str) -> None:
     subsystems exist (once each), ANA groups 1..128 once each, inline_data_size a multiple of
     16 in 0..1 MiB, referrals with unique names, IP addresses, port 1..65535, portid 0..65535;
     fault rules as :func:`fault_rule_kwargs` checks them, naming existing ports and subsystems.
+
+    ``fmt`` names the fields in errors as the file did (:mod:`target.config.keynames`:
+    ``native`` TOML, ``nvmetcli`` JSON) or as the dataclasses do (``fields``).
     """
-    _Checker(source).run(config)
+    _Checker(source, fmt).run(config)

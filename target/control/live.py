@@ -118,7 +118,7 @@ class LiveConfig:
             current = self.current_config()
             wanted = edit(current)
             try:
-                validate(wanted, source)
+                validate(wanted, source, "native")  # the API's bodies are native tables
             except ConfigError as err:
                 raise ControlError(str(err)) from None
             wanted = _effective(wanted, current)

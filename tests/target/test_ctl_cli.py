@@ -316,8 +316,8 @@ def test_config_faults_are_loaded_and_installed_at_start(tmp_path: Path) -> None
         ('action = "close"\nafter = 0', "fault[0].after: must be 1..4294967296, got 0"),
         ('action = "stall"\ndirection = "up"', "fault[0].direction: must be one of rx, tx"),
         ('action = "delay"\ndnr = "yes"', "fault[0].dnr: must be a boolean"),
-        ('action = "delay"\nport = 9', "faults[0].port: no port 9 (ports: [1])"),
-        ('action = "delay"\nsubsystem = "nqn.x:y"', "faults[0].subsystem: no subsystem"),
+        ('action = "delay"\nport = 9', "fault[0].port: no port 9 (ports: [1])"),
+        ('action = "delay"\nsubsystem = "nqn.x:y"', "fault[0].subsystem: no subsystem"),
     ],
 )  # fmt: skip
 def test_config_fault_errors_name_the_field(tmp_path: Path, fault: str, message: str) -> None:
