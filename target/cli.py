@@ -125,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str | None) -> TargetConfig:
-    return load_config(path) if path else default_config()
+    if not path:
+        return default_config()
+    warnings: list[str] = []
+    config = load_config(path, warnings)
+    for line in warnings:
+        print(f"nvmeof-target: warning: {line}", file=sys.stderr)
+    return config
 
 
 def add_config_faults(target: Target, config: TargetConfig) -> None:
@@ -230,8 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(text)
             return 0
-        load_config(args.file)
-        print(f"{args.file}: OK")
+        warnings: list[str] = []
+        load_config(args.file, warnings)
+        for line in warnings:
+            print(f"warning: {line}")
+        print(f"{args.file}: OK" + (f" ({len(warnings)} warnings)" if warnings else ""))
         return 0
     except (ConfigError, ControlSetupError) as err:
         print(f"nvmeof-target: {err}", file=sys.stderr)

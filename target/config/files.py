@@ -98,6 +98,7 @@ from pathlib import Path
 from typing import Any
 
 from nvmeof.constants import AnaState
+from target.config.keynames import file_path
 from target.config.model import (
     BLOCK_SIZES,
     NamespaceConfig,
@@ -144,8 +145,10 @@ PORT_KEYS = {"id", "addr", "port", "advertise", "subsystems", "inline_data_size"
 REFERRAL_KEYS = {"name", "addr", "port", "portid"}
 
 
-def load_config(path: str | os.PathLike[str]) -> TargetConfig:
-    """Read, parse and validate a configuration file (native TOML or nvmetcli JSON)."""
+def load_config(path: str | os.PathLike[str], warnings: list[str] | None = None) -> TargetConfig:
+    """Read, parse and validate a configuration file (native TOML or nvmetcli JSON); what is
+    accepted but not acted on is appended to ``warnings``, one line each (see
+    :func:`config_warnings`)."""
     source = os.fspath(path)
     try:
         raw = Path(source).read_bytes()
@@ -165,12 +168,43 @@ def load_config(path: str | os.PathLike[str]) -> TargetConfig:
             raise config_error(source, "", f"invalid JSON: {exc.msg} {where}") from None
         except RecursionError:
             raise config_error(source, "", "invalid JSON: nested too deeply") from None
-        return load_nvmetcli(data, source)
+        config = load_nvmetcli(data, source)
+        if warnings is not None:
+            warnings += config_warnings(config, source, "nvmetcli", data)
+        return config
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise config_error(source, "", f"invalid TOML: {exc}") from None
-    return load_native(document, source)
+    config = load_native(document, source)
+    if warnings is not None:
+        warnings += config_warnings(config, source, "native", document)
+    return config
+
+
+def config_warnings(config: TargetConfig, source: str, fmt: str,
+                    document: Mapping[str, Any]) -> list[str]:  # fmt: skip
+    """What a valid configuration says that the target will not do, one line each:
+    DH-HMAC-CHAP keys (not supported yet: such a host connects without authentication), and
+    allowed hosts missing from the host list (nvmetcli links them under ``hosts``, so nvmet
+    refuses them; the native format needs a list only if it gives one)."""
+    out = []
+    for index, host in enumerate(document.get("hosts") or []):
+        if (
+            fmt == "nvmetcli"
+            and isinstance(host, Mapping)
+            and any((host.get("dhchap") or {}).values())
+        ):
+            out.append(f"{source}: hosts[{index}].dhchap: ignored: DH-HMAC-CHAP is not "
+                       "supported yet, the host connects without authentication")  # fmt: skip
+    if fmt == "nvmetcli" or config.hosts:
+        known = set(config.hosts)
+        for s_index, sub in enumerate(config.subsystems):
+            for h_index, host in enumerate(sub.allowed_hosts):
+                if host not in known:
+                    where = file_path(f"subsystems[{s_index}].allowed_hosts[{h_index}]", fmt)
+                    out.append(f"{source}: {where}: {host!r} is not in hosts")
+    return out
 
 
 def _put(kwargs: dict[str, Any], name: str, value: object) -> None:

@@ -341,3 +341,25 @@ def test_serve_names_the_address_it_cannot_listen_on(
         assert main(argv) == 1
     err = capsys.readouterr().err
     assert f"cannot listen: port 7 on 127.0.0.1:{port}: Address already in use" in err, err
+
+
+def test_config_check_warns_about_what_it_accepts_but_ignores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host, stranger = "nqn.2014-08.org.example:h1", "nqn.2014-08.org.example:h2"
+    doc = {
+        "hosts": [{"nqn": host, "dhchap": {"key": "DHHC-1:00:abcd:", "hash": "hmac(sha256)"}}],
+        "ports": [],
+        "subsystems": [{"nqn": "testnqn", "attr": {"allow_any_host": "0"},
+                        "allowed_hosts": [host, stranger], "namespaces": []}],
+    }  # fmt: skip
+    path = tmp_path / "auth.json"
+    path.write_text(json.dumps(doc))
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"warning: {path}: hosts[0].dhchap: ignored: DH-HMAC-CHAP is not supported yet, the "
+        "host connects without authentication",
+        f"warning: {path}: subsystems[0].allowed_hosts[1]: {stranger!r} is not in hosts",
+        f"{path}: OK (2 warnings)",
+    ]
