@@ -1,4 +1,4 @@
-"""Repeated log lines folded into one per interval, with a count (the kernel's rate-limited
+"""Repeated log lines folded into one per interval (5 s by default), with a count (the kernel's rate-limited
 messages, ``printk_ratelimited`` with "callbacks suppressed", made to add up).
 
 The first occurrence of a key is logged at once; later ones within ``interval`` seconds are
@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+#: Seconds between two lines of one key: printk_ratelimit's default interval.
+DEFAULT_INTERVAL = 5.0
+
 
 @dataclass
 class _Pending:
@@ -25,7 +28,7 @@ class _Pending:
 class Aggregator:
     """Fold repeated messages per key into one line per ``interval`` seconds."""
 
-    def __init__(self, logger: logging.Logger, interval: float = 1.0, *,
+    def __init__(self, logger: logging.Logger, interval: float = DEFAULT_INTERVAL, *,
                  level: int = logging.INFO,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.logger = logger

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from initiator import ControllerOptions, open_host
-from logfmt.aggregate import Aggregator
+from logfmt.aggregate import DEFAULT_INTERVAL, Aggregator
 from nvmeof.constants import IoOpcode
 from target.config import DEMO_NQN, default_config, with_free_ports
 from target.daemon import Target
@@ -68,4 +68,46 @@ async def test_a_rule_firing_on_every_command_logs_a_line_per_second(
     counted = 1 + sum(int(m.split("repeated=")[1].split()[0]) for m in fired if "repeated=" in m)
     assert writes > 100 and counted in (writes, writes + 1)  # the last one may be cut short
     assert len(fired) <= 5, fired
+    target.stop()
+
+
+async def test_a_delay_rule_and_a_no_path_error_storm_stay_readable(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every write delayed by a fault rule, then the only path gone for good while the host
+    keeps issuing I/O: thousands of firings and failures, a few lines a second."""
+    target: Target = await nursery.start(Target(with_free_ports(default_config())).serve)
+    target.fault_add({"action": "delay", "delay_ms": 1, "opcode": IoOpcode.WRITE})
+    options = ControllerOptions(io_queues=1, reconnect_delay=0.1, fast_io_fail_tmo=0.3,
+                                kato_ms=1000)  # fmt: skip
+    started = trio.current_time()
+    writes = failures = 0
+    with caplog.at_level(logging.INFO, logger="nvmeof"):
+        async with open_host(options) as host:
+            await host.connect("127.0.0.1", target.ports[1].bound_port, DEMO_NQN)
+            head = host.namespace(DEMO_NQN, 1)
+            with trio.move_on_after(1.5):
+                while True:
+                    await head.write(0, bytes(512))
+                    writes += 1
+            await target.port_down(1, "reset")  # gone for good: reconnects are refused
+            with trio.move_on_after(2.5):
+                while True:
+                    try:
+                        await head.read(0, 1)
+                    except Exception:  # every failure is the point here
+                        failures += 1
+                        await trio.lowlevel.checkpoint()
+        target.fault_clear()
+    elapsed = trio.current_time() - started
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("nvmeof")]
+    assert writes > 100 and failures > 1000
+    # Three kinds repeat (the rule firing, the failed I/O, the refused reconnects): each gets
+    # its first line and then one per 5 s (and one at the end); the rest are state changes,
+    # one line each. Over a minute: 3 x 13 folded lines plus the state changes, far below 200.
+    repeats = [line for line in lines if "repeated=" in line]
+    assert len(repeats) <= 3 * (elapsed / DEFAULT_INTERVAL + 2), "\n".join(lines)
+    assert len(lines) <= 25, "\n".join(lines)
+    folded = sum(int(line.split("repeated=")[1].split()[0]) for line in repeats)
+    assert folded > 1000  # what the lines stand for
     target.stop()
