@@ -251,8 +251,11 @@ async def _connect_queue(ctrl: HostController, queue: HostQueue, qid: int, sqsiz
                                    cntlid=CNTLID_DYNAMIC if qid == 0 else ctrl.cntlid))  # fmt: skip
     done = await queue.submit(sqe, write=data, timeout=opts.command_timeout)
     if not done.ok:
+        # DW0 of a refused Connect: IATTR (bit 16) and IPO, the offending field (nvmet's
+        # IPO_IATTR_CONNECT_DATA/SQE), e.g. 0x10200 = the host NQN in the Connect data
         raise CommandError(done.status, f"Connect qid {qid} to {ctrl.subnqn} refused: "
-                           f"{done.status} (DW0 {done.dw0:#x})")  # fmt: skip
+                           f"{done.status.describe(fabrics=True)} "
+                           f"(DW0 {done.dw0:#x}{_connect_field(done.dw0)})")  # fmt: skip
     return done.dw0 & 0xFFFF
 
 
@@ -299,3 +302,15 @@ async def connect_controller(
     if opts.kato_ms:
         nursery.start_soon(ctrl.keep_alive_loop)
     return ctrl
+
+
+#: Connect data fields by offset (NVMe-oF Connect command data): what a refusal's IPO names.
+_CONNECT_DATA_FIELDS = {0: "host ID", 16: "CNTLID", 256: "subsystem NQN", 512: "host NQN"}
+
+
+def _connect_field(dw0: int) -> str:
+    """``: <field>`` for a refused Connect's DW0 that points into the Connect data."""
+    if not dw0 >> 16 & 1:  # IATTR 0: the offset is in the SQE
+        return f": SQE byte {dw0 & 0xFFFF}" if dw0 else ""
+    field = _CONNECT_DATA_FIELDS.get(dw0 & 0xFFFF)
+    return f": {field}" if field else f": Connect data byte {dw0 & 0xFFFF}"

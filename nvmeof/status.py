@@ -224,10 +224,30 @@ class Status:
         except ValueError:
             return f"SCT{self.sct:x}_SC{self.sc:02x}"
 
-    def __str__(self) -> str:
+    @property
+    def fabrics_name(self) -> str:
+        """The name a Fabrics command's status has: where 0x180-0x1BF means one thing for NVM
+        I/O and another for Connect (0x182 READ_ONLY vs CONNECT_INVALID_PARAM), the latter."""
+        return _FABRICS_NAMES.get(self.code, self.name)
+
+    def describe(self, *, fabrics: bool = False) -> str:
+        """``NAME (0xCCC DNR MORE CRDn)``; Fabrics names with ``fabrics``."""
         flags = "".join(f" {label}" for label, on in (("DNR", self.dnr), ("MORE", self.more)) if on)
         crd = f" CRD{self.crd}" if self.crd else ""
-        return f"{self.name} (0x{self.code:03x}{flags}{crd})"
+        name = self.fabrics_name if fabrics else self.name
+        return f"{name} (0x{self.code:03x}{flags}{crd})"
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+#: The Fabrics command-specific codes (Connect) by name: as enum members they are aliases of
+#: the NVM codes defined first, whose names they would otherwise print.
+_FABRICS_NAMES = {int(StatusCode.CONNECT_FORMAT): "CONNECT_FORMAT",
+                  int(StatusCode.CONNECT_CTRL_BUSY): "CONNECT_CTRL_BUSY",
+                  int(StatusCode.CONNECT_INVALID_PARAM): "CONNECT_INVALID_PARAM",
+                  int(StatusCode.CONNECT_RESTART_DISC): "CONNECT_RESTART_DISC",
+                  int(StatusCode.CONNECT_INVALID_HOST): "CONNECT_INVALID_HOST"}  # fmt: skip
 
 
 def status_word(code: int, *, dnr: bool = False) -> int:

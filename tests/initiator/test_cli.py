@@ -175,3 +175,12 @@ async def test_a_reader_that_goes_away_ends_the_command_quietly(target: Target) 
     with trio.fail_after(60):
         status, stderr = await trio.to_thread.run_sync(reader_gone)
     assert status == 141 and "Broken pipe" not in stderr and "Errno" not in stderr, stderr
+
+
+async def test_a_refused_connect_names_the_status_and_the_field_nvmet_points_at(
+    target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = f"127.0.0.1:{target.ports[1].bound_port}"
+    code, _, err = await run(capsys, "id-ctrl", "--path", where, "-n", "nqn.x:none")
+    assert code != 0
+    assert "CONNECT_INVALID_PARAM (0x182 DNR) (DW0 0x10100: subsystem NQN)" in err, err
