@@ -29,6 +29,12 @@ class AsyncEvent:
 ANA_CHANGE = AsyncEvent(AenType.NOTICE, AenNotice.ANA_CHANGE, LogPage.ANA)
 NS_CHANGED = AsyncEvent(AenType.NOTICE, AenNotice.NS_ATTR_CHANGED, LogPage.CHANGED_NS)
 DISCOVERY_CHANGE = AsyncEvent(AenType.NOTICE, AenNotice.DISCOVERY_CHANGE, LogPage.DISCOVERY)
+#: "Reservation log page available" (type 6, I/O command specific; info 0; log page 0x80).
+RESERVATION_LOG = AsyncEvent(AenType.COMMAND_SET, 0, LogPage.RESERVATION)
+#: Events nvmet queues one per occurrence and never masks (nvmet_add_async_event is called
+#: without nvmet_aen_bit_disabled): each reservation notification gets its own AEN.
+UNMASKED_LOG_PAGES = frozenset({LogPage.RESERVATION})
+MAX_PENDING = 64
 
 
 class AsyncEventQueue:
@@ -62,9 +68,13 @@ class AsyncEventQueue:
     def post(self, event: AsyncEvent) -> list[tuple[int, AsyncEvent]]:
         """Record an event; returns (AER CID, event) completions due now.
 
-        A masked kind, or one already pending, is dropped (the host will read the log anyway).
+        A masked kind, or one already pending, is dropped (the host will read the log anyway),
+        except the kinds of :data:`UNMASKED_LOG_PAGES`.
         """
-        if event.log_page in self._masked or event in self._pending:
+        unmasked = event.log_page in UNMASKED_LOG_PAGES
+        if not unmasked and (event.log_page in self._masked or event in self._pending):
+            return []
+        if unmasked and len(self._pending) >= MAX_PENDING:  # the log keeps 64 as well
             return []
         self._pending.append(event)
         return self._match()
@@ -78,7 +88,8 @@ class AsyncEventQueue:
         done = []
         while self._aer_cids and self._pending:
             event = self._pending.popleft()
-            self._masked.add(event.log_page)
+            if event.log_page not in UNMASKED_LOG_PAGES:
+                self._masked.add(event.log_page)
             done.append((self._aer_cids.popleft(), event))
         return done
 

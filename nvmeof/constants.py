@@ -113,6 +113,10 @@ class IoOpcode(IntEnum):
     WRITE_ZEROES = 0x08
     DATASET_MANAGEMENT = 0x09
     VERIFY = 0x0C
+    RESERVATION_REGISTER = 0x0D
+    RESERVATION_REPORT = 0x0E
+    RESERVATION_ACQUIRE = 0x11
+    RESERVATION_RELEASE = 0x15
     FABRICS = 0x7F
 
 
@@ -150,6 +154,7 @@ class LogPage(IntEnum):
     CMD_EFFECTS = 0x05
     ANA = 0x0C
     DISCOVERY = 0x70
+    RESERVATION = 0x80
 
 
 class FeatureId(IntEnum):
@@ -164,6 +169,8 @@ class FeatureId(IntEnum):
     ASYNC_EVENT = 0x0B
     KATO = 0x0F
     HOST_ID = 0x81
+    RESERVATION_MASK = 0x82
+    RESERVATION_PERSIST = 0x83
 
 
 class Property(IntEnum):

@@ -6,9 +6,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from nvmeof.aen import AsyncEvent, AsyncEventQueue
+from nvmeof.aen import RESERVATION_LOG, AsyncEvent, AsyncEventQueue
 from nvmeof.constants import OAES_ANA_CHANGE, OAES_DISCOVERY_CHANGE, OAES_NS_ATTR
 from nvmeof.properties import ControllerRegisters, build_cap, version
+from target.reservations import NotificationLog
 
 if TYPE_CHECKING:
     from target.port import Port
@@ -94,6 +95,7 @@ class Controller:
         self.stats = ControllerStats()
         self.keepalive_deadline = float("inf")
         self.closed = False
+        self.reservation_log = NotificationLog()
 
     @property
     def accepted_aen(self) -> int:
@@ -121,6 +123,14 @@ class Controller:
         if not self.aec & enable_bit or self.closed:
             return
         self._deliver(self.aen.post(event))
+
+    def notify_reservation(self, kind: int, nsid: int) -> None:
+        """Queue a Reservation Notification and announce it: nvmet sends the AEN whatever
+        Asynchronous Event Configuration says (the mask of feature 0x82 decided already)."""
+        if self.closed:
+            return
+        self.reservation_log.add(kind, nsid)
+        self._deliver(self.aen.post(RESERVATION_LOG))
 
     def add_aer(self, cid: int) -> None:
         self._deliver(self.aen.add_request(cid))

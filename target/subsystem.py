@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Generic, TypeVar
 
 from target.backends import Backend, open_backend
 from target.config import NamespaceConfig, SubsystemConfig, derived_ids, derived_serial
+from target.reservation_store import ReservationStore, VolatileStore, store_for
+from target.reservations import Reservations
+
+log = logging.getLogger("nvmeof.target")
 
 #: What a subsystem keeps by CNTLID: :class:`target.controller.Controller`, which refers back to
 #: its subsystem; a type parameter so this module need not import it (``Subsystem[Controller]``).
@@ -30,6 +35,37 @@ class Namespace:
         self.ana_group = cfg.ana_group
         self.enabled = cfg.enabled
         self.config = cfg
+        #: None: reservation commands are Invalid Opcode (nvmet's resv_enable = 0).
+        self.reservations: Reservations | None = None
+        self.reservation_store: ReservationStore = VolatileStore()
+        if cfg.reservations:
+            self.reservation_store = store_for(cfg.backend, cfg.path)
+            self.reservations = Reservations(can_persist=self.reservation_store.can_persist)
+            self._reload_reservations()
+
+    def _reload_reservations(self) -> None:
+        """Registrations made with PTPL on come back after a restart (a power loss)."""
+        assert self.reservations is not None
+        snapshot = self.reservation_store.load()
+        if snapshot is None or not snapshot.get("ptpl"):
+            return
+        try:
+            self.reservations.restore(snapshot)
+        except ValueError as err:
+            log.warning("reservation state ignored nsid=%s: %s", self.nsid, str(err))
+            return
+        log.info("reservations restored nsid=%s registrants=%s rtype=%s", self.nsid,
+                 len(self.reservations.registrants), self.reservations.rtype)  # fmt: skip
+
+    def persist_reservations(self) -> None:
+        """After a change: keep the state if PTPL is on, forget any kept state if it is off."""
+        resv = self.reservations
+        if resv is None:
+            return
+        if resv.ptpl:
+            self.reservation_store.save(resv.snapshot())
+        else:
+            self.reservation_store.discard()
 
     @property
     def size(self) -> int:
@@ -74,6 +110,11 @@ class Subsystem(Generic[C]):
     def active_namespace(self, nsid: int) -> Namespace | None:
         ns = self.namespaces.get(nsid)
         return ns if ns is not None and ns.enabled else None
+
+    def has_reservations(self) -> bool:
+        """Some namespace serves reservations (Identify ONCS bit 5, features 0x82/0x83, log
+        page 0x80); with none, those answer as a kernel without reservations does."""
+        return any(ns.reservations is not None for ns in self.namespaces.values())
 
     def active_nsids(self) -> list[int]:
         return sorted(nsid for nsid, ns in self.namespaces.items() if ns.enabled)

@@ -36,6 +36,7 @@ from nvmeof.wire.logpages import (
     build_fw_slot_log,
     build_smart_log,
 )
+from nvmeof.wire.reservations import ONCS_RESERVATIONS, build_notification_log, rescap
 from target.commands.request import (
     LOC_CDW10,
     PENDING,
@@ -47,6 +48,7 @@ from target.commands.request import (
     fail,
 )
 from target.controller import AERL, ERROR_LOG_ENTRIES, Controller
+from target.reservations import NOTIFICATION_MASK_ALL, Reservations
 from target.state import MAX_ANA_GROUPS
 
 FIRMWARE_REVISION = "0.1.0"
@@ -97,7 +99,8 @@ def identify_controller(ctrl: Controller, discovery_nqn: str = DISCOVERY_NQN) ->
         "lpa": LPA_EFFECTS | LPA_EXTENDED, "kas": KAS_100MS, "wctemp": 343, "cctemp": 373,
         "anatt": ANATT_S, "anacap": 0x1F, "anagrpmax": MAX_ANA_GROUPS,
         "nanagrpid": MAX_ANA_GROUPS, "nn": sub.max_namespaces,
-        "oncs": ONCS_COMPARE | ONCS_DSM | ONCS_WRITE_ZEROES, "vwc": 1,
+        "oncs": ONCS_COMPARE | ONCS_DSM | ONCS_WRITE_ZEROES
+                | (ONCS_RESERVATIONS if sub.has_reservations() else 0), "vwc": 1,
         "mnan": sub.max_namespaces, "cqt": sub.cqt_ms, "subnqn": sub.nqn, "ioccsz": (64 + inline) // 16,
     })  # fmt: skip
 
@@ -134,8 +137,11 @@ def execute_identify(q: QueueContext, req: Request) -> ExecuteResult:
             if req.nsid == NSID_ALL or (req.nsid == 0 and q.port.strict):
                 raise fail(StatusCode.INVALID_NS, f"Identify NS {req.nsid:#x}", loc=4)
             return Reply(data=bytes(IDENTIFY_SIZE))
+        caps = 0
+        if ns.reservations is not None:
+            caps = rescap(persist=ns.reservations.can_persist)
         return Reply(data=identify_namespace(ns.nlbas, ns.lba_shift, ns.ana_group, ns.nguid,
-                                             ns.eui64))  # fmt: skip
+                                             ns.eui64, caps))  # fmt: skip
     if ns is None:
         raise fail(StatusCode.INVALID_NS, f"NSID {req.nsid} is not active", loc=4)
     if cns == Cns.NS_DESC_LIST:
@@ -148,10 +154,10 @@ def execute_identify(q: QueueContext, req: Request) -> ExecuteResult:
 
 
 def identify_namespace(
-    nlbas: int, lba_shift: int, ana_group: int, nguid: bytes, eui64: bytes
+    nlbas: int, lba_shift: int, ana_group: int, nguid: bytes, eui64: bytes, rescap: int = 0
 ) -> bytes:
     return build_identify_ns({
-        "nsze": nlbas, "ncap": nlbas, "nuse": nlbas, "nlbaf": 0, "flbas": 0,
+        "nsze": nlbas, "ncap": nlbas, "nuse": nlbas, "nlbaf": 0, "flbas": 0, "rescap": rescap,
         "nmic": 1, "dlfeat": 0x09, "anagrpid": ana_group, "nguid": nguid, "eui64": eui64,
         "lbaf": [lba_format(lba_shift)],
     })  # fmt: skip
@@ -208,6 +214,9 @@ def _log_page(q: QueueContext, ctrl: Controller, lid: int, lsp: int, rae: bool) 
     if lid == LogPage.ANA:
         groups = q.state.ana_groups(ctrl.subsystem, ctrl.port)
         return build_ana_log(q.state.ana_chgcnt, groups, rgo=bool(lsp & 0x1))
+    if lid == LogPage.RESERVATION and ctrl.subsystem.has_reservations():
+        # nvmet_execute_get_log_page_resv: one notification per read, RAE or not
+        return build_notification_log(ctrl.reservation_log.take())
     # nvmet answers an unknown log page with Invalid Field, not Invalid Log Page.
     raise fail(_INVALID_FIELD, f"unsupported log page {lid:#x}", loc=LOC_CDW10)
 
@@ -279,6 +288,8 @@ def execute_set_features(q: QueueContext, req: Request) -> ExecuteResult:
         return Reply(dw0=ctrl.kato_ms // 1000)
     if fid == _FEATURE_HOST_ID and ctrl.subsystem is not None:
         raise fail(StatusCode.CMD_SEQ_ERROR, "the Host ID is set by Connect")
+    if fid in _RESERVATION_FEATURES and _serves_reservations(ctrl):
+        return set_reservation_feature(q, req, fid, value)
     if fid == _FEATURE_WRITE_PROTECT and ctrl.subsystem is not None:
         _write_protect_namespace(q, req)
         if value != 0:  # only "no write protection" here
@@ -310,7 +321,65 @@ def execute_get_features(q: QueueContext, req: Request) -> ExecuteResult:
     if fid == _FEATURE_WRITE_PROTECT and ctrl.subsystem is not None:
         _write_protect_namespace(q, req)
         return Reply(dw0=0)  # no write protection
+    if fid in _RESERVATION_FEATURES and _serves_reservations(ctrl):
+        resv = _reservations_of(q, req)
+        mask = fid == FeatureId.RESERVATION_MASK
+        return Reply(dw0=resv.notify_mask if mask else int(resv.ptpl))
     raise fail(_INVALID_FIELD, f"Get Features {fid:#x} not supported", loc=LOC_CDW10)
+
+
+_RESERVATION_FEATURES = frozenset({FeatureId.RESERVATION_MASK, FeatureId.RESERVATION_PERSIST})
+
+
+def _serves_reservations(ctrl: Controller) -> bool:
+    return ctrl.subsystem is not None and ctrl.subsystem.has_reservations()
+
+
+def _reservations_of(q: QueueContext, req: Request) -> Reservations:
+    """nvmet_get_feat_resv_notif_mask: the namespace first (Invalid Namespace, NSID FFFFFFFFh
+    included), then whether it serves reservations (Invalid Field)."""
+    sub = controller_of(q).subsystem
+    assert sub is not None
+    ns = sub.active_namespace(req.nsid)
+    if ns is None:
+        raise fail(StatusCode.INVALID_NS, f"NSID {req.nsid:#x} for a reservation feature", loc=4)
+    if ns.reservations is None:
+        raise fail(_INVALID_FIELD, f"NSID {req.nsid} has no reservations")
+    return ns.reservations
+
+
+def set_reservation_feature(q: QueueContext, req: Request, fid: int, value: int) -> Reply:
+    """Reservation Notification Mask (nvmet_set_feat_resv_notif_mask: NSID FFFFFFFFh sets every
+    namespace) and Reservation Persistence (nvmet has none; SPDK's rule: PTPL only where the
+    namespace can persist, Invalid Field otherwise)."""
+    sub = controller_of(q).subsystem
+    assert sub is not None
+    if fid == FeatureId.RESERVATION_MASK:
+        if value & ~NOTIFICATION_MASK_ALL:
+            raise fail(_INVALID_FIELD, f"reservation notification mask {value:#x}", loc=44)
+        targets = (
+            [_reservations_of(q, req)]
+            if req.nsid != NSID_ALL
+            else [ns.reservations for ns in sub.namespaces.values() if ns.reservations is not None]
+        )
+        for resv in targets:
+            resv.set_notify_mask(value)
+        return Reply(dw0=value)
+    ptpl = bool(value & 1)
+    if req.nsid == NSID_ALL:
+        namespaces = [ns for ns in sub.namespaces.values() if ns.reservations is not None]
+    else:
+        _reservations_of(q, req)
+        namespaces = [sub.namespaces[req.nsid]]
+    for ns in namespaces:
+        assert ns.reservations is not None
+        if ptpl and not ns.reservations.can_persist:
+            raise fail(_INVALID_FIELD, f"NSID {ns.nsid} cannot persist reservations", loc=44)
+    for ns in namespaces:
+        assert ns.reservations is not None
+        ns.reservations.ptpl = ptpl
+        ns.persist_reservations()
+    return Reply(dw0=int(ptpl))
 
 
 # -- Keep Alive, AER, Abort ------------------------------------------------------------------

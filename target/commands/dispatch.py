@@ -29,6 +29,7 @@ from target.commands.request import (
     Request,
     fail,
 )
+from target.commands.reservation import RESERVATION_HANDLERS
 
 log = logging.getLogger("nvmeof.target")
 
@@ -97,10 +98,17 @@ def _parse(q: QueueContext, req: Request, opcode: int, fabrics: bool,
                        loc=LOC_FCTYPE)  # fmt: skip
         if not ctrl.regs.ready:
             raise fail(StatusCode.CMD_SEQ_ERROR, "I/O while the controller is not ready")
-        check_namespace(q, req)  # the namespace and its ANA state come before the opcode
+        ns = check_namespace(q, req)  # the namespace and its ANA state come before the opcode
         io = IO_HANDLERS.get(opcode)  # type: ignore[call-overload]
+        resv = ns.reservations
         if io is None:
-            raise fail(StatusCode.INVALID_OPCODE, f"I/O opcode {opcode:#x}", loc=LOC_OPCODE)
+            io = RESERVATION_HANDLERS.get(opcode) if resv is not None else None
+            if io is None:
+                raise fail(StatusCode.INVALID_OPCODE, f"I/O opcode {opcode:#x}", loc=LOC_OPCODE)
+        # nvmet_pr_check_cmd_access, once the opcode parsed: before any data moves.
+        if resv is not None and resv.holder is not None and resv.conflicts_with(ctrl.hostid, opcode):
+            raise fail(StatusCode.RESERVATION_CONFLICT,
+                       f"opcode {opcode:#x} against a type {resv.rtype} reservation", loc=LOC_OPCODE)  # fmt: skip
         return io  # type: ignore[no-any-return]
     # nvmet_parse_admin_cmd
     if fabrics:

@@ -7,7 +7,7 @@ Checks in nvmet's order: namespace, ANA state of the (port, group), LBA range, t
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from nvmeof.constants import NSID_ALL, AnaState, IoOpcode
 from nvmeof.errors import CommandError
@@ -27,7 +27,10 @@ from target.commands.request import (
 
 if TYPE_CHECKING:
     from target.controller import Controller
+    from target.reservations import Reservations
     from target.subsystem import Namespace
+
+T = TypeVar("T")
 
 #: ANA state -> path status (no DNR: the host fails over), as nvmet_check_ana_state.
 ANA_STATUS = {
@@ -39,7 +42,9 @@ _COMPARE_FAILED = status_word(StatusCode.COMPARE_FAILED, dnr=True)
 _DSM_RANGE_SIZE = 16
 
 
-def _namespace(q: QueueContext, req: Request) -> tuple[Controller, Namespace]:
+def namespace_of(q: QueueContext, req: Request) -> tuple[Controller, Namespace]:
+    """The command's controller and namespace, checked as nvmet_parse_io_cmd does (the
+    namespace, then its ANA state on this port), and not aborted by a preempt-and-abort."""
     ctrl = q.controller
     assert ctrl is not None and ctrl.subsystem is not None
     ns = ctrl.subsystem.active_namespace(req.nsid)
@@ -49,7 +54,43 @@ def _namespace(q: QueueContext, req: Request) -> tuple[Controller, Namespace]:
     if ana in ANA_STATUS:
         raise fail(ANA_STATUS[ana], f"ANA group {ns.ana_group} is {ana.label}", dnr=False,
                    loc=LOC_NSID)  # fmt: skip
+    resv = ns.reservations
+    if resv is not None and resv.aborted:
+        _check_aborted(resv, ctrl, req)
     return ctrl, ns
+
+
+def _check_aborted(resv: Reservations, ctrl: Controller, req: Request) -> None:
+    """A command that arrived before its host was preempted with abort, and runs only now
+    (its data came later, a fault held it), is aborted: it must not land after the preemptor
+    took over. DNR: retrying it would be the stale write the preemptor fenced off."""
+    preempted_at = resv.aborted.get(ctrl.hostid)
+    if preempted_at is not None and req.received_at <= preempted_at:
+        raise fail(StatusCode.ABORTED_PREEMPT_ABORT, "aborted by a preempt-and-abort")
+
+
+def _run(ctrl: Controller, ns: Namespace, work: Awaitable[T]) -> Awaitable[T]:
+    """Storage work that leaves the event loop; counted per host on a namespace with
+    reservations, so that a preempt-and-abort can wait for it."""
+    resv = ns.reservations
+    return work if resv is None else _tracked(resv, ctrl.hostid, work)
+
+
+async def _tracked(resv: Reservations, hostid: bytes, work: Awaitable[T]) -> T:
+    counts = resv.inflight
+    counts[hostid] = counts.get(hostid, 0) + 1
+    try:
+        return await work
+    finally:
+        left = counts[hostid] - 1
+        if left:
+            counts[hostid] = left
+        else:
+            del counts[hostid]
+        if resv.idle_waiters:
+            waiters, resv.idle_waiters = resv.idle_waiters, []
+            for wake in waiters:
+                wake()
 
 
 def out_of_range(q: QueueContext, message: str) -> CommandError:
@@ -61,14 +102,14 @@ def out_of_range(q: QueueContext, message: str) -> CommandError:
     return fail(StatusCode.INTERNAL, message, loc=0)
 
 
-def check_namespace(q: QueueContext, req: Request) -> None:
+def check_namespace(q: QueueContext, req: Request) -> Namespace:
     """nvmet_parse_io_cmd checks the namespace and its ANA state before the opcode."""
-    _namespace(q, req)
+    return namespace_of(q, req)[1]
 
 
 def _rw_range(q: QueueContext, req: Request) -> tuple[Controller, Namespace, int, int]:
     """Validate a Read/Write/Compare; returns (controller, namespace, byte offset, length)."""
-    ctrl, ns = _namespace(q, req)
+    ctrl, ns = namespace_of(q, req)
     slba, nlb = RW_TAIL.unpack_from(req.sqe, RW_TAIL_OFFSET)[:2]
     nblocks = nlb + 1
     length = nblocks << ns.lba_shift
@@ -92,7 +133,7 @@ def execute_read(q: QueueContext, req: Request) -> ExecuteResult:
     backend = ns.backend
     if backend.synchronous:
         return Reply(data=backend.read_sync(offset, length))
-    return _read_async(ns, offset, length)
+    return _run(ctrl, ns, _read_async(ns, offset, length))
 
 
 async def _read_async(ns: Namespace, offset: int, length: int) -> Reply:
@@ -110,16 +151,16 @@ def execute_write(q: QueueContext, req: Request) -> ExecuteResult:
     if backend.synchronous:
         backend.write_sync(offset, data)
         return _OK
-    return _await_ok(backend.write(offset, data))
+    return _run(ctrl, ns, _await_ok(backend.write(offset, data)))
 
 
 def execute_compare(q: QueueContext, req: Request) -> ExecuteResult:
-    _, ns, offset, length = _rw_range(q, req)
+    ctrl, ns, offset, length = _rw_range(q, req)
     assert req.data is not None
     if ns.backend.synchronous:
         same = ns.backend.read_sync(offset, length) == req.data
         return _OK if same else Reply(status=_COMPARE_FAILED)
-    return _compare_async(ns, offset, length, req.data)
+    return _run(ctrl, ns, _compare_async(ns, offset, length, req.data))
 
 
 async def _compare_async(ns: Namespace, offset: int, length: int, data: bytes | bytearray) -> Reply:
@@ -133,14 +174,15 @@ def execute_flush(q: QueueContext, req: Request) -> ExecuteResult:
     if req.nsid == NSID_ALL and q.port.strict:
         namespaces = [ctrl.subsystem.namespaces[n] for n in ctrl.subsystem.active_nsids()]
     else:
-        namespaces = [_namespace(q, req)[1]]
+        ctrl, ns = namespace_of(q, req)
+        namespaces = [ns]
     if req.transfer_length:
         # nvmet neither checks a Flush's SGL nor fills the buffer it then sends (a read-
         # direction command with a length gets C2HData): we send zeros.
         return Reply(data=bytes(req.transfer_length))
     if all(ns.backend.synchronous for ns in namespaces):
         return _OK
-    return _flush_async(namespaces)
+    return _run(ctrl, namespaces[0], _flush_async(namespaces))
 
 
 async def _flush_async(namespaces: list[Namespace]) -> Reply:
@@ -150,12 +192,13 @@ async def _flush_async(namespaces: list[Namespace]) -> Reply:
 
 
 def execute_write_zeroes(q: QueueContext, req: Request) -> ExecuteResult:
-    _, ns = _namespace(q, req)
+    ctrl, ns = namespace_of(q, req)
     check_transfer_len(req, 0)
     slba, nlb = RW_TAIL.unpack_from(req.sqe, RW_TAIL_OFFSET)[:2]
     if slba + nlb + 1 > ns.nlbas:
         raise out_of_range(q, f"LBA {slba}+{nlb + 1} beyond {ns.nlbas}")
-    return _await_ok(ns.backend.write_zeroes(slba << ns.lba_shift, (nlb + 1) << ns.lba_shift))
+    work = _await_ok(ns.backend.write_zeroes(slba << ns.lba_shift, (nlb + 1) << ns.lba_shift))
+    return _run(ctrl, ns, work)
 
 
 def _dsm_ranges(req: Request) -> int:
@@ -168,7 +211,7 @@ def _dsm_ranges(req: Request) -> int:
 
 
 def prepare_dsm(q: QueueContext, req: Request) -> None:
-    _namespace(q, req)
+    namespace_of(q, req)
     need = (_dsm_ranges(req) * _DSM_RANGE_SIZE) & 0xFFFFFFFF
     if req.transfer_length < need:  # nvmet_check_data_len_lte
         raise fail(StatusCode.SGL_INVALID_DATA, f"DSM ranges need {need} bytes", loc=24)
@@ -176,7 +219,7 @@ def prepare_dsm(q: QueueContext, req: Request) -> None:
 
 def execute_dsm(q: QueueContext, req: Request) -> ExecuteResult:
     prepare_dsm(q, req)
-    _, ns = _namespace(q, req)
+    ctrl, ns = namespace_of(q, req)
     assert req.data is not None
     if not req.dword(11) & (1 << 2):  # only deallocate does anything; hints are accepted
         return _OK
@@ -189,7 +232,7 @@ def execute_dsm(q: QueueContext, req: Request) -> ExecuteResult:
         if slba + nlb > ns.nlbas:
             raise fail(StatusCode.LBA_RANGE, f"DSM range {slba}+{nlb} beyond {ns.nlbas}")
         ranges.append((slba << ns.lba_shift, nlb << ns.lba_shift))
-    return _deallocate(ns, ranges)
+    return _run(ctrl, ns, _deallocate(ns, ranges))
 
 
 async def _deallocate(ns: Namespace, ranges: list[tuple[int, int]]) -> Reply:

@@ -90,7 +90,8 @@ def _export_namespace(ns: NamespaceConfig) -> dict[str, Any]:
     if ns.eui64 is not None:
         device["eui64"] = ns.eui64.hex()
     return {"ana": {"grpid": str(ns.ana_group)}, "ana_grpid": ns.ana_group, "device": device,
-            "enable": int(ns.enabled), "nsid": ns.nsid}  # fmt: skip
+            "enable": int(ns.enabled), "nsid": ns.nsid,
+            "resv": {"enable": int(ns.reservations)}}  # fmt: skip
 
 
 def dump_nvmetcli_json(config: TargetConfig) -> str:
@@ -135,7 +136,7 @@ def _native_namespace(ns: NamespaceConfig) -> dict[str, Any]:
         out["nguid"] = ns.nguid.hex()
     if ns.eui64 is not None:
         out["eui64"] = ns.eui64.hex()
-    out.update(ana_group=ns.ana_group, enabled=ns.enabled)
+    out.update(ana_group=ns.ana_group, enabled=ns.enabled, reservations=ns.reservations)
     return out
 
 

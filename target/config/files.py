@@ -31,6 +31,8 @@ Native TOML (complete example: ``deploy/target.example.toml``)::
                               # ("-", ":" tolerated); omitted ids are derived from NQN + NSID
       ana_group = 1           # 1..128
       enabled = true
+      reservations = true     # Reservation Register/Acquire/Release/Report (nvmet: resv_enable);
+                              # a file namespace keeps them through restarts when PTPL is set
 
     [[port]]
     id = 1                    # required: PORTID
@@ -64,6 +66,7 @@ nvmetcli JSON (what ``nvmetcli save`` writes) maps as follows:
 * ``hosts[].nqn`` -> ``hosts``; ``subsystems[].attr``: ``allow_any_host``, ``serial``, ``model``,
   ``qid_max`` (-> ``max_io_queues``); ``allowed_hosts``; other attributes are ignored.
 * ``namespaces[]``: ``nsid``, ``enable`` (absent: disabled, as nvmetcli leaves it),
+  ``resv.enable`` (configfs ``resv_enable``, absent: reservations off, as in nvmet),
   ``ana_grpid`` (or ``ana.grpid``; default 1), ``device.uuid`` / ``device.nguid`` (all zeros
   means unset). ``device.path`` selects the backend: ``""`` or ``/dev/nullb*`` -> ``null``
   (size ``device.size``, default 1 GiB), anything else -> ``file`` with that path, its size
@@ -139,7 +142,7 @@ SUBSYSTEM_KEYS = {"nqn", "serial", "model", "allow_any_host", "allowed_hosts",
                    "max_io_queues", "queue_size", "cntlid_min", "cntlid_max", "max_namespaces",
                    "cqt_ms", "namespace"}  # fmt: skip
 NAMESPACE_KEYS = {"nsid", "size", "block_size", "backend", "path", "uuid", "nguid", "eui64",
-                   "ana_group", "enabled"}  # fmt: skip
+                   "ana_group", "enabled", "reservations"}  # fmt: skip
 PORT_KEYS = {"id", "addr", "port", "advertise", "subsystems", "inline_data_size", "ana",
               "referral", "strict"}  # fmt: skip
 REFERRAL_KEYS = {"name", "addr", "port", "portid"}
@@ -253,6 +256,7 @@ def native_namespace(t: Table) -> NamespaceConfig:
     for name, length in ID_LENGTHS.items():
         _put(kwargs, name, _uuid(t, name) if name == "uuid" else t.hex_id(name, length))
     _put(kwargs, "enabled", t.boolean("enabled"))
+    _put(kwargs, "reservations", t.boolean("reservations"))
     return NamespaceConfig(**kwargs)
 
 
@@ -359,10 +363,11 @@ def _nvmet_subsystem(t: Table) -> SubsystemConfig:
 
 
 def _nvmet_namespace(t: Table) -> NamespaceConfig:
-    _group(t, "resv")
     kwargs: dict[str, Any] = {
         "nsid": t.require_integer("nsid", strings=True),
         "enabled": bool(t.boolean("enable", loose=True)),
+        # configfs resv_enable (6.13+), which nvmetcli keeps as resv.enable; off by default
+        "reservations": bool(_group(t, "resv").boolean("enable", loose=True)),
     }
     group = t.integer("ana_grpid", strings=True)
     if group is None:

@@ -37,6 +37,8 @@ class NamespaceConfig:
             so they are stable across restarts and identical on every path.
         ana_group: the ANA group the namespace belongs to.
         enabled: a disabled namespace is configured but not visible to hosts.
+        reservations: serve the reservation commands (nvmet's ``resv_enable``); when off they
+            are Invalid Opcode, as on a kernel without reservations (6.12 and older).
     """
 
     nsid: int
@@ -49,6 +51,7 @@ class NamespaceConfig:
     eui64: bytes | None = None
     ana_group: int = 1
     enabled: bool = True
+    reservations: bool = True
 
 
 @dataclass(frozen=True)

@@ -363,8 +363,10 @@ class _Checker:
             if not any(value):
                 raise self.fail(f"{path}{name}", "all zeros means 'not set'; omit it")
         self.int_in(f"{path}ana_group", ns.ana_group, 1, MAX_ANA_GROUP)
-        if not isinstance(ns.enabled, bool):
-            raise self.fail(f"{path}enabled", f"must be a boolean, got {describe(ns.enabled)}")
+        for flag in ("enabled", "reservations"):
+            value = getattr(ns, flag)
+            if not isinstance(value, bool):
+                raise self.fail(f"{path}{flag}", f"must be a boolean, got {describe(value)}")
 
     def ports(self, config: TargetConfig, nqns: set[str]) -> None:
         ids: dict[int, str] = {}

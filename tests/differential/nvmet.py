@@ -115,7 +115,7 @@ class NvmetGuest:
 
 def our_config(*, strict: bool = False) -> TargetConfig:
     """The shape examples/nvmet-target.sh gives nvmet, on a free port."""
-    sub = SubsystemConfig(nqn=NQN, namespaces=(NamespaceConfig(nsid=1, size=256 << 20),),
+    sub = SubsystemConfig(nqn=NQN, namespaces=(NamespaceConfig(nsid=1, size=256 << 20, reservations=False),),
                           model="linuxvm", max_io_queues=128, queue_size=1024)  # fmt: skip
     extra: dict[str, Any] = {"strict": True} if strict else {}
     port = PortConfig(id=1, port=0, subsystems=(NQN,), inline_data_size=NVMET_INLINE, **extra)

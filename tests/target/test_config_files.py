@@ -403,7 +403,7 @@ SAVED = """{
         {"ana": {"grpid": "2"}, "ana_grpid": 2,
          "device": {"nguid": "ef90689c-6c46-d44c-89c1-4067801309a8", "path": "%(file)s",
                     "uuid": "5b5c4d1e-8a0e-4b87-a3a0-5e3c7b9e2f11"},
-         "enable": 1, "nsid": 2}
+         "enable": 1, "nsid": 2, "resv": {"enable": "1"}}
       ],
       "nqn": "nvmet-always",
       "passthru": [{"admin_timeout": 0, "clear_ids": 1, "device": {"path": ""}, "enable": 0,
@@ -428,7 +428,7 @@ def test_nvmetcli_save_document_loads(tmp_path: Path) -> None:
     nqn = "nqn.2014-08.org.example:nvmet-always"
     config = load_config(saved_document(tmp_path, nqn))
     null_ns = NamespaceConfig(
-        nsid=1, size=1 << 30, backend="null", ana_group=1,
+        nsid=1, size=1 << 30, backend="null", ana_group=1, reservations=False,
         uuid=uuid.UUID("d592cdf3-5d1c-44e0-8412-3fcf7d99df27").bytes,
     )  # fmt: skip
     file_ns = NamespaceConfig(
@@ -472,8 +472,11 @@ def test_nvmetcli_defaults_and_spellings() -> None:
     assert config.subsystems[0] == SubsystemConfig(
         nqn=NQN_A,
         namespaces=(
-            NamespaceConfig(nsid=1, size=1 << 30, backend="null", enabled=False),
-            NamespaceConfig(nsid=2, size=2 << 30, block_size=4096, backend="null", ana_group=3),
+            # no resv group: reservations off, as nvmet's resv_enable defaults to 0
+            NamespaceConfig(nsid=1, size=1 << 30, backend="null", enabled=False,
+                            reservations=False),
+            NamespaceConfig(nsid=2, size=2 << 30, block_size=4096, backend="null", ana_group=3,
+                            reservations=False),
         ),
     )
     assert config.ports[0] == PortConfig(
