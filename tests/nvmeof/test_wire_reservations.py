@@ -4,8 +4,7 @@ hypothesis round trip of the report parser."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from nvmeof.wire.reservations import (
     NOTIFICATION_LOG_SIZE,

@@ -9,8 +9,7 @@ import pytest
 
 from nvmeof.constants import IoOpcode
 from nvmeof.status import StatusCode
-from nvmeof.wire.reservations import NotificationType as N
-from nvmeof.wire.reservations import ReservationType as T
+from nvmeof.wire.reservations import NotificationType as N, ReservationType as T
 from target.reservations import (
     NOTIFICATION_MASK_ALL,
     Notice,
@@ -223,7 +222,7 @@ def test_snapshot_round_trip() -> None:
     assert again.snapshot() == resv.snapshot()
     assert again.holder == A and list(again.registrants) == [A, B]
     for broken in ({}, {"version": 9}, {**resv.snapshot(), "holder": C.hex()}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="snapshot|holder"):
             Reservations().restore(broken)
 
 
