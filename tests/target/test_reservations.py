@@ -222,7 +222,7 @@ def test_snapshot_round_trip() -> None:
     assert again.snapshot() == resv.snapshot()
     assert again.holder == A and list(again.registrants) == [A, B]
     for broken in ({}, {"version": 9}, {**resv.snapshot(), "holder": C.hex()}):
-        with pytest.raises(ValueError, match="snapshot|holder"):
+        with pytest.raises(ValueError, match=r"snapshot|holder"):
             Reservations().restore(broken)
 
 
