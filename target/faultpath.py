@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 import trio
 
 from nvmeof.constants import DISCOVERY_NQN, AdminOpcode, is_host_to_controller
+from nvmeof.errors import CommandError
 from nvmeof.status import status_word
 from nvmeof.tcp.controller import ConnState, ControllerConnection
 from target.commands.request import Execute, QueueContext, Reply, Request
@@ -47,6 +48,7 @@ class FaultInjection:
     def _respond(self, cid: int, status: int, dw0: int, dw1: int,
                  corrupt: bool = False) -> None: ...  # fmt: skip
     def _complete(self, req: Request, reply: Reply) -> None: ...
+    def _fail(self, req: Request, err: CommandError) -> None: ...
     def reset(self, reason: str) -> None: ...
     def _kick(self) -> None: ...
     async def _flush(self) -> None: ...
@@ -105,6 +107,13 @@ class FaultInjection:
         try:
             result = execute(cast("QueueContext", self), req)  # the queue it came from
             reply = result if isinstance(result, Reply) else await result  # type: ignore[misc]
+        except CommandError as err:  # refused when it finally ran (e.g. preempted and aborted)
+            log.info("ghost write cid=%s refused: %s", req.cid, str(err))
+            if not self._cancel.cancel_called and self.conn.state is ConnState.ESTABLISHED:
+                req.fault = None
+                self._fail(req, err)
+                self._kick()
+            return
         except Exception as err:  # a ghost must never take the target down
             log.warning("ghost write cid=%s failed: %s", req.cid, str(err))
             return
