@@ -161,6 +161,17 @@ class TargetProcess:
         self.stop()
         self.start()
 
+    def power_cycle(self) -> None:
+        """SIGKILL the daemon (none of its shutdown runs: a power loss) and start it again with
+        the same configuration, ports and files: what survives is what the target had made
+        durable, e.g. reservations with PTPL on a file namespace."""
+        self.kill()
+        self._process = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self.start()
+
     def kill(self) -> None:
         """SIGKILL the daemon now (a crash, as far as :meth:`stop` is concerned)."""
         if self._process is not None and self._process.poll() is None:

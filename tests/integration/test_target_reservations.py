@@ -5,7 +5,6 @@ a reconnect, and PTPL through a restart on the same file."""
 
 from __future__ import annotations
 
-import struct
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -21,21 +20,26 @@ from nvmeof.wire.reservations import (
     ReservationType,
     acquire_cdw10,
     build_acquire_data,
-    build_register_data,
-    build_release_data,
     parse_notification_log,
-    parse_reservation_status,
-    register_cdw10,
-    release_cdw10,
 )
 from target.config import NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
+from tests.resv_commands import (
+    CONFLICT,
+    DNR,
+    MORE,
+    acquire,
+    read_status,
+    register,
+    report,
+    sqe,
+    word,
+    write_status,
+)
 
 NQN = "nqn.2026-12.io.nvmeof-emu:resv"
 HOST_A = "nqn.2014-08.org.nvmexpress:uuid:aaaaaaaa-0000-4000-8000-00000000000a"
 HOST_B = "nqn.2014-08.org.nvmexpress:uuid:bbbbbbbb-0000-4000-8000-00000000000b"
 KEY_A, KEY_B = 0xA1, 0xB2
-MORE, DNR = 0x4000, 0x8000
-CONFLICT = DNR | (StatusCode.RESERVATION_CONFLICT << 1)
 INVALID = StatusCode.INVALID_FIELD << 1
 AEN_RESERVATION = 0x00800006  # type 6 (I/O command specific), info 0, log page 0x80
 
@@ -51,54 +55,6 @@ def resv_config(tmp_path: Path | None = None, *, reservations: bool = True) -> T
         PortConfig(id=2, port=0, subsystems=(NQN,)),
     )
     return TargetConfig(subsystems=(sub,), ports=ports)
-
-
-def sqe(opcode: int, cdw10: int = 0, cdw11: int = 0, nsid: int = 1) -> bytearray:
-    cmd = bytearray(64)
-    cmd[0], cmd[1] = opcode, 0x40
-    struct.pack_into("<I", cmd, 4, nsid)
-    struct.pack_into("<II", cmd, 40, cdw10, cdw11)
-    return cmd
-
-
-async def word(ctrl: HostController, cmd: bytearray, *, write: bytes | None = None,
-               read: int = 0) -> tuple[int, bytearray]:  # fmt: skip
-    buffer = bytearray(read) if read else None
-    done = await ctrl.io_queues[0].submit(cmd, write=write, read=buffer, timeout=10)
-    return done.status_word & ~1, buffer if buffer is not None else bytearray()
-
-
-async def register(ctrl: HostController, action: int = 0, crkey: int = 0, nrkey: int = 0,
-                   *, iekey: bool = False, cptpl: int = 0) -> int:  # fmt: skip
-    cdw10 = register_cdw10(action, iekey=iekey, cptpl=cptpl)
-    return (await word(ctrl, sqe(IoOpcode.RESERVATION_REGISTER, cdw10),
-                       write=build_register_data(crkey, nrkey)))[0]  # fmt: skip
-
-
-async def acquire(ctrl: HostController, action: int, rtype: int, crkey: int,
-                  prkey: int = 0) -> int:  # fmt: skip
-    return (await word(ctrl, sqe(IoOpcode.RESERVATION_ACQUIRE, acquire_cdw10(action, rtype)),
-                       write=build_acquire_data(crkey, prkey)))[0]  # fmt: skip
-
-
-async def release(ctrl: HostController, action: int, rtype: int, crkey: int) -> int:
-    return (await word(ctrl, sqe(IoOpcode.RESERVATION_RELEASE, release_cdw10(action, rtype)),
-                       write=build_release_data(crkey)))[0]  # fmt: skip
-
-
-async def report(ctrl: HostController, length: int = 4096, eds: bool = True):  # type: ignore[no-untyped-def]
-    status, data = await word(ctrl, sqe(IoOpcode.RESERVATION_REPORT, length // 4 - 1, int(eds)),
-                              read=length)  # fmt: skip
-    assert status == 0, hex(status)
-    return parse_reservation_status(data)
-
-
-async def write_status(ctrl: HostController, nsid: int = 1) -> int:
-    return (await ctrl.write(nsid, 0, b"x" * 512, 512)).status_word & ~1
-
-
-async def read_status(ctrl: HostController) -> int:
-    return (await ctrl.read(1, 0, 1, 512))[0].status_word & ~1
 
 
 async def two_hosts(lb):  # type: ignore[no-untyped-def]
