@@ -477,7 +477,7 @@ def test_nvmetcli_defaults_and_spellings() -> None:
                             reservations=False),
             NamespaceConfig(nsid=2, size=2 << 30, block_size=4096, backend="null", ana_group=3,
                             reservations=False),
-        ),
+        ),  # fmt: skip
     )
     assert config.ports[0] == PortConfig(
         id=3, addr="10.0.0.1", port=4420, ana_states=((2, AnaState.OPTIMIZED),),
