@@ -21,6 +21,7 @@ from nvmeof.wire.reservations import (
     RELEASE_DATA_SIZE,
     STATUS_EXT_HEADER_SIZE,
     AcquireAction,
+    Cptpl,
     build_reservation_status,
     parse_cdw10,
     parse_keys,
@@ -68,6 +69,10 @@ def execute_register(q: QueueContext, req: Request) -> ExecuteResult:
     ctrl, ns, resv = _context(q, req)
     fields = parse_cdw10(req.dword(10))
     crkey, nrkey = parse_keys(_data(req, REGISTER_DATA_SIZE))
+    if q.port.strict and (fields.cptpl == Cptpl.RESERVED
+                          or (fields.cptpl == Cptpl.PERSIST and not resv.can_persist)):  # fmt: skip
+        # nvmet ignores CPTPL; SPDK refuses what it cannot do: a conformance checker should
+        raise fail(StatusCode.INVALID_FIELD, f"CPTPL {fields.cptpl} on this namespace", loc=LOC_CDW10)
     out = resv.register(ctrl.hostid, fields.action, crkey, nrkey, iekey=fields.iekey,
                         cptpl=fields.cptpl)  # fmt: skip
     return _finish(q, ctrl, ns, out, "register")
