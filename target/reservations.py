@@ -5,7 +5,7 @@ calls here and :class:`Outcome` into completions, notifications and persistence.
 are hosts, identified by the Host ID of Connect, so a registration and a reservation belong to
 every controller of that host, on every path, across resets and reconnects.
 
-References, in order: the NVMe Base Specification 2.0 "Reservations" (§8.19) and the NVM
+References, in order: the NVMe Base Specification 2.0 "Reservations" and the NVM
 Command Set's reservation commands; where the specification leaves a corner open, Linux nvmet's
 ``drivers/nvme/target/pr.c`` (6.13 and later; the 6.1 and 6.12 referees have no reservations),
 then SPDK's ``lib/nvmf/ctrlr.c`` / ``subsystem.c``. Each choice below names its source.

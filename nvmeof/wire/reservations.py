@@ -1,6 +1,6 @@
 """Reservation commands and their data, declared once with ``construct``.
 
-NVMe Base Specification 2.0, "Reservations" (§8.19) and the NVM Command Set's Reservation
+NVMe Base Specification 2.0, "Reservations" and the NVM Command Set's Reservation
 Register / Report / Acquire / Release (opcodes 0x0D, 0x0E, 0x11, 0x15). Field names follow the
 Linux kernel's ``include/linux/nvme.h`` (the opcodes are ``IoOpcode.RESERVATION_*``) (``struct nvme_reservation_status[_ext]``,
 ``struct nvme_registered_ctrl[_ext]``, ``struct nvme_pr_log``):

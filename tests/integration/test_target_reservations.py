@@ -225,3 +225,15 @@ async def test_ptpl_survives_a_restart_on_the_same_file(start_target, tmp_path: 
         a = await lb2.connect(1, NQN, hostnqn=HOST_A)
         assert await register(a, 0, 0, KEY_A, cptpl=2) == 0
         assert not sidecar.exists()
+
+
+async def test_strict_port_refuses_cptpl_it_cannot_honour(start_target) -> None:  # type: ignore[no-untyped-def]
+    config = resv_config()
+    strict_ports = tuple(replace(p, strict=True) for p in config.ports)
+    lb = await start_target(replace(config, ports=strict_ports))
+    with trio.fail_after(20):
+        a = await lb.connect(1, NQN, hostnqn=HOST_A)
+        invalid = DNR | MORE | (StatusCode.INVALID_FIELD << 1)
+        assert await register(a, nrkey=KEY_A, cptpl=3) == invalid  # RAM cannot persist
+        assert await register(a, nrkey=KEY_A, cptpl=1) == invalid  # reserved
+        assert await register(a, nrkey=KEY_A, cptpl=2) == 0
