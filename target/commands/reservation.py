@@ -72,7 +72,7 @@ def execute_register(q: QueueContext, req: Request) -> ExecuteResult:
     if q.port.strict and (fields.cptpl == Cptpl.RESERVED
                           or (fields.cptpl == Cptpl.PERSIST and not resv.can_persist)):  # fmt: skip
         # nvmet ignores CPTPL; SPDK refuses what it cannot do: a conformance checker should
-        raise fail(StatusCode.INVALID_FIELD, f"CPTPL {fields.cptpl} on this namespace", loc=LOC_CDW10)
+        raise fail(StatusCode.INVALID_FIELD, f"CPTPL {fields.cptpl} here", loc=LOC_CDW10)
     out = resv.register(ctrl.hostid, fields.action, crkey, nrkey, iekey=fields.iekey,
                         cptpl=fields.cptpl)  # fmt: skip
     return _finish(q, ctrl, ns, out, "register")

@@ -484,7 +484,7 @@ def test_nvmetcli_defaults_and_spellings() -> None:
                 ana_group=3,
                 reservations=False,
             ),
-        ),  # fmt: skip
+        ),
     )
     assert config.ports[0] == PortConfig(
         id=3, addr="10.0.0.1", port=4420, ana_states=((2, AnaState.OPTIMIZED),),
