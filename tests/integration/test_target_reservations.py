@@ -144,6 +144,7 @@ async def test_identify_and_disabled_namespaces(start_target) -> None:  # type: 
         a = await lb.connect(1, NQN, hostnqn=HOST_A)
         ctrl_id = parse_identify_ctrl(await a.identify_raw(Cns.CONTROLLER))
         assert ctrl_id.oncs & ONCS_RESERVATIONS  # namespace 2 serves them
+        assert ctrl_id.ctratt & 1  # 128-bit Host IDs: Report needs EDS
         assert parse_identify_ns(await a.identify_raw(Cns.NAMESPACE, 1)).rescap == 0
         assert parse_identify_ns(await a.identify_raw(Cns.NAMESPACE, 2)).rescap == 0xFE
         status, _ = await word(a, sqe(IoOpcode.RESERVATION_REGISTER), write=bytes(16))
