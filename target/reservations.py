@@ -224,7 +224,9 @@ class Reservations:
         return _refused(StatusCode.INVALID_OPCODE, _LOC_CDW10)
 
     def _preempt(self, hostid: bytes, rtype: int, prkey: int, *, abort: bool) -> Outcome:
-        """nvmet_pr_preempt, which follows the spec's preempt rules case by case."""
+        """The spec's preempt rules case by case, in nvmet_pr_preempt's order. One difference:
+        a holder preempting with another registrant's key removes those registrants and keeps
+        its reservation, as the spec says (nvmet 6.13 only changes the holder's type)."""
         if self.holder is None:
             return self._unregister_by_key(hostid, prkey, abort, others_only=False)
         if self.rtype in _ALL_REGISTRANTS:
@@ -232,11 +234,11 @@ class Reservations:
                 self.holder, self.rtype = hostid, rtype
                 return self._unregister_others(hostid, abort)
             return self._unregister_by_key(hostid, prkey, abort, others_only=False)
-        if self.holder == hostid:  # the holder changes its own type
-            original, self.rtype = self.rtype, rtype
-            return Outcome(notices=self._released(hostid) if original != rtype else [])
         holder_key = self.registrants[self.holder].key
         if prkey == holder_key:
+            # The holder's key: the sender holds the reservation now, with the type asked for,
+            # and the others registered with that key go. The holder naming its own key just
+            # changes the type (nvmet_pr_preempt's holder == reg case).
             original = self.rtype
             self.holder, self.rtype = hostid, rtype  # the new holder first, as nvmet
             out = self._unregister_by_key(hostid, prkey, abort, others_only=True)

@@ -171,6 +171,14 @@ def test_preempt_other_cases() -> None:
     assert out.notices == [Notice(B, N.RESERVATION_RELEASED)]
 
 
+def test_holder_preempting_another_registrants_key_keeps_its_reservation() -> None:
+    resv = held(T.WRITE_EXCLUSIVE)
+    out = resv.acquire(A, PREEMPT, T.EXCLUSIVE_ACCESS, KA, KB)  # spec: B goes, nothing else
+    assert out.status == 0 and list(resv.registrants) == [A]
+    assert resv.holder == A and resv.rtype == T.WRITE_EXCLUSIVE
+    assert out.notices == [Notice(B, N.REGISTRATION_PREEMPTED)]
+
+
 def test_preempt_all_registrants() -> None:
     resv = held(T.EXCLUSIVE_ACCESS_ALL_REGS)
     resv.register(C, REGISTER, 0, KC, iekey=False, cptpl=0)
