@@ -131,19 +131,21 @@ async def test_a_refused_command_prints_nvme_clis_status_line(
 
 
 async def test_report_as_a_separate_process(target: Target) -> None:
-    """The console entry point's way: a real process, JSON on stdout."""
-    argv = [sys.executable, "-m", "initiator.cli", "resv-report", *via(target), "-e", "-o",
-            "json"]  # fmt: skip
+    """The console entry point's way: a real process, JSON or the raw data on stdout."""
+    argv = [sys.executable, "-m", "initiator.cli", "resv-report", *via(target), "-e"]
 
-    def report() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30,
+    def report(*more: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*argv, *more], capture_output=True, timeout=30,
                               cwd=Path(__file__).resolve().parents[2], check=False)  # fmt: skip
 
     with trio.fail_after(60):
-        done = await trio.to_thread.run_sync(report)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"gen": 0, "rtype": 0, "regstrnt": 0, "ptpls": 0,
-                                       "registrantext": []}  # fmt: skip
+        as_json = await trio.to_thread.run_sync(report, "-o", "json")
+        raw = await trio.to_thread.run_sync(report, "-b", "-d", "31")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == {"gen": 0, "rtype": 0, "regstrnt": 0, "ptpls": 0,
+                                          "registrantext": []}  # fmt: skip
+    assert raw.returncode == 0, raw.stderr
+    assert raw.stdout == bytes(128)  # (31 + 1) dwords: an empty report's header and zeros
 
 
 @pytest.mark.parametrize(
