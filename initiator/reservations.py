@@ -62,12 +62,16 @@ class ReservationError(IoError):
     """A reservation command completed with an error status (after failovers and retries).
 
     ``command`` is ``register``, ``acquire``, ``release`` or ``report``; :attr:`status` the
-    parsed status; :attr:`conflict` whether it is a Reservation Conflict.
+    parsed status; :attr:`conflict` whether it is a Reservation Conflict. ``resent``: the
+    command was sent again after a path error, and the copy on the lost path may have run
+    (a Replace that took effect there answers Conflict here: read a Report to know).
     """
 
-    def __init__(self, command: str, status_word: int, message: str) -> None:
+    def __init__(self, command: str, status_word: int, message: str, *,
+                 resent: bool = False) -> None:  # fmt: skip
         super().__init__(status_word, message)
         self.command = command
+        self.resent = resent
 
     @property
     def conflict(self) -> bool:
@@ -104,9 +108,11 @@ async def _run(head: PassthruHead, command: str, cmd64: bytes, *, data_out: byte
                data_in: bytearray | None = None) -> Slot:  # fmt: skip
     slot = await head.passthru(cmd64, data_out=data_out, data_in=data_in)
     if not slot.ok:
+        resent = slot.failovers > 0
+        note = " (sent again after a path error: the first copy may have run)" if resent else ""
         raise ReservationError(command, slot.status_word,
                                f"reservation {command} failed on {head.subnqn} nsid "
-                               f"{head.nsid}: {slot.status}")  # fmt: skip
+                               f"{head.nsid}: {slot.status}{note}", resent=resent)  # fmt: skip
     return slot
 
 

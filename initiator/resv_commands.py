@@ -30,7 +30,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def _refused(args: argparse.Namespace, error: ReservationError) -> int:
-    err(f"nvmeof {args.command}: {nvme_status_line(error.status_word)}")
+    resent = " (sent again after a path error: the first copy may have run)" if error.resent else ""
+    err(f"nvmeof {args.command}: {nvme_status_line(error.status_word)}{resent}")
     return 1
 
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 import pytest
 import trio
 
-from initiator import ControllerOptions, IoError, is_reservation_conflict, open_host
+from initiator import (
+    ControllerOptions,
+    IoError,
+    ReservationError,
+    is_reservation_conflict,
+    open_host,
+)
 from initiator.reservations import build_command
 from nvmeof.constants import IoOpcode
 from nvmeof.wire.reservations import (
@@ -121,3 +127,28 @@ async def test_a_reservation_command_in_flight_at_the_loss_runs_exactly_once(
             after = await head.reservation_report()
             assert [r.rkey for r in after.registrants] == [2]
             assert after.gen == before.gen + 1  # one Register ran, not two
+
+
+async def test_a_register_whose_completion_was_lost_is_retried_and_may_conflict(
+    lb: Loopback,
+) -> None:
+    """The hazard of retrying a command that is not idempotent: the target ran the Replace
+    (key 1 -> 2) but its completion never came (dropped); the host times the command out,
+    resets the path and sends the same command on the other path, where key 1 is gone: the
+    caller sees Reservation Conflict for a Replace that took effect, flagged ``resent``. The
+    Linux host fails a passthrough command on a path error instead of retrying it."""
+    opts = ControllerOptions(hostnqn=HOSTNQN_A, io_queues=1, queue_size=32, reconnect_delay=0.2,
+                             command_timeout=1.0)  # fmt: skip
+    async with open_host(opts) as host:
+        with trio.fail_after(30):
+            for port_id in (1, 2):
+                await host.connect(HOST, lb.ports[port_id], lb.nqn)
+            head = host.namespace(lb.nqn, NSID)
+            await head.reservation_register(RegisterAction.REGISTER, nrkey=1)
+            lb.target.fault_add({"action": "drop", "port": 1,
+                                 "opcode": IoOpcode.RESERVATION_REGISTER, "count": 1})  # fmt: skip
+            with pytest.raises(ReservationError) as retried:
+                await head.reservation_register(RegisterAction.REPLACE, crkey=1, nrkey=2)
+            assert retried.value.conflict and retried.value.resent
+            assert "the first copy may have run" in str(retried.value)
+            assert [r.rkey for r in (await head.reservation_report()).registrants] == [2]

@@ -119,6 +119,7 @@ async def test_conflicts_between_two_hosts(lb: Loopback) -> None:
             with pytest.raises(ReservationError) as taken:
                 await b.reservation_acquire(AcquireAction.ACQUIRE, WE, crkey=0xBB)
             assert taken.value.conflict and is_reservation_conflict(taken.value)
+            assert not taken.value.resent  # answered on the first path it went to
             assert "RESERVATION_CONFLICT" in str(taken.value)
             with pytest.raises(ReservationError) as not_mine:  # wrong key for B
                 await b.reservation_release(ReleaseAction.RELEASE, WE, crkey=0xAA)
