@@ -21,6 +21,7 @@ from initiator import (
 )
 from initiator.reservations import build_command
 from nvmeof.constants import IoOpcode
+from nvmeof.status import StatusCode
 from nvmeof.wire.reservations import (
     AcquireAction,
     RegisterAction,
@@ -152,3 +153,49 @@ async def test_a_register_whose_completion_was_lost_is_retried_and_may_conflict(
             assert retried.value.conflict and retried.value.resent
             assert "the first copy may have run" in str(retried.value)
             assert [r.rkey for r in (await head.reservation_report()).registrants] == [2]
+
+
+async def test_preempt_and_abort_ends_the_old_holders_writes_without_failover(
+    lb: Loopback,
+) -> None:
+    """Host B preempts and aborts A while A has writes in flight on both of its paths: each of
+    A's writes completes once — done, aborted (0x1B) or refused (Reservation Conflict), all
+    with DNR — and none is retried or failed over (they are not path errors)."""
+    async with open_host(options(HOSTNQN_A)) as host_a, open_host(options(HOSTNQN_B)) as host_b:
+        with trio.fail_after(30):
+            for port_id in (1, 2):
+                await host_a.connect(HOST, lb.ports[port_id], lb.nqn)
+            await host_b.connect(HOST, lb.ports[2], lb.nqn)
+            a, b = host_a.namespace(lb.nqn, NSID), host_b.namespace(lb.nqn, NSID)
+            await a.reservation_register(RegisterAction.REGISTER, nrkey=0xA)
+            await a.reservation_acquire(AcquireAction.ACQUIRE, WE, crkey=0xA)
+            await b.reservation_register(RegisterAction.REGISTER, nrkey=0xB)
+
+            outcomes: list[int] = []
+            without_dnr: list[IoError] = []
+
+            async def writer(lba: int) -> None:
+                while True:
+                    try:
+                        await a.write(lba, b"\x44" * BLOCK)
+                        outcomes.append(0)
+                    except IoError as failed:
+                        outcomes.append(failed.status.code)
+                        if not failed.status.dnr:
+                            without_dnr.append(failed)
+                        if is_reservation_conflict(failed):
+                            return
+
+            async with trio.open_nursery() as writers:
+                for lba in range(16):
+                    writers.start_soon(writer, lba)
+                await lb.wait_until(lambda: len(outcomes) >= 100)
+                await b.reservation_acquire(AcquireAction.PREEMPT_AND_ABORT, WE, crkey=0xB,
+                                            prkey=0xA)  # fmt: skip
+            assert set(outcomes) <= {0, StatusCode.ABORTED_PREEMPT_ABORT,
+                                     StatusCode.RESERVATION_CONFLICT}  # fmt: skip
+            assert outcomes.count(StatusCode.RESERVATION_CONFLICT) == 16  # every writer ended
+            assert not without_dnr
+            assert a.stats.failovers == 0 and a.stats.retries == 0
+            status = await b.reservation_report()
+            assert [(r.rkey, r.holds) for r in status.registrants] == [(0xB, True)]
