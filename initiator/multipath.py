@@ -166,7 +166,8 @@ class Path:
 
 
 class MultipathHead(ReservationCommands):
-    """A shared namespace (``/dev/nvmeXnY``): its paths, I/O policy and requeue list.
+    """A shared namespace (``/dev/nvmeXnY``): its paths, I/O policy and requeue list; the
+    ``reservation_*`` methods come from :class:`~initiator.reservations.ReservationCommands`.
 
     Args:
         subnqn / nsid: what identifies the namespace (its IDs must match on every path).
