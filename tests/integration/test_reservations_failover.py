@@ -26,6 +26,8 @@ from nvmeof.wire.reservations import (
     AcquireAction,
     RegisterAction,
     ReservationType,
+    acquire_cdw10,
+    build_acquire_data,
     build_register_data,
     register_cdw10,
 )
@@ -199,3 +201,31 @@ async def test_preempt_and_abort_ends_the_old_holders_writes_without_failover(
             assert a.stats.failovers == 0 and a.stats.retries == 0
             status = await b.reservation_report()
             assert [(r.rkey, r.holds) for r in status.registrants] == [(0xB, True)]
+
+
+async def test_a_reservation_command_sent_into_a_blackholed_path_runs_once_elsewhere(
+    lb: Loopback,
+) -> None:
+    """The optimized port goes silent (``port_down`` blackhole: nothing is read or answered)
+    just before an Acquire is sent on it; the host finds the path dead by its timeouts, sends
+    the Acquire on the other path and gets its one answer from there (the silent port never
+    read the first copy)."""
+    opts = ControllerOptions(hostnqn=HOSTNQN_A, io_queues=1, queue_size=32, kato_ms=1000,
+                             reconnect_delay=0.2, command_timeout=1.0)  # fmt: skip
+    async with open_host(opts) as host:
+        with trio.fail_after(30):
+            for port_id in (1, 2):
+                await host.connect(HOST, lb.ports[port_id], lb.nqn)
+            head = host.namespace(lb.nqn, NSID)
+            await head.reservation_register(RegisterAction.REGISTER, nrkey=5)
+            await lb.target.port_down(1, mode="blackhole")
+            slot = await head.passthru(
+                build_command(IoOpcode.RESERVATION_ACQUIRE, NSID,
+                              acquire_cdw10(AcquireAction.ACQUIRE, WE)),
+                data_out=build_acquire_data(crkey=5),
+            )  # fmt: skip
+            assert slot.ok, slot.status
+            assert slot.failovers == 1 and slot.path_label == head.paths[1].label
+            status = await head.reservation_report()
+            assert status.rtype == WE and status.registrants[0].holds
+            await lb.target.port_up(1)
