@@ -12,9 +12,11 @@ async with open_host(ControllerOptions(io_queues=2)) as host:
 """
 
 from initiator.controller import ControllerOptions, HostController, connect_controller
+from initiator.errors import IoError
 from initiator.host import Host, open_host
-from initiator.multipath import IoError, MultipathHead, Path
+from initiator.multipath import MultipathHead, Path
 from initiator.policy import IOPOLICIES, Disposition, decide_disposition
+from initiator.reservations import ReservationError, is_reservation_conflict
 from initiator.ring import Ring, Slot, SlotState
 from initiator.session import Session, SessionState
 
@@ -27,6 +29,7 @@ __all__ = [
     "IoError",
     "MultipathHead",
     "Path",
+    "ReservationError",
     "Ring",
     "Session",
     "SessionState",
@@ -34,5 +37,6 @@ __all__ = [
     "SlotState",
     "connect_controller",
     "decide_disposition",
+    "is_reservation_conflict",
     "open_host",
 ]

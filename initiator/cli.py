@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
 from initiator.bench import RW_MODES
 from initiator.policy import IOPOLICIES
+from initiator.resv_cli import add_resv_parsers
 from logfmt import first_leaf, reader_went_away, setup_logging
 from nvmeof.constants import DISCOVERY_PORT, IO_PORT
 
@@ -64,18 +66,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _connection_args(parser: argparse.ArgumentParser, *, discovery: bool = True) -> None:
+def _connection_args(parser: argparse.ArgumentParser, *, discovery: bool = True,
+                     short_taken: frozenset[str] = frozenset()) -> None:  # fmt: skip
+    """The connection options; ``short_taken``: short flags the command itself means otherwise
+    (nvme-cli's ``resv-*`` use ``-c``, ``-k``, ``-t``...), which keep only their long form."""
     group = parser.add_argument_group("connection (nvme-cli style)")
-    group.add_argument("-t", "--transport", default="tcp", choices=["tcp"])
-    group.add_argument("-a", "--traddr", help="discovery (or target) address")
-    group.add_argument(
+
+    def add(*flags: str, **kwargs: Any) -> None:
+        group.add_argument(*(f for f in flags if f not in short_taken), **kwargs)
+
+    add("-t", "--transport", default="tcp", choices=["tcp"])
+    add("-a", "--traddr", help="discovery (or target) address")
+    add(
         "-s",
         "--trsvcid",
         type=int,
         help=f"port (default {DISCOVERY_PORT} for discovery, {IO_PORT} for I/O)",
     )
-    group.add_argument("-n", "--nqn", help="subsystem NQN (default: every one discovered)")
-    group.add_argument(
+    add("-n", "--nqn", help="subsystem NQN (default: every one discovered)")
+    add(
         "--path",
         action="append",
         type=path_arg,
@@ -83,14 +92,10 @@ def _connection_args(parser: argparse.ArgumentParser, *, discovery: bool = True)
         metavar="ADDR:PORT",
         help="connect this path directly instead of discovering (repeatable)",
     )
-    group.add_argument("-q", "--hostnqn", default="", help="host NQN (default: a fresh uuid NQN)")
-    group.add_argument(
-        "-k", "--keep-alive-tmo", type=_positive_float, default=5.0, metavar="SECONDS"
-    )
-    group.add_argument(
-        "-c", "--reconnect-delay", type=_positive_float, default=2.0, metavar="SECONDS"
-    )
-    group.add_argument(
+    add("-q", "--hostnqn", default="", help="host NQN (default: a fresh uuid NQN)")
+    add("-k", "--keep-alive-tmo", type=_positive_float, default=5.0, metavar="SECONDS")
+    add("-c", "--reconnect-delay", type=_positive_float, default=2.0, metavar="SECONDS")
+    add(
         "-l",
         "--ctrl-loss-tmo",
         type=_positive_float,
@@ -98,16 +103,15 @@ def _connection_args(parser: argparse.ArgumentParser, *, discovery: bool = True)
         metavar="SECONDS",
         help="-1 = reconnect forever",
     )
-    group.add_argument(
+    add(
         "--fast-io-fail-tmo", type=_positive_float, default=-1.0, metavar="SECONDS", help="-1 = off"
     )
-    group.add_argument("-g", "--hdr-digest", action="store_true")
-    group.add_argument("-G", "--data-digest", action="store_true")
-    group.add_argument("-i", "--nr-io-queues", type=int, default=2)
-    group.add_argument("-Q", "--queue-size", type=int, default=128)
-    group.add_argument("--iopolicy", choices=IOPOLICIES, default="numa")
-    group.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                       help="command timeout")  # fmt: skip
+    add("-g", "--hdr-digest", action="store_true")
+    add("-G", "--data-digest", action="store_true")
+    add("-i", "--nr-io-queues", type=int, default=2)
+    add("-Q", "--queue-size", type=int, default=128)
+    add("--iopolicy", choices=IOPOLICIES, default="numa")
+    add("--timeout", type=float, default=30.0, metavar="SECONDS", help="command timeout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,14 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--metrics", type=path_arg, metavar="ADDR:PORT",
                        help="serve Prometheus metrics on http://ADDR:PORT/metrics while it runs")  # fmt: skip
+    add_resv_parsers(sub, _connection_args)
     return parser  # fmt: skip
 
 
 def _validate(args: argparse.Namespace) -> str | None:
+    resv = args.command.startswith("resv-")  # -a and -n mean other things there
     if not args.path and not args.traddr:
-        return "give -a/--traddr (discovery) or --path ADDR:PORT"
+        return f"give {'' if resv else '-a/'}--traddr (discovery) or --path ADDR:PORT"
     if args.path and not args.nqn and args.command != "discover":
-        return "--path needs -n/--nqn"
+        return f"--path needs {'' if resv else '-n/'}--nqn"
     if args.command == "bench":
         if args.iodepth < 1 or args.numjobs < 1 or args.runtime <= 0:
             return "--iodepth, --numjobs and --runtime must be positive"
@@ -206,12 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"nvmeof {args.command}: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    from initiator import commands  # after argument checks: keeps --help fast
+    from initiator import commands, resv_commands  # after argument checks: keeps --help fast
+
+    run = resv_commands.run if args.command in resv_commands.RESV_COMMANDS else commands.run
 
     setup_logging(args.log_level)
     status = 1
     try:
-        status = trio.run(commands.run, args)
+        status = trio.run(run, args)
     except* KeyboardInterrupt:
         status = 130
     except* BrokenPipeError:

@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from initiator.errors import IoError
 from initiator.policy import IOPOLICIES, SELECTORS, Disposition, decide_disposition, retry_delay
+from initiator.reservations import ReservationCommands
 from initiator.ring import Ring, Slot, SlotState
 from initiator.session import DEFAULT_MAX_TRANSFER
 from logfmt.aggregate import Aggregator
 from nvmeof.constants import AnaState
-from nvmeof.errors import NvmeofError
 from nvmeof.status import StatusCode, status_word
 
 if TYPE_CHECKING:
@@ -109,14 +110,6 @@ class HeadStats:
     path_losses: int = 0  # a usable path stopped being usable (with or without I/O on it)
 
 
-class IoError(NvmeofError):
-    """An I/O completed with an error status (after any retries and failovers)."""
-
-    def __init__(self, status_word: int, message: str) -> None:
-        super().__init__(message)
-        self.status_word = status_word
-
-
 def _status_name(code: int) -> str:
     try:
         return StatusCode(code).name
@@ -172,8 +165,9 @@ class Path:
         return f"Path({self.label}, nsid={self.nsid}, {self.ana_state.label}, {self.state})"
 
 
-class MultipathHead:
-    """A shared namespace (``/dev/nvmeXnY``): its paths, I/O policy and requeue list.
+class MultipathHead(ReservationCommands):
+    """A shared namespace (``/dev/nvmeXnY``): its paths, I/O policy and requeue list; the
+    ``reservation_*`` methods come from :class:`~initiator.reservations.ReservationCommands`.
 
     Args:
         subnqn / nsid: what identifies the namespace (its IDs must match on every path).
