@@ -28,7 +28,11 @@ HOST_B = "nqn.2014-08.org.nvmexpress:uuid:bbbbbbbb-0000-4000-8000-00000000000b"
 HOSTID_A = uuid.uuid5(uuid.NAMESPACE_URL, HOST_A).hex
 CONFLICT = ("NVMe status: Reservation Conflict: The command was aborted due to a conflict with "
             "a reservation held on the accessed namespace(0x4083)")  # fmt: skip
-#: DNR and More (0x6000): the target logs the error with its location (CDW11), as nvmet does.
+
+
+@pytest.fixture
+async def target(nursery: trio.Nursery) -> AsyncIterator[Target]:
+    served: Target = await nursery.start(Target(with_free_ports(default_config())).serve)
     yield served
     served.stop()
 
