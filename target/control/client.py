@@ -21,6 +21,8 @@ from target.control.clientbase import (
     Endpoint,
     Metrics,
     PortStatus,
+    ReservationInfo,
+    ReservationsCleared,
     TargetStatus,
     api_error,
     base_url,
@@ -234,6 +236,18 @@ class ControlClient:
 
     def ns_resize(self, nqn: str, nsid: int, size: int | str) -> list[str]:
         return self.ns_update(nqn, nsid, size=size)
+
+    # -- reservations --------------------------------------------------------------------------
+
+    def reservations(self, nqn: str, nsid: int) -> ReservationInfo:
+        """A namespace's registrants, holder, type, generation, PTPL and conflicts."""
+        path = f"/subsystems/{segment(nqn)}/namespaces/{nsid}/reservations"
+        return cast(ReservationInfo, self.request("GET", path))
+
+    def reservations_clear(self, nqn: str, nsid: int) -> ReservationsCleared:
+        """Drop a namespace's registrations and reservation (registrants are notified)."""
+        path = f"/subsystems/{segment(nqn)}/namespaces/{nsid}/reservations"
+        return cast(ReservationsCleared, self.request("DELETE", path))
 
     # -- the whole configuration ---------------------------------------------------------------
 

@@ -1,0 +1,168 @@
+"""Operating and observing reservations on a live target: ``GET``/``DELETE
+.../reservations`` through the real HTTP client, ``ctl resv`` and ``ctl status``, the
+reservation metrics parsed by prometheus_client's parser, the ``resv-clear`` scenario step.
+Hosts drive the reservations with real commands over loopback (raw SQEs)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+
+import pytest
+import trio
+
+from initiator.controller import ControllerOptions, HostController, connect_controller
+from nvmeof.status import StatusCode
+from nvmeof.wire.reservations import NotificationType, ReservationType
+from target.config import NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
+from target.control.aclient import AsyncControlClient
+from target.control.clientbase import ControlApiError, ControlNotFound, format_endpoint
+from target.control.httpapi import serve_control
+from target.daemon import Target
+from tests.reservation_commands import acquire, register, report
+
+HOST = "127.0.0.1"
+NQN = "nqn.2026-12.io.nvmeof-emu:resv-ctl"
+HOST_A = "nqn.2014-08.org.nvmexpress:uuid:0d9c5e2a-6f43-4c52-9a53-1b5c3d4e5f60"
+HOST_B = "nqn.2014-08.org.nvmexpress:uuid:7e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
+KEY_A, KEY_B = 0xA1A1, 0xB2B2
+#: nsid 1 serves reservations (the default), nsid 2 does not (nvmet's resv_enable = 0).
+RESV_NSID, PLAIN_NSID = 1, 2
+
+
+def config() -> TargetConfig:
+    sub = SubsystemConfig(nqn=NQN, namespaces=(
+        NamespaceConfig(nsid=RESV_NSID, size=4 << 20),
+        NamespaceConfig(nsid=PLAIN_NSID, size=4 << 20, reservations=False),
+    ))  # fmt: skip
+    return TargetConfig(subsystems=(sub,), ports=(PortConfig(id=1, port=0, subsystems=(NQN,)),))
+
+
+def host_id(hostnqn: str) -> str:
+    """The Host ID our initiator derives from a host NQN, as UUID text."""
+    return str(uuid.UUID(bytes=ControllerOptions(hostnqn=hostnqn).hostid))
+
+
+@dataclass
+class Live:
+    target: Target
+    client: AsyncControlClient
+    address: str
+    nursery: trio.Nursery
+
+    async def connect(self, hostnqn: str) -> HostController:
+        opts = ControllerOptions(hostnqn=hostnqn, kato_ms=5000, command_timeout=5, io_queues=1)
+        port = self.target.ports[1].bound_port
+        return await connect_controller(self.nursery, HOST, port, NQN, opts)
+
+    def controllers_of(self, hostnqn: str) -> list[object]:
+        sub = self.target.state.subsystems[NQN]
+        return [c for c in sub.controllers.values() if c.hostnqn == hostnqn]
+
+
+@asynccontextmanager
+async def live() -> AsyncIterator[Live]:
+    target = Target(config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(target.serve)
+        ends = await nursery.start(partial(serve_control, target, control=(HOST, 0),
+                                           metrics=None))  # fmt: skip
+        assert ends.control is not None
+        async with AsyncControlClient(ends.control) as client:
+            try:
+                yield Live(target, client, format_endpoint(ends.control), nursery)
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def hold_write_exclusive(env: Live) -> tuple[HostController, HostController]:
+    """Host A holds a Write Exclusive - Registrants Only reservation, host B is registered,
+    and a write from a third host that is not registered was refused (one conflict)."""
+    a, b = await env.connect(HOST_A), await env.connect(HOST_B)
+    assert (await register(a, RESV_NSID, KEY_A)).ok
+    assert (await register(b, RESV_NSID, KEY_B)).ok
+    assert (await acquire(a, RESV_NSID, KEY_A, ReservationType.WRITE_EXCLUSIVE_REG_ONLY)).ok
+    # B acquiring over A's reservation conflicts: a reservation command refused.
+    refused = await acquire(b, RESV_NSID, KEY_B, ReservationType.EXCLUSIVE_ACCESS)
+    assert refused.status.code == StatusCode.RESERVATION_CONFLICT
+    return a, b
+
+
+# -- the API -------------------------------------------------------------------------------------
+
+
+async def test_show_lists_registrants_holder_type_and_conflicts() -> None:
+    with trio.fail_after(20):
+        async with live() as env:
+            empty = await env.client.reservations(NQN, RESV_NSID)
+            assert empty == {"nqn": NQN, "nsid": RESV_NSID, "generation": 0, "type": 0,
+                             "type_name": "Reservation not held", "holder": None, "ptpl": False,
+                             "can_persist": False, "conflicts": 0, "registrants": []}  # fmt: skip
+            await hold_write_exclusive(env)
+            info = await env.client.reservations(NQN, RESV_NSID)
+            assert info["type"] == ReservationType.WRITE_EXCLUSIVE_REG_ONLY
+            assert info["type_name"] == "Write Exclusive - Registrants Only Reservation"
+            assert info["holder"] == host_id(HOST_A)
+            assert info["generation"] == 2 and info["conflicts"] == 1
+            assert info["registrants"] == [
+                {"hostid": host_id(HOST_A), "key": KEY_A, "holds": True, "hosts": [HOST_A]},
+                {"hostid": host_id(HOST_B), "key": KEY_B, "holds": False, "hosts": [HOST_B]},
+            ]
+            # What the API shows is what a host's Report says.
+            seen = await report((await env.connect(HOST_B)), RESV_NSID)
+            assert (seen.gen, seen.rtype, seen.regctl) == (2, info["type"], 2)
+            assert [str(uuid.UUID(bytes=r.hostid)) for r in seen.registrants if r.holds] == [
+                info["holder"]
+            ]
+
+
+async def test_clear_drops_everything_notifies_registrants_and_is_audited() -> None:
+    with trio.fail_after(20):
+        async with live() as env:
+            a, _ = await hold_write_exclusive(env)
+            cleared = await env.client.reservations_clear(NQN, RESV_NSID)
+            assert cleared["removed"] == 2 and cleared["notified"] == 2
+            assert cleared["released_type"] == ReservationType.WRITE_EXCLUSIVE_REG_ONLY
+            assert cleared["generation"] == 3
+            (line,) = cleared["changes"]
+            assert line == (f"reservations clear {NQN} nsid=1 registrants=2 type=3 "
+                            "generation=3 notified=2")  # fmt: skip
+            assert env.target.changes[-1].what == line
+            info = await env.client.reservations(NQN, RESV_NSID)
+            assert (info["registrants"], info["holder"], info["type"]) == ([], None, 0)
+            # Each registrant's controller has a Reservation Preempted notification queued.
+            for hostnqn in (HOST_A, HOST_B):
+                (ctrl,) = env.controllers_of(hostnqn)
+                queued = list(ctrl.reservation_log.queue)  # type: ignore[attr-defined]
+                assert [(kind, nsid) for _, kind, nsid in queued] == [
+                    (NotificationType.RESERVATION_PREEMPTED, RESV_NSID)
+                ]
+            # The hosts see it too: A may register again and take a new reservation.
+            assert (await report(a, RESV_NSID)).regctl == 0
+            assert (await register(a, RESV_NSID, KEY_A)).ok
+            assert (await acquire(a, RESV_NSID, KEY_A, ReservationType.EXCLUSIVE_ACCESS)).ok
+
+
+async def test_clear_with_nothing_registered_still_answers() -> None:
+    with trio.fail_after(20):
+        async with live() as env:
+            cleared = await env.client.reservations_clear(NQN, RESV_NSID)
+            assert (cleared["removed"], cleared["released_type"], cleared["notified"]) == (0, 0, 0)
+
+
+async def test_unknown_names_and_namespaces_without_reservations_are_refused() -> None:
+    with trio.fail_after(20):
+        async with live() as env:
+            client = env.client
+            with pytest.raises(ControlNotFound, match=r"no subsystem 'nqn\.x:none'"):
+                await client.reservations("nqn.x:none", 1)
+            with pytest.raises(ControlNotFound, match=f"{NQN} has no namespace 9"):
+                await client.reservations_clear(NQN, 9)
+            for call in (client.reservations, client.reservations_clear):
+                with pytest.raises(ControlApiError, match="does not serve reservations") as err:
+                    await call(NQN, PLAIN_NSID)
+                assert err.value.status == 400
+            assert not any("reservations clear" in c.what for c in env.target.changes)
