@@ -166,3 +166,38 @@ async def test_unknown_names_and_namespaces_without_reservations_are_refused() -
                     await call(NQN, PLAIN_NSID)
                 assert err.value.status == 400
             assert not any("reservations clear" in c.what for c in env.target.changes)
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+async def test_metrics_count_conflicts_registrants_and_the_type() -> None:
+    with trio.fail_after(20):
+        async with live() as env:
+            metrics = await env.client.metrics()
+            labels = {"subsystem": NQN, "nsid": "1"}
+            assert metrics.value("nvmeof_target_reservation_registrants", **labels) == 0
+            assert metrics.value("nvmeof_target_reservation_type", **labels) == 0
+            assert metrics.value("nvmeof_target_reservation_conflicts_total", **labels) == 0
+            # A namespace without reservations has none of these series.
+            assert not list(metrics.select("nvmeof_target_reservation_type", nsid="2"))
+
+            a, _ = await hold_write_exclusive(env)
+            outsider = await env.connect("nqn.2014-08.org.nvmexpress:uuid:"
+                                         "99999999-0000-4000-8000-000000000000")  # fmt: skip
+            refused = await outsider.write(RESV_NSID, 0, bytes(512), 512)
+            assert refused.status.code == StatusCode.RESERVATION_CONFLICT
+            assert (await a.write(RESV_NSID, 0, bytes(512), 512)).ok
+
+            metrics = await env.client.metrics()
+            assert metrics.value("nvmeof_target_reservation_registrants", **labels) == 2
+            assert metrics.value("nvmeof_target_reservation_type", **labels) == 3
+            assert metrics.value("nvmeof_target_reservation_conflicts_total", **labels) == 2
+            assert metrics.value("nvmeof_target_commands_total", opcode="reservation_acquire",
+                                 status="reservation_conflict") == 1  # fmt: skip
+
+            await env.client.reservations_clear(NQN, RESV_NSID)
+            metrics = await env.client.metrics()
+            assert metrics.value("nvmeof_target_reservation_registrants", **labels) == 0
+            assert metrics.value("nvmeof_target_reservation_type", **labels) == 0
+            assert metrics.value("nvmeof_target_reservation_conflicts_total", **labels) == 2
