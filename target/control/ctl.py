@@ -31,6 +31,8 @@ command; the default address is 127.0.0.1:9465)::
     nvmeof-target ctl ns resize --nqn NQN --nsid N --size S
     nvmeof-target ctl ns enable|disable --nqn NQN --nsid N
     nvmeof-target ctl ns set --nqn NQN --nsid N --ana-group G
+    nvmeof-target ctl resv show NQN NSID [--json]       # registrants, holder, type, conflicts
+    nvmeof-target ctl resv clear NQN NSID
     nvmeof-target ctl fault add ACTION [--port P] [--nqn NQN] [--nsid N] [--opcode 0x02] ...
     nvmeof-target ctl fault list [--json]
     nvmeof-target ctl fault clear [ID]
@@ -67,6 +69,7 @@ from target.control.clientbase import (
     read_token,
 )
 from target.control.ctlformat import describe_fault, format_faults, format_status, human_size
+from target.control.ctlresv import add_resv_parser
 from target.control.faults import ACTIONS, QUEUE_KINDS
 from target.control.scenario import format_schedule, load_scenario
 from target.control.scenario_run import (
@@ -414,6 +417,8 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
     ns_add.add_argument("--ana-group", type=int)
     ns_add.add_argument("--uuid", help="namespace UUID (default: derived from NQN and NSID)")
     ns_set.add_argument("--ana-group", type=int, required=True)
+
+    add_resv_parser(group, leaf)
 
     faults = group("fault", "fault injection rules")
     add = leaf(faults, "add", _fault_add, "add a fault rule")

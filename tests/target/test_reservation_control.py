@@ -5,6 +5,7 @@ Hosts drive the reservations with real commands over loopback (raw SQEs)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ import trio
 from initiator.controller import ControllerOptions, HostController, connect_controller
 from nvmeof.status import StatusCode
 from nvmeof.wire.reservations import NotificationType, ReservationType
+from target.cli import main
 from target.config import NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
 from target.control.aclient import AsyncControlClient
 from target.control.clientbase import ControlApiError, ControlNotFound, format_endpoint
@@ -166,6 +168,51 @@ async def test_unknown_names_and_namespaces_without_reservations_are_refused() -
                     await call(NQN, PLAIN_NSID)
                 assert err.value.status == 400
             assert not any("reservations clear" in c.what for c in env.target.changes)
+
+
+# -- ctl -----------------------------------------------------------------------------------------
+
+
+async def ctl(env: Live, *argv: str) -> int:
+    args = ["ctl", "--control", env.address, *argv]
+    return await trio.to_thread.run_sync(main, args, abandon_on_cancel=True)
+
+
+async def test_ctl_resv_show_clear_and_status(capsys: pytest.CaptureFixture[str]) -> None:
+    with trio.fail_after(30):
+        async with live() as env:
+            await hold_write_exclusive(env)
+            assert await ctl(env, "resv", "show", NQN, "1") == 0
+            shown = capsys.readouterr().out.splitlines()
+            assert shown[0] == (f"namespace 1 of {NQN}: Write Exclusive - Registrants Only "
+                                "Reservation (type 3, WE-RO)")  # fmt: skip
+            assert shown[1] == f"  holder {host_id(HOST_A)}"
+            assert "generation 2" in shown[2] and "1 reservation conflicts" in shown[2]
+            assert shown[3].split() == ["HOST", "ID", "KEY", "HOLDS", "HOSTS"]
+            assert shown[4].split() == [host_id(HOST_A), f"{KEY_A:#018x}", "yes", HOST_A]
+            assert shown[5].split() == [host_id(HOST_B), f"{KEY_B:#018x}", "no", HOST_B]
+
+            assert await ctl(env, "resv", "show", NQN, "1", "--json") == 0
+            assert json.loads(capsys.readouterr().out)["holder"] == host_id(HOST_A)
+
+            assert await ctl(env, "status") == 0
+            status = capsys.readouterr().out.splitlines()
+            at = next(i for i, line in enumerate(status) if line.strip().startswith("NSID"))
+            assert status[at].split()[-1] == "RESERVATION"
+            rows = {line.split()[0]: line for line in status[at + 1 : at + 3]}
+            assert rows["1"].endswith("held WE-RO, 2 registrants")
+            assert rows["2"].endswith("off")
+
+            assert await ctl(env, "resv", "clear", NQN, "1") == 0
+            assert capsys.readouterr().out.strip() == (
+                f"cleared namespace 1 of {NQN}: 2 registrants removed, WE-RO reservation "
+                "released, 2 controllers notified (generation 3)"
+            )
+            assert await ctl(env, "status") == 0
+            assert "none, 0 registrants" in capsys.readouterr().out
+
+            assert await ctl(env, "resv", "clear", NQN, "2") == 1
+            assert "does not serve reservations" in capsys.readouterr().err
 
 
 # -- metrics ---------------------------------------------------------------------------------------
