@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -23,6 +24,8 @@ from target.config import NamespaceConfig, PortConfig, SubsystemConfig, TargetCo
 from target.control.aclient import AsyncControlClient
 from target.control.clientbase import ControlApiError, ControlNotFound, format_endpoint
 from target.control.httpapi import serve_control
+from target.control.scenario import parse_scenario
+from target.control.scenario_run import run_scenario
 from target.daemon import Target
 from tests.reservation_commands import acquire, register, report
 
@@ -248,3 +251,25 @@ async def test_metrics_count_conflicts_registrants_and_the_type() -> None:
             assert metrics.value("nvmeof_target_reservation_registrants", **labels) == 0
             assert metrics.value("nvmeof_target_reservation_type", **labels) == 0
             assert metrics.value("nvmeof_target_reservation_conflicts_total", **labels) == 2
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+
+
+async def test_resv_clear_scenario_step(tmp_path: Path) -> None:
+    scenario = parse_scenario(f'''
+        name = "fence"
+        [[step]]
+        at = 0
+        action = "resv-clear"
+        nqn = "{NQN}"
+        nsid = 1
+    ''')  # fmt: skip
+    with trio.fail_after(20):
+        async with live() as env:
+            await hold_write_exclusive(env)
+            (result,) = await run_scenario(env.address, scenario)
+            assert result.ok, result.detail
+            assert result.detail == "2 registrants removed, 2 controllers notified"
+            assert (await env.client.reservations(NQN, 1))["registrants"] == []
+            assert env.target.scenario_steps == {("fence", "resv-clear"): 1}
