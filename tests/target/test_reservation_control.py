@@ -173,6 +173,23 @@ async def test_unknown_names_and_namespaces_without_reservations_are_refused() -
             assert not any("reservations clear" in c.what for c in env.target.changes)
 
 
+async def test_a_fault_rule_from_the_api_fails_an_acquire() -> None:
+    """Rules name opcodes by number (``"0x11"`` as in a configuration file), reservation
+    commands included."""
+    with trio.fail_after(20):
+        async with live() as env:
+            a = await env.connect(HOST_A)
+            assert (await register(a, RESV_NSID, KEY_A)).ok
+            rule = await env.client.fault_add("status", opcode="0x11", status="0x83", dnr=True,
+                                              nsid=RESV_NSID)  # fmt: skip
+            assert (rule["opcode"], rule["status"]) == (0x11, StatusCode.RESERVATION_CONFLICT)
+            refused = await acquire(a, RESV_NSID, KEY_A, ReservationType.WRITE_EXCLUSIVE)
+            assert refused.status.code == StatusCode.RESERVATION_CONFLICT and refused.status.dnr
+            assert (await env.client.reservations(NQN, RESV_NSID))["holder"] is None
+            await env.client.fault_remove(rule["id"])
+            assert (await acquire(a, RESV_NSID, KEY_A, ReservationType.WRITE_EXCLUSIVE)).ok
+
+
 # -- ctl -----------------------------------------------------------------------------------------
 
 
