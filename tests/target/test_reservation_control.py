@@ -12,13 +12,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from initiator.controller import ControllerOptions, HostController, connect_controller
 from nvmeof.status import StatusCode
-from nvmeof.wire.reservations import NotificationType, ReservationType
+from nvmeof.wire.reservations import Cptpl, NotificationType, ReservationType
 from target.cli import main
 from target.config import NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
 from target.control.aclient import AsyncControlClient
@@ -69,8 +70,8 @@ class Live:
 
 
 @asynccontextmanager
-async def live() -> AsyncIterator[Live]:
-    target = Target(config())
+async def live(target_config: TargetConfig | None = None) -> AsyncIterator[Live]:
+    target = Target(target_config or config())
     async with trio.open_nursery() as nursery:
         await nursery.start(target.serve)
         ends = await nursery.start(partial(serve_control, target, control=(HOST, 0),
@@ -156,6 +157,41 @@ async def test_clear_with_nothing_registered_still_answers() -> None:
         async with live() as env:
             cleared = await env.client.reservations_clear(NQN, RESV_NSID)
             assert (cleared["removed"], cleared["released_type"], cleared["notified"]) == (0, 0, 0)
+
+
+async def test_a_clear_is_kept_through_a_restart_when_ptpl_is_on(tmp_path: Path) -> None:
+    """A file namespace keeps its state through power loss once a host set PTPL: the clear
+    must be saved too, or the registrations would come back with the next process."""
+    disk = str(tmp_path / "disk.img")
+    sub = SubsystemConfig(nqn=NQN, namespaces=(
+        NamespaceConfig(nsid=1, size=4 << 20, backend="file", path=disk),))  # fmt: skip
+    file_config = TargetConfig(subsystems=(sub,),
+                               ports=(PortConfig(id=1, port=0, subsystems=(NQN,)),))  # fmt: skip
+    with trio.fail_after(20):
+        async with live(file_config) as env:
+            a = await env.connect(HOST_A)
+            assert (await register(a, RESV_NSID, KEY_A, cptpl=Cptpl.PERSIST)).ok
+            assert (await acquire(a, RESV_NSID, KEY_A, ReservationType.WRITE_EXCLUSIVE)).ok
+            info = await env.client.reservations(NQN, RESV_NSID)
+            assert info["ptpl"] and info["can_persist"] and info["holder"] == host_id(HOST_A)
+        restarted = reloaded(file_config)
+        assert restarted["holder"] is not None  # kept, as PTPL says
+        async with live(file_config) as env:
+            await env.client.reservations_clear(NQN, RESV_NSID)
+    after_clear = reloaded(file_config)
+    assert (after_clear["registrants"], after_clear["holder"], after_clear["generation"],
+            after_clear["ptpl"]) == ([], None, 2, True)  # fmt: skip
+
+
+def reloaded(target_config: TargetConfig) -> dict[str, Any]:
+    """Namespace 1's reservations as a new target process would load them."""
+    state = Target(target_config).state
+    try:
+        resv = state.subsystems[NQN].namespaces[1].reservations
+        assert resv is not None
+        return resv.snapshot()
+    finally:
+        state.close()
 
 
 async def test_unknown_names_and_namespaces_without_reservations_are_refused() -> None:
