@@ -222,7 +222,7 @@ class ControlClient:
 
     def ns_add(self, nqn: str, nsid: int, **fields: Any) -> list[str]:
         """Add a namespace; ``fields``: size (bytes or "64M"), block_size, backend, path, uuid,
-        nguid, eui64, ana_group, enabled."""
+        nguid, eui64, ana_group, enabled, reservations."""
         body = {"nsid": nsid, **fields}
         return self._changes("POST", f"/subsystems/{segment(nqn)}/namespaces", body)
 

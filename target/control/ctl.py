@@ -27,6 +27,7 @@ command; the default address is 127.0.0.1:9465)::
     nvmeof-target ctl ana forget --port P --group G
     nvmeof-target ctl ns add --nqn NQN --nsid N [--size 64M] [--block-size 4096]
                              [--backend ram|file|null] [--path P] [--ana-group G] [--uuid U]
+                             [--no-reservations]
     nvmeof-target ctl ns remove --nqn NQN --nsid N
     nvmeof-target ctl ns resize --nqn NQN --nsid N --size S
     nvmeof-target ctl ns enable|disable --nqn NQN --nsid N
@@ -183,7 +184,8 @@ def _ana_forget(client: ControlClient, args: argparse.Namespace) -> str:
 
 def _ns_add(client: ControlClient, args: argparse.Namespace) -> str:
     fields = compact(size=args.size, block_size=args.block_size, backend=args.backend,
-                     path=args.path, ana_group=args.ana_group, uuid=args.uuid)  # fmt: skip
+                     path=args.path, ana_group=args.ana_group, uuid=args.uuid,
+                     reservations=False if args.no_reservations else None)  # fmt: skip
     return _changes(client.ns_add(args.nqn, args.nsid, **fields))
 
 
@@ -416,6 +418,8 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
     ns_add.add_argument("--path", help="backing file (file backend)")
     ns_add.add_argument("--ana-group", type=int)
     ns_add.add_argument("--uuid", help="namespace UUID (default: derived from NQN and NSID)")
+    ns_add.add_argument("--no-reservations", action="store_true",
+                        help="reservation commands are Invalid Opcode (nvmet resv_enable 0)")  # fmt: skip
     ns_set.add_argument("--ana-group", type=int, required=True)
 
     add_resv_parser(group, leaf)

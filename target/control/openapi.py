@@ -42,6 +42,7 @@ _FAULT_BODY = _object(
 _NAMESPACE_FIELDS: dict[str, dict[str, Any]] = dict(
     size=_SIZE, block_size={"enum": list(BLOCK_SIZES)}, backend={"enum": list(BACKENDS)},
     path=_STR, uuid=_STR, nguid=_STR, eui64=_STR, ana_group=_INT, enabled=_BOOL,
+    reservations=_BOOL,
 )  # fmt: skip
 _NAMESPACE_BODY = _object(("nsid",), nsid=_INT, **_NAMESPACE_FIELDS)
 _SUBSYSTEM_ATTRIBUTES: dict[str, dict[str, Any]] = dict(

@@ -25,6 +25,7 @@ from target.config import NamespaceConfig, PortConfig, SubsystemConfig, TargetCo
 from target.control.aclient import AsyncControlClient
 from target.control.clientbase import ControlApiError, ControlNotFound, format_endpoint
 from target.control.httpapi import serve_control
+from target.control.openapi import openapi_document
 from target.control.scenario import parse_scenario
 from target.control.scenario_run import run_scenario
 from target.daemon import Target
@@ -269,6 +270,28 @@ async def test_ctl_resv_show_clear_and_status(capsys: pytest.CaptureFixture[str]
 
             assert await ctl(env, "resv", "clear", NQN, "2") == 1
             assert "does not serve reservations" in capsys.readouterr().err
+
+
+async def test_namespaces_added_live_with_and_without_reservations(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with trio.fail_after(30):
+        async with live() as env:
+            assert await ctl(env, "ns", "add", "--nqn", NQN, "--nsid", "3", "--size", "1M",
+                             "--no-reservations") == 0  # fmt: skip
+            capsys.readouterr()
+            with pytest.raises(ControlApiError, match="does not serve reservations"):
+                await env.client.reservations(NQN, 3)
+            # Turning them on replaces the namespace under the same NSID (a new one, empty).
+            await env.client.ns_update(NQN, 3, reservations=True)
+            assert (await env.client.reservations(NQN, 3))["registrants"] == []
+            await env.client.ns_add(NQN, 4, size="1M", reservations=False)
+            namespaces = (await env.client.status())["subsystems"][0]["namespaces"]
+            assert {n["nsid"]: n["reservations"] is None for n in namespaces} == {
+                1: False, 2: True, 3: False, 4: True}  # fmt: skip
+    ns_body = openapi_document()["paths"]["/subsystems/{nqn}/namespaces"]["post"]
+    schema = ns_body["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["reservations"] == {"type": "boolean"}
 
 
 # -- metrics ---------------------------------------------------------------------------------------
