@@ -18,8 +18,18 @@ import pytest
 import trio
 
 from initiator.controller import ControllerOptions, HostController, connect_controller
+from nvmeof.constants import AdminOpcode
 from nvmeof.status import StatusCode
-from nvmeof.wire.reservations import Cptpl, NotificationType, ReservationType
+from nvmeof.wire.reservations import (
+    FEATURE_NOTIFICATION_MASK,
+    LOG_RESERVATION_NOTIFICATION,
+    NOTIFICATION_LOG_SIZE,
+    Cptpl,
+    NotificationType,
+    ReservationType,
+    parse_notification_log,
+)
+from nvmeof.wire.sqe import FEATURES_COMMAND
 from target.cli import main
 from target.config import NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
 from target.control.aclient import AsyncControlClient
@@ -151,6 +161,27 @@ async def test_clear_drops_everything_notifies_registrants_and_is_audited() -> N
             assert (await report(a, RESV_NSID)).regctl == 0
             assert (await register(a, RESV_NSID, KEY_A)).ok
             assert (await acquire(a, RESV_NSID, KEY_A, ReservationType.EXCLUSIVE_ACCESS)).ok
+
+
+async def test_the_hosts_read_the_notification_and_a_mask_silences_it() -> None:
+    with trio.fail_after(20):
+        async with live() as env:
+            a, b = await hold_write_exclusive(env)
+            await env.client.reservations_clear(NQN, RESV_NSID)
+            for ctrl in (a, b):
+                page = await ctrl.get_log_page(LOG_RESERVATION_NOTIFICATION,
+                                               NOTIFICATION_LOG_SIZE)  # fmt: skip
+                note = parse_notification_log(page)
+                assert (note.type, note.nsid) == (NotificationType.RESERVATION_PREEMPTED,
+                                                  RESV_NSID)  # fmt: skip
+            # Feature 0x82 masks Reservation Preempted (nvmet keeps one mask per namespace).
+            await hold_write_exclusive(env)
+            mask = FEATURES_COMMAND.build(dict(opcode=AdminOpcode.SET_FEATURES, nsid=RESV_NSID,
+                                               fid=FEATURE_NOTIFICATION_MASK,
+                                               dword11=1 << NotificationType.RESERVATION_PREEMPTED))  # fmt: skip
+            assert (await a.admin_command(mask))[0].ok
+            cleared = await env.client.reservations_clear(NQN, RESV_NSID)
+            assert (cleared["removed"], cleared["notified"]) == (2, 0)
 
 
 async def test_clear_with_nothing_registered_still_answers() -> None:
