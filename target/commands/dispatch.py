@@ -106,7 +106,11 @@ def _parse(q: QueueContext, req: Request, opcode: int, fabrics: bool,
             if io is None:
                 raise fail(StatusCode.INVALID_OPCODE, f"I/O opcode {opcode:#x}", loc=LOC_OPCODE)
         # nvmet_pr_check_cmd_access, once the opcode parsed: before any data moves.
-        if resv is not None and resv.holder is not None and resv.conflicts_with(ctrl.hostid, opcode):
+        if (
+            resv is not None
+            and resv.holder is not None
+            and resv.conflicts_with(ctrl.hostid, opcode)
+        ):
             raise fail(StatusCode.RESERVATION_CONFLICT,
                        f"opcode {opcode:#x} against a type {resv.rtype} reservation", loc=LOC_OPCODE)  # fmt: skip
         return io  # type: ignore[no-any-return]

@@ -473,10 +473,17 @@ def test_nvmetcli_defaults_and_spellings() -> None:
         nqn=NQN_A,
         namespaces=(
             # no resv group: reservations off, as nvmet's resv_enable defaults to 0
-            NamespaceConfig(nsid=1, size=1 << 30, backend="null", enabled=False,
-                            reservations=False),
-            NamespaceConfig(nsid=2, size=2 << 30, block_size=4096, backend="null", ana_group=3,
-                            reservations=False),
+            NamespaceConfig(
+                nsid=1, size=1 << 30, backend="null", enabled=False, reservations=False
+            ),
+            NamespaceConfig(
+                nsid=2,
+                size=2 << 30,
+                block_size=4096,
+                backend="null",
+                ana_group=3,
+                reservations=False,
+            ),
         ),
     )
     assert config.ports[0] == PortConfig(
