@@ -270,6 +270,31 @@ class TargetState:
         sub.namespaces[nsid].resize(size)
         self._namespace_changed(sub, nsid)
 
+    def clear_reservations(self, nqn: str, nsid: int) -> list[Controller]:
+        """The operator's clear of a namespace's registrations and reservation (as a
+        Release with the clear action from no registrant): every registrant's controllers get
+        a Reservation Preempted notification (its mask allowing), PTPL state is saved. Returns
+        the controllers notified. KeyError for an unknown subsystem or namespace, ValueError
+        when the namespace does not serve reservations."""
+        sub = self.subsystems[nqn]
+        ns = sub.namespaces[nsid]
+        resv = ns.reservations
+        if resv is None:
+            raise ValueError(f"namespace {nsid} of {nqn} does not serve reservations")
+        registrants, rtype = len(resv.registrants), resv.rtype
+        notices = resv.clear()
+        notified: list[Controller] = []
+        for notice in notices:
+            for ctrl in list(sub.controllers.values()):
+                if ctrl.hostid == notice.hostid:
+                    ctrl.notify_reservation(notice.type, nsid)
+                    notified.append(ctrl)
+        ns.persist_reservations()
+        log.info("reservations cleared subsystem=%s nsid=%s registrants=%s rtype=%s "
+                 "generation=%s notified=%s", nqn, nsid, registrants, rtype, resv.generation,
+                 len(notified))  # fmt: skip
+        return notified
+
     def _namespace_changed(self, sub: Subsystem[Controller], nsid: int) -> None:
         for ctrl in sub.controllers.values():
             ctrl.note_changed_ns(nsid)

@@ -27,6 +27,8 @@ from target.control.clientbase import (
     Endpoint,
     Metrics,
     PortStatus,
+    ReservationInfo,
+    ReservationsCleared,
     TargetStatus,
     api_error,
     base_url,
@@ -226,7 +228,7 @@ class AsyncControlClient:
 
     async def ns_add(self, nqn: str, nsid: int, **fields: Any) -> list[str]:
         """Add a namespace; ``fields``: size (bytes or "64M"), block_size, backend, path, uuid,
-        nguid, eui64, ana_group, enabled."""
+        nguid, eui64, ana_group, enabled, reservations."""
         body = {"nsid": nsid, **fields}
         return await self._changes("POST", f"/subsystems/{segment(nqn)}/namespaces", body)
 
@@ -240,6 +242,18 @@ class AsyncControlClient:
 
     async def ns_resize(self, nqn: str, nsid: int, size: int | str) -> list[str]:
         return await self.ns_update(nqn, nsid, size=size)
+
+    # -- reservations --------------------------------------------------------------------------
+
+    async def reservations(self, nqn: str, nsid: int) -> ReservationInfo:
+        """A namespace's registrants, holder, type, generation, PTPL and conflicts."""
+        path = f"/subsystems/{segment(nqn)}/namespaces/{nsid}/reservations"
+        return cast(ReservationInfo, await self.request("GET", path))
+
+    async def reservations_clear(self, nqn: str, nsid: int) -> ReservationsCleared:
+        """Drop a namespace's registrations and reservation (registrants are notified)."""
+        path = f"/subsystems/{segment(nqn)}/namespaces/{nsid}/reservations"
+        return cast(ReservationsCleared, await self.request("DELETE", path))
 
     # -- the whole configuration ---------------------------------------------------------------
 

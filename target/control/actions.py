@@ -27,6 +27,7 @@ from target.config import (
 from target.control.faults import FaultRule
 from target.control.lifecycle import Lifecycle
 from target.control.live import ControlError, LiveConfig, NotFound
+from target.control.reservation_actions import ReservationActions, reservation_summary
 
 if TYPE_CHECKING:
     from target.connection import QueueConnection
@@ -46,9 +47,10 @@ class Change:
     what: str
 
 
-class Operations(Lifecycle, LiveConfig):
+class Operations(ReservationActions, Lifecycle, LiveConfig):
     """Mixed into :class:`~target.daemon.Target`; the restart and scenario markers are in
-    :class:`~target.control.lifecycle.Lifecycle`."""
+    :class:`~target.control.lifecycle.Lifecycle`, the reservation actions in
+    :class:`~target.control.reservation_actions.ReservationActions`."""
 
     state: TargetState
     connections: set[QueueConnection]
@@ -389,7 +391,8 @@ class Operations(Lifecycle, LiveConfig):
                 "allow_any_host": sub.allow_any_host, "allowed_hosts": list(sub.allowed_hosts),
                 "namespaces": [{"nsid": ns.nsid, "size": ns.size, "block_size": ns.block_size,
                                 "backend": ns.config.backend, "ana_group": ns.ana_group,
-                                "enabled": ns.enabled, "uuid": str(uuid.UUID(bytes=ns.uuid))}
+                                "enabled": ns.enabled, "uuid": str(uuid.UUID(bytes=ns.uuid)),
+                                "reservations": reservation_summary(ns)}
                                for ns in sub.namespaces.values()],
                 "controllers": [{"cntlid": c.cntlid, "host": c.hostnqn, "port": c.port.id,
                                  "kato_ms": c.kato_ms, "queues": sorted(c.queues)}

@@ -21,6 +21,8 @@ from target.control.clientbase import (
     Endpoint,
     Metrics,
     PortStatus,
+    ReservationInfo,
+    ReservationsCleared,
     TargetStatus,
     api_error,
     base_url,
@@ -220,7 +222,7 @@ class ControlClient:
 
     def ns_add(self, nqn: str, nsid: int, **fields: Any) -> list[str]:
         """Add a namespace; ``fields``: size (bytes or "64M"), block_size, backend, path, uuid,
-        nguid, eui64, ana_group, enabled."""
+        nguid, eui64, ana_group, enabled, reservations."""
         body = {"nsid": nsid, **fields}
         return self._changes("POST", f"/subsystems/{segment(nqn)}/namespaces", body)
 
@@ -234,6 +236,18 @@ class ControlClient:
 
     def ns_resize(self, nqn: str, nsid: int, size: int | str) -> list[str]:
         return self.ns_update(nqn, nsid, size=size)
+
+    # -- reservations --------------------------------------------------------------------------
+
+    def reservations(self, nqn: str, nsid: int) -> ReservationInfo:
+        """A namespace's registrants, holder, type, generation, PTPL and conflicts."""
+        path = f"/subsystems/{segment(nqn)}/namespaces/{nsid}/reservations"
+        return cast(ReservationInfo, self.request("GET", path))
+
+    def reservations_clear(self, nqn: str, nsid: int) -> ReservationsCleared:
+        """Drop a namespace's registrations and reservation (registrants are notified)."""
+        path = f"/subsystems/{segment(nqn)}/namespaces/{nsid}/reservations"
+        return cast(ReservationsCleared, self.request("DELETE", path))
 
     # -- the whole configuration ---------------------------------------------------------------
 

@@ -146,6 +146,12 @@ class PortStatus(TypedDict):
     blackholed: int
 
 
+class ReservationSummary(TypedDict):
+    type: int  # the reservation's RTYPE, 0: none held
+    registrants: int
+    generation: int
+
+
 class NamespaceStatus(TypedDict):
     nsid: int
     size: int
@@ -154,6 +160,37 @@ class NamespaceStatus(TypedDict):
     ana_group: int
     enabled: bool
     uuid: str
+    reservations: ReservationSummary | None  # None: the namespace serves no reservations
+
+
+class RegistrantInfo(TypedDict):
+    hostid: str  # the Host ID as UUID text
+    key: int
+    holds: bool
+    hosts: list[str]  # host NQNs of the live controllers with that Host ID
+
+
+class ReservationInfo(TypedDict):
+    nqn: str
+    nsid: int
+    generation: int
+    type: int
+    type_name: str  # nvme-cli's words for the type
+    holder: str | None
+    ptpl: bool
+    can_persist: bool
+    conflicts: int
+    registrants: list[RegistrantInfo]
+
+
+class ReservationsCleared(TypedDict):
+    nqn: str
+    nsid: int
+    removed: int  # registrants removed
+    released_type: int  # the type of the reservation released, 0: there was none
+    notified: int  # controllers sent a Reservation Preempted notification
+    generation: int
+    changes: list[str]
 
 
 class ControllerStatus(TypedDict):

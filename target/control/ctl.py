@@ -27,10 +27,13 @@ command; the default address is 127.0.0.1:9465)::
     nvmeof-target ctl ana forget --port P --group G
     nvmeof-target ctl ns add --nqn NQN --nsid N [--size 64M] [--block-size 4096]
                              [--backend ram|file|null] [--path P] [--ana-group G] [--uuid U]
+                             [--no-reservations]
     nvmeof-target ctl ns remove --nqn NQN --nsid N
     nvmeof-target ctl ns resize --nqn NQN --nsid N --size S
     nvmeof-target ctl ns enable|disable --nqn NQN --nsid N
     nvmeof-target ctl ns set --nqn NQN --nsid N --ana-group G
+    nvmeof-target ctl resv show NQN NSID [--json]       # registrants, holder, type, conflicts
+    nvmeof-target ctl resv clear NQN NSID
     nvmeof-target ctl fault add ACTION [--port P] [--nqn NQN] [--nsid N] [--opcode 0x02] ...
     nvmeof-target ctl fault list [--json]
     nvmeof-target ctl fault clear [ID]
@@ -67,6 +70,7 @@ from target.control.clientbase import (
     read_token,
 )
 from target.control.ctlformat import describe_fault, format_faults, format_status, human_size
+from target.control.ctlresv import add_resv_parser
 from target.control.faults import ACTIONS, QUEUE_KINDS
 from target.control.scenario import format_schedule, load_scenario
 from target.control.scenario_run import (
@@ -180,7 +184,8 @@ def _ana_forget(client: ControlClient, args: argparse.Namespace) -> str:
 
 def _ns_add(client: ControlClient, args: argparse.Namespace) -> str:
     fields = compact(size=args.size, block_size=args.block_size, backend=args.backend,
-                     path=args.path, ana_group=args.ana_group, uuid=args.uuid)  # fmt: skip
+                     path=args.path, ana_group=args.ana_group, uuid=args.uuid,
+                     reservations=False if args.no_reservations else None)  # fmt: skip
     return _changes(client.ns_add(args.nqn, args.nsid, **fields))
 
 
@@ -413,7 +418,11 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
     ns_add.add_argument("--path", help="backing file (file backend)")
     ns_add.add_argument("--ana-group", type=int)
     ns_add.add_argument("--uuid", help="namespace UUID (default: derived from NQN and NSID)")
+    ns_add.add_argument("--no-reservations", action="store_true",
+                        help="reservation commands are Invalid Opcode (nvmet resv_enable 0)")  # fmt: skip
     ns_set.add_argument("--ana-group", type=int, required=True)
+
+    add_resv_parser(group, leaf)
 
     faults = group("fault", "fault injection rules")
     add = leaf(faults, "add", _fault_add, "add a fault rule")

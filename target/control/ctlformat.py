@@ -60,6 +60,48 @@ def format_faults(rules: list[dict[str, Any]], indent: str = "") -> list[str]:
     return _table(rows, indent)
 
 
+#: Short names of the reservation types for tables (RTYPE 1..6).
+RESERVATION_TYPE_ABBREVIATIONS = {1: "WE", 2: "EA", 3: "WE-RO", 4: "EA-RO", 5: "WE-AR",
+                                  6: "EA-AR"}  # fmt: skip
+
+
+def reservation_type_abbreviation(rtype: int) -> str:
+    """``WE-RO`` for type 3 (Write Exclusive - Registrants Only); ``none`` for 0."""
+    if rtype == 0:
+        return "none"
+    return RESERVATION_TYPE_ABBREVIATIONS.get(rtype, f"type {rtype}")
+
+
+def describe_reservation_summary(summary: dict[str, Any] | None) -> str:
+    """A namespace's reservations in one status cell: ``WE-RO, 2 registrants``, or ``off``."""
+    if summary is None:
+        return "off"
+    count = summary["registrants"]
+    held = "held " + reservation_type_abbreviation(summary["type"]) if summary["type"] else "none"
+    return f"{held}, {count} registrant{'s' if count != 1 else ''}"
+
+
+def format_reservations(info: dict[str, Any]) -> str:
+    """``GET .../reservations`` for people: a heading, then one row per registrant."""
+    rtype = info["type"]
+    held = (f"{info['type_name']} (type {rtype}, {reservation_type_abbreviation(rtype)})"
+            if rtype else "no reservation held")  # fmt: skip
+    ptpl = "on" if info["ptpl"] else "off"
+    lines = [
+        f"namespace {info['nsid']} of {info['nqn']}: {held}",
+        f"  holder {info['holder'] or '-'}",
+        f"  generation {info['generation']}, persist through power loss {ptpl} "
+        f"({'possible' if info['can_persist'] else 'not possible'} on this backend), "
+        f"{info['conflicts']} reservation conflicts",
+    ]  # fmt: skip
+    if not info["registrants"]:
+        return "\n".join([*lines, "  no registrants"])
+    rows: list[Sequence[object]] = [("HOST ID", "KEY", "HOLDS", "HOSTS")]
+    rows += [(r["hostid"], f"{r['key']:#018x}", "yes" if r["holds"] else "no",
+              ",".join(r["hosts"]) or "-") for r in info["registrants"]]  # fmt: skip
+    return "\n".join([*lines, *_table(rows, "  ")])
+
+
 def format_status(status: dict[str, Any]) -> str:
     """``GET /status`` as tables: ports, subsystems (namespaces, controllers), faults."""
     rows: list[Sequence[object]] = [("PORT", "ADDRESS", "MODE", "LISTENING", "CONNECTIONS",
@@ -75,9 +117,10 @@ def format_status(status: dict[str, Any]) -> str:
     for sub in status["subsystems"]:
         lines += ["", f"subsystem {sub['nqn']} (serial {sub['serial']})"]
         ns_rows: list[Sequence[object]] = [("NSID", "SIZE", "BLOCK", "BACKEND", "ANA GROUP",
-                                            "ENABLED")]  # fmt: skip
+                                            "ENABLED", "RESERVATION")]  # fmt: skip
         ns_rows += [(n["nsid"], human_size(n["size"]), n["block_size"], n["backend"],
-                     n["ana_group"], "yes" if n["enabled"] else "no")
+                     n["ana_group"], "yes" if n["enabled"] else "no",
+                     describe_reservation_summary(n.get("reservations")))
                     for n in sub["namespaces"]]  # fmt: skip
         lines += _table(ns_rows, "  ") if sub["namespaces"] else ["  no namespaces"]
         if sub["controllers"]:

@@ -26,6 +26,11 @@ Metrics (``port`` is the port ID, ``group`` the ANA group ID):
 - ``nvmeof_target_port_up{port}`` (1 while the operator state is ``up``),
   ``nvmeof_target_port_mode{port,mode}`` (1 for the current mode: up, reset, close,
   blackhole, refuse).
+- ``nvmeof_target_reservation_conflicts_total{subsystem,nsid}``: Reservation Conflict answers
+  (commands refused by a reservation and reservation commands refused), per namespace that
+  serves reservations; ``nvmeof_target_reservation_registrants{subsystem,nsid}`` (registered
+  hosts), ``nvmeof_target_reservation_type{subsystem,nsid}`` (the reservation's RTYPE: 1 Write
+  Exclusive ... 6 Exclusive Access - All Registrants; 0 when none is held).
 - ``nvmeof_target_scenario_steps_total{scenario,action}``: scenario steps (and other markers)
   reported through ``POST /events`` (:meth:`~target.control.lifecycle.Lifecycle.scenario_event`).
 """
@@ -109,6 +114,7 @@ class TargetCollector(Collector):
         yield from self._events()
         yield from self._ana(ports)
         yield from self._ports(ports)
+        yield from self._reservations()
         yield self._scenario_steps()
 
     def _commands(self, ports: list[Port]) -> Iterator[Metric]:
@@ -263,6 +269,34 @@ class TargetCollector(Collector):
                 mode.add_metric([label, each], 1 if each == port.mode else 0)
         yield up
         yield mode
+
+    def _reservations(self) -> Iterator[Metric]:
+        conflicts = CounterMetricFamily(
+            "nvmeof_target_reservation_conflicts",
+            "Reservation Conflict answers: commands a reservation refused, reservation "
+            "commands refused", labels=["subsystem", "nsid"],
+        )  # fmt: skip
+        registrants = GaugeMetricFamily(
+            "nvmeof_target_reservation_registrants", "Hosts registered with the namespace",
+            labels=["subsystem", "nsid"],
+        )  # fmt: skip
+        rtype = GaugeMetricFamily(
+            "nvmeof_target_reservation_type",
+            "The reservation's type (RTYPE 1..6: WE, EA, WE-RO, EA-RO, WE-AR, EA-AR), 0 when "
+            "none is held", labels=["subsystem", "nsid"],
+        )  # fmt: skip
+        for nqn, sub in list(self.target.state.subsystems.items()):
+            for nsid, ns in sorted(sub.namespaces.items(), key=lambda item: item[0]):
+                resv = ns.reservations
+                if resv is None:
+                    continue
+                labels = [nqn, str(nsid)]
+                conflicts.add_metric(labels, resv.conflicts)
+                registrants.add_metric(labels, len(resv.registrants))
+                rtype.add_metric(labels, resv.rtype)
+        yield conflicts
+        yield registrants
+        yield rtype
 
     def _scenario_steps(self) -> Metric:
         family = CounterMetricFamily(

@@ -42,6 +42,7 @@ _FAULT_BODY = _object(
 _NAMESPACE_FIELDS: dict[str, dict[str, Any]] = dict(
     size=_SIZE, block_size={"enum": list(BLOCK_SIZES)}, backend={"enum": list(BACKENDS)},
     path=_STR, uuid=_STR, nguid=_STR, eui64=_STR, ana_group=_INT, enabled=_BOOL,
+    reservations=_BOOL,
 )  # fmt: skip
 _NAMESPACE_BODY = _object(("nsid",), nsid=_INT, **_NAMESPACE_FIELDS)
 _SUBSYSTEM_ATTRIBUTES: dict[str, dict[str, Any]] = dict(
@@ -110,6 +111,14 @@ ROUTES = (
     RouteSpec("PATCH", f"{_NQN}/namespaces/{{nsid:int}}", ControlApi.ns_update,
               "Change a namespace: size (resize), enabled, ana_group in place; other fields "
               "replace it under the same NSID", _object((), **_NAMESPACE_FIELDS)),
+    RouteSpec("GET", f"{_NQN}/namespaces/{{nsid:int}}/reservations",
+              ControlApi.reservations_show,
+              "A namespace's reservation: registrants (Host ID, key, holding), holder, type, "
+              "generation, PTPL, reservation conflicts answered"),
+    RouteSpec("DELETE", f"{_NQN}/namespaces/{{nsid:int}}/reservations",
+              ControlApi.reservations_clear,
+              "Clear a namespace's registrations and reservation (registrants are notified: "
+              "Reservation Preempted); PTPL state is saved"),
     RouteSpec("POST", "/hosts", ControlApi.host_add, "Add a host NQN to the target's host list",
               _object(("nqn",), nqn=_STR), ok=201),
     RouteSpec("DELETE", "/hosts/{host}", ControlApi.host_remove,
@@ -214,8 +223,9 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "nvmeof-emu target control API", "version": "2",
                  "description": "Operate and configure a running NVMe/TCP target: subsystems, "
-                                "namespaces, hosts, ports, referrals, ANA, paths, faults. Off "
-                                "loopback every request needs the bearer token."},
+                                "namespaces, hosts, ports, referrals, ANA, paths, faults, "
+                                "reservations. Off loopback every request needs the bearer "
+                                "token."},
         "paths": paths,
         "components": {
             "schemas": {"Error": _object(("error",), error=_STR)},

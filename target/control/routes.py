@@ -262,6 +262,16 @@ class ControlApi:
         changes = {name: getattr(parsed, name) for name in body.data}
         return _changes(await self.target.ns_update(params["nqn"], params["nsid"], **changes))
 
+    # -- reservations ----------------------------------------------------------------------------
+
+    async def reservations_show(self, request: Request) -> Response:
+        params = request.path_params
+        return JSONResponse(self.target.reservations(params["nqn"], params["nsid"]))
+
+    async def reservations_clear(self, request: Request) -> Response:
+        params = request.path_params
+        return JSONResponse(self.target.reservations_clear(params["nqn"], params["nsid"]))
+
     # -- the whole configuration -----------------------------------------------------------------
 
     async def config_export(self, request: Request) -> Response:

@@ -59,6 +59,7 @@ ACTION_KEYS: dict[str, frozenset[str]] = {
     "ns-resize": frozenset({"nqn", "nsid", "size"}),
     "subsystem-add": frozenset({"ports", *SUBSYSTEM_KEYS}),
     "subsystem-remove": frozenset({"nqn"}),
+    "resv-clear": frozenset({"nqn", "nsid"}),
     "restart": frozenset(),
     "wait": frozenset(),
     "mark": frozenset(),
@@ -304,6 +305,11 @@ def _params(action: str, t: Table) -> dict[str, Any]:
         return _subsystem(t)
     if action == "subsystem-remove":
         return {"nqn": t.require_text("nqn")}
+    if action == "resv-clear":
+        nsid = t.require_integer("nsid")
+        if not 1 <= nsid <= MAX_NSID:
+            raise t.error("nsid", f"must be 1..{MAX_NSID}, got {nsid}")
+        return {"nqn": t.require_text("nqn"), "nsid": nsid}
     return {}
 
 

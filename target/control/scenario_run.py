@@ -184,6 +184,10 @@ class ScenarioRunner:
             return _changes(changes)
         if action == "subsystem-remove":
             return _changes(await client.subsystem_remove(params["nqn"]))
+        if action == "resv-clear":
+            cleared = await client.reservations_clear(params["nqn"], params["nsid"])
+            return (f"{cleared['removed']} registrants removed, "
+                    f"{cleared['notified']} controllers notified")  # fmt: skip
         if action == "restart":
             done = await client.restart()
             return f"{done['connections']} connections, {done['controllers']} controllers dropped"

@@ -137,7 +137,9 @@ async def test_status_lists_ports_subsystems_controllers_and_ana() -> None:
             assert sub["nqn"] == DEMO_NQN
             assert sub["namespaces"][0] == {"nsid": 1, "size": 16 << 20, "block_size": 512,
                                             "backend": "ram", "ana_group": 1, "enabled": True,
-                                            "uuid": str(uuid.UUID(bytes=derived_ids(DEMO_NQN, 1)[0]))}  # fmt: skip
+                                            "uuid": str(uuid.UUID(bytes=derived_ids(DEMO_NQN, 1)[0])),
+                                            "reservations": {"type": 0, "registrants": 0,
+                                                             "generation": 0}}  # fmt: skip
             (controller,) = sub["controllers"]
             assert controller["cntlid"] == ctrl.cntlid and controller["port"] == 1
             assert controller["host"] == ctrl.options.hostnqn and controller["queues"] == [0, 1]

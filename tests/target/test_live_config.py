@@ -124,7 +124,8 @@ CLIENT_METHODS = {
     "ana_group_remove": "ana_group_remove", "capture_get": "capture_dir",
     "capture_set": "capture", "fault_list": "faults", "fault_add": "fault_add",
     "fault_clear": "fault_clear", "fault_remove": "fault_remove", "metrics": "metrics_text",
-    "restart": "restart", "event": "event",
+    "restart": "restart", "event": "event", "reservations_show": "reservations",
+    "reservations_clear": "reservations_clear",
 }  # fmt: skip
 
 

@@ -132,6 +132,11 @@ def test_every_action_parses_with_its_arguments_ready_for_the_control_api() -> N
         at = "1.4s"
         action = "mark"
         label = "done"
+        [[step]]
+        at = "1.5s"
+        action = "resv-clear"
+        nqn = "nqn.x:a"
+        nsid = 5
     ''', "all.toml")  # fmt: skip
     assert (scenario.name, scenario.seed, scenario.description) == ("all", 42, "one of each")
     assert sorted(s.action for s in scenario.steps) == sorted(ACTIONS)
@@ -150,7 +155,9 @@ def test_every_action_parses_with_its_arguments_ready_for_the_control_api() -> N
                          "+0.150s  step[0]#0  port-up port=1 (end of step[0])",
                          "+0.200s  step[1]#0  port-up port=1"]  # fmt: skip
     assert "+1.300s  step[2]#0  ana port=2 group=1 state=non-optimized (end of step[2])" in lines
-    assert lines[-1] == "+1.400s  step[13]#0  mark done"
+    assert params[14] == {"nqn": "nqn.x:a", "nsid": 5}
+    assert lines[-2:] == ["+1.400s  step[13]#0  mark done",
+                          "+1.500s  step[14]#0  resv-clear nqn=nqn.x:a nsid=5"]  # fmt: skip
 
 
 def test_the_name_defaults_to_the_file_stem_and_the_seed_to_zero(tmp_path: Path) -> None:
