@@ -1,5 +1,6 @@
 """Raw reservation commands from a host controller, for the tests that drive our target with
-the exact bytes (independent of the initiator's reservation API)."""
+the exact bytes (independent of the initiator's reservation API): each returns the CQE's status
+word without the phase bit (0 is success; DNR 0x8000 and More 0x4000 included)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ async def register(ctrl: HostController, action: int = 0, crkey: int = 0, nrkey:
 
 
 async def acquire(ctrl: HostController, action: int, rtype: int, crkey: int,
-                  prkey: int = 0) -> int:  # fmt: skip
-    return (await word(ctrl, sqe(IoOpcode.RESERVATION_ACQUIRE, acquire_cdw10(action, rtype)),
+                  prkey: int = 0, *, nsid: int = 1) -> int:  # fmt: skip
+    cmd = sqe(IoOpcode.RESERVATION_ACQUIRE, acquire_cdw10(action, rtype), nsid=nsid)
+    return (await word(ctrl, cmd,
                        write=build_acquire_data(crkey, prkey)))[0]  # fmt: skip
 
 

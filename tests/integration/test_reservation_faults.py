@@ -20,7 +20,7 @@ from nvmeof.status import StatusCode
 from nvmeof.wire.reservations import ReservationType
 from target.control.metrics import target_registry
 from tests.integration.conftest import Loopback
-from tests.reservation_commands import acquire, register, report
+from tests.resv_commands import CONFLICT, acquire, register, report
 
 HOST_A = "nqn.2014-08.org.nvmexpress:uuid:0d9c5e2a-6f43-4c52-9a53-1b5c3d4e5f60"
 HOST_B = "nqn.2014-08.org.nvmexpress:uuid:7e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b"
@@ -37,13 +37,13 @@ async def connect(lb: Loopback, hostnqn: str = HOST_A) -> HostController:
 async def run(ctrl: HostController, opcode: int) -> tuple[int, float]:
     """Register (0x0D), or Acquire (0x11) after a registration; (status code, seconds)."""
     if opcode == ACQUIRE:
-        assert (await register(ctrl, NSID, KEY)).ok
+        assert await register(ctrl, nrkey=KEY, nsid=NSID) == 0
     started = time.perf_counter()
     if opcode == REGISTER:
-        done = await register(ctrl, NSID, KEY)
+        done = await register(ctrl, nrkey=KEY, nsid=NSID)
     else:
-        done = await acquire(ctrl, NSID, KEY, ReservationType.WRITE_EXCLUSIVE)
-    return done.status.code, time.perf_counter() - started
+        done = await acquire(ctrl, 0, ReservationType.WRITE_EXCLUSIVE, KEY, nsid=NSID)
+    return (done >> 1) & 0x7FF, time.perf_counter() - started
 
 
 @pytest.mark.parametrize("opcode", [REGISTER, ACQUIRE], ids=["register", "acquire"])
@@ -71,9 +71,9 @@ async def test_a_status_rule_answers_a_reservation_command_in_its_place(
         # Without the rule, the same command goes through.
         lb.target.fault_clear()
         if opcode == REGISTER:
-            assert (await register(ctrl, NSID, KEY)).ok
+            assert await register(ctrl, nrkey=KEY, nsid=NSID) == 0
         else:
-            assert (await acquire(ctrl, NSID, KEY, ReservationType.WRITE_EXCLUSIVE)).ok
+            assert await acquire(ctrl, 0, ReservationType.WRITE_EXCLUSIVE, KEY, nsid=NSID) == 0
             assert resv.holder == ctrl.options.hostid
 
 
@@ -84,7 +84,7 @@ async def test_a_delay_rule_holds_a_reservation_command_back(lb: Loopback, opcod
         lb.target.fault_add({"action": "delay", "opcode": opcode, "delay_ms": DELAY_MS})
         sqe_status, elapsed = await run(ctrl, opcode)
         assert sqe_status == 0 and elapsed >= DELAY_MS / 1000
-        seen = await report(ctrl, NSID)  # another opcode: not delayed, and the change is there
+        seen = await report(ctrl, nsid=NSID)  # another opcode: not delayed, and the change is there
         assert seen.regctl == 1
         assert seen.rtype == (ReservationType.WRITE_EXCLUSIVE if opcode == ACQUIRE else 0)
 
@@ -94,12 +94,12 @@ async def test_a_rule_for_one_host_fails_only_that_hosts_acquire(lb: Loopback) -
     with trio.fail_after(10):
         a, b = await connect(lb, HOST_A), await connect(lb, HOST_B)
         for ctrl in (a, b):
-            assert (await register(ctrl, NSID, KEY)).ok
+            assert await register(ctrl, nrkey=KEY, nsid=NSID) == 0
         lb.target.fault_add({"action": "status", "opcode": ACQUIRE, "host": HOST_B,
                              "status": StatusCode.RESERVATION_CONFLICT, "dnr": True})  # fmt: skip
-        refused = await acquire(b, NSID, KEY, ReservationType.EXCLUSIVE_ACCESS)
-        assert refused.status.code == StatusCode.RESERVATION_CONFLICT and refused.status.dnr
-        assert (await acquire(a, NSID, KEY, ReservationType.EXCLUSIVE_ACCESS)).ok
-        seen = await report(a, NSID)
+        refused = await acquire(b, 0, ReservationType.EXCLUSIVE_ACCESS, KEY, nsid=NSID)
+        assert refused == CONFLICT
+        assert await acquire(a, 0, ReservationType.EXCLUSIVE_ACCESS, KEY, nsid=NSID) == 0
+        seen = await report(a, nsid=NSID)
         assert seen.rtype == ReservationType.EXCLUSIVE_ACCESS
         assert [r.holds for r in seen.registrants] == [True, False]

@@ -39,7 +39,7 @@ from target.control.openapi import openapi_document
 from target.control.scenario import parse_scenario
 from target.control.scenario_run import run_scenario
 from target.daemon import Target
-from tests.reservation_commands import acquire, register, report
+from tests.resv_commands import CONFLICT, acquire, register, report
 
 HOST = "127.0.0.1"
 NQN = "nqn.2026-12.io.nvmeof-emu:resv-ctl"
@@ -99,12 +99,12 @@ async def hold_write_exclusive(env: Live) -> tuple[HostController, HostControlle
     """Host A holds a Write Exclusive - Registrants Only reservation, host B is registered,
     and a write from a third host that is not registered was refused (one conflict)."""
     a, b = await env.connect(HOST_A), await env.connect(HOST_B)
-    assert (await register(a, RESV_NSID, KEY_A)).ok
-    assert (await register(b, RESV_NSID, KEY_B)).ok
-    assert (await acquire(a, RESV_NSID, KEY_A, ReservationType.WRITE_EXCLUSIVE_REG_ONLY)).ok
+    assert await register(a, nrkey=KEY_A, nsid=RESV_NSID) == 0
+    assert await register(b, nrkey=KEY_B, nsid=RESV_NSID) == 0
+    assert await acquire(a, 0, ReservationType.WRITE_EXCLUSIVE_REG_ONLY, KEY_A, nsid=RESV_NSID) == 0
     # B acquiring over A's reservation conflicts: a reservation command refused.
-    refused = await acquire(b, RESV_NSID, KEY_B, ReservationType.EXCLUSIVE_ACCESS)
-    assert refused.status.code == StatusCode.RESERVATION_CONFLICT
+    refused = await acquire(b, 0, ReservationType.EXCLUSIVE_ACCESS, KEY_B, nsid=RESV_NSID)
+    assert refused == CONFLICT
     return a, b
 
 
@@ -129,7 +129,7 @@ async def test_show_lists_registrants_holder_type_and_conflicts() -> None:
                 {"hostid": host_id(HOST_B), "key": KEY_B, "holds": False, "hosts": [HOST_B]},
             ]
             # What the API shows is what a host's Report says.
-            seen = await report((await env.connect(HOST_B)), RESV_NSID)
+            seen = await report(await env.connect(HOST_B), nsid=RESV_NSID)
             assert (seen.gen, seen.rtype, seen.regctl) == (2, info["type"], 2)
             assert [str(uuid.UUID(bytes=r.hostid)) for r in seen.registrants if r.holds] == [
                 info["holder"]
@@ -158,9 +158,9 @@ async def test_clear_drops_everything_notifies_registrants_and_is_audited() -> N
                     (NotificationType.RESERVATION_PREEMPTED, RESV_NSID)
                 ]
             # The hosts see it too: A may register again and take a new reservation.
-            assert (await report(a, RESV_NSID)).regctl == 0
-            assert (await register(a, RESV_NSID, KEY_A)).ok
-            assert (await acquire(a, RESV_NSID, KEY_A, ReservationType.EXCLUSIVE_ACCESS)).ok
+            assert (await report(a, nsid=RESV_NSID)).regctl == 0
+            assert await register(a, nrkey=KEY_A, nsid=RESV_NSID) == 0
+            assert await acquire(a, 0, ReservationType.EXCLUSIVE_ACCESS, KEY_A, nsid=RESV_NSID) == 0
 
 
 async def test_the_hosts_read_the_notification_and_a_mask_silences_it() -> None:
@@ -202,8 +202,8 @@ async def test_a_clear_is_kept_through_a_restart_when_ptpl_is_on(tmp_path: Path)
     with trio.fail_after(20):
         async with live(file_config) as env:
             a = await env.connect(HOST_A)
-            assert (await register(a, RESV_NSID, KEY_A, cptpl=Cptpl.PERSIST)).ok
-            assert (await acquire(a, RESV_NSID, KEY_A, ReservationType.WRITE_EXCLUSIVE)).ok
+            assert await register(a, nrkey=KEY_A, nsid=RESV_NSID, cptpl=Cptpl.PERSIST) == 0
+            assert await acquire(a, 0, ReservationType.WRITE_EXCLUSIVE, KEY_A, nsid=RESV_NSID) == 0
             info = await env.client.reservations(NQN, RESV_NSID)
             assert info["ptpl"] and info["can_persist"] and info["holder"] == host_id(HOST_A)
         restarted = reloaded(file_config)
@@ -247,15 +247,15 @@ async def test_a_fault_rule_from_the_api_fails_an_acquire() -> None:
     with trio.fail_after(20):
         async with live() as env:
             a = await env.connect(HOST_A)
-            assert (await register(a, RESV_NSID, KEY_A)).ok
+            assert await register(a, nrkey=KEY_A, nsid=RESV_NSID) == 0
             rule = await env.client.fault_add("status", opcode="0x11", status="0x83", dnr=True,
                                               nsid=RESV_NSID)  # fmt: skip
             assert (rule["opcode"], rule["status"]) == (0x11, StatusCode.RESERVATION_CONFLICT)
-            refused = await acquire(a, RESV_NSID, KEY_A, ReservationType.WRITE_EXCLUSIVE)
-            assert refused.status.code == StatusCode.RESERVATION_CONFLICT and refused.status.dnr
+            refused = await acquire(a, 0, ReservationType.WRITE_EXCLUSIVE, KEY_A, nsid=RESV_NSID)
+            assert refused == CONFLICT
             assert (await env.client.reservations(NQN, RESV_NSID))["holder"] is None
             await env.client.fault_remove(rule["id"])
-            assert (await acquire(a, RESV_NSID, KEY_A, ReservationType.WRITE_EXCLUSIVE)).ok
+            assert await acquire(a, 0, ReservationType.WRITE_EXCLUSIVE, KEY_A, nsid=RESV_NSID) == 0
 
 
 # -- ctl -----------------------------------------------------------------------------------------
