@@ -35,7 +35,13 @@ print "Reservation Conflict" / "Host Identifier Inconsistent Format") and the co
 status word it prints (SC 0x83 resp. 0x18, SCT 0, and for a conflict DNR). The guest's whole
 transcript is echoed as it runs (shown by pytest on failure) and kept in vm.log.
 
-One VM boot, about a minute under TCG.
+One VM boot, under a minute under TCG.
+
+A second test, trixie only (blkpr is util-linux 2.39+; Debian 12 has 2.38), boots a guest with
+util-linux-extra (``LINUXVM_EXTRA_PACKAGES``: built once, one package downloaded) and drives the
+same two hosts through the kernel's own reservation code instead of nvme-cli's passthrough:
+the block layer's PR ioctls (drivers/nvme/host/pr.c, which asks for CPTPL "persist" on every
+register and maps 0x83 to PR_STS_RESERVATION_CONFLICT) via ``blkpr``. About 20 s.
 """
 
 from __future__ import annotations
@@ -43,13 +49,22 @@ from __future__ import annotations
 import faulthandler
 import os
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from interop_harness import GUEST_DIR, GUEST_HOST_IP, GuestRun, LinuxVM, Step, StreamingVM
+from interop_harness import (
+    GUEST_DIR,
+    GUEST_HOST_IP,
+    GuestRun,
+    LinuxVM,
+    Step,
+    StreamingVM,
+    tail,
+)
 
 from nvmeof_emu import running_target
 
@@ -78,6 +93,9 @@ CONFIG: dict[str, Any] = {
 }  # fmt: skip
 
 OK, CONFLICT, HOSTID_FORMAT, EBADE = "ok", "conflict", "hostid-format", "EBADE"
+PR_CONFLICT = "PR_STS_RESERVATION_CONFLICT"  # what the kernel's PR ioctls return for 0x83
+BLKPR_PACKAGES = "util-linux-extra"  # blkpr, for the guest (LINUXVM_EXTRA_PACKAGES)
+BUILD_TIMEOUT = 600  # s to build that guest (the first time: download one package)
 
 #: The spec's "Command Behavior in the Presence of a Reservation", for a host that is not the
 #: holder: type -> ((write, read) while registered, (write, read) while not registered).
@@ -167,6 +185,8 @@ def outcome(step: Step) -> str:
         return OK
     if "Invalid exchange" in step.output:  # EBADE: the block layer's BLK_STS_RESV_CONFLICT
         return EBADE
+    if re.search(r"^blkpr: error code 0x18\b", step.output, re.M):  # <linux/pr.h> PR_STS_*
+        return PR_CONFLICT
     match = STATUS_LINE.search(step.output)
     if match is None:
         return f"rc={step.rc}, no NVMe status"
@@ -198,10 +218,38 @@ def report_problems(run: GuestRun, name: str, rtype: int, regs: Regs) -> list[st
     return problems
 
 
-def judge(run: GuestRun) -> list[str]:
+def expected_blkpr_steps() -> dict[str, str]:
+    """The SECTIONS=blkpr steps (the kernel's PR ioctls) -> the answer each must get."""
+    return {
+        "connect-a": OK, "connect-b": OK,
+        "pr-reg-a": OK, "pr-reg-b": OK, "pr-report-registered": OK,
+        "pr-reserve-a": OK, "pr-reserve-b": PR_CONFLICT,
+        "pr-b-ddwrite": EBADE, "pr-b-ddread": EBADE,
+        "pr-release-a-wrongtype": PR_CONFLICT, "pr-report-reserved": OK,
+        "pr-preempt-b": OK, "pr-report-preempted": OK, "pr-a-ddwrite": EBADE,
+        "pr-reg-a-again": OK, "pr-preempt-abort-a": OK, "pr-report-aborted": OK,
+        "pr-replace-a": OK, "pr-release-a": OK, "pr-reg-b-again": OK,
+        "pr-report-released": OK, "pr-clear-a": OK, "pr-report-cleared": OK,
+        "pr-b-ddwrite-cleared": OK, "disconnect": OK,
+    }  # fmt: skip
+
+
+def expected_blkpr_reports() -> dict[str, tuple[int, Regs]]:
+    a, b = HOST_A[1], HOST_B[1]
+    return {
+        "pr-report-registered": (0, {a: (KEY_A, False), b: (KEY_B, False)}),
+        "pr-report-reserved": (2, {a: (KEY_A, True), b: (KEY_B, False)}),
+        "pr-report-preempted": (1, {b: (KEY_B, True)}),
+        "pr-report-aborted": (2, {a: (KEY_A, True)}),
+        "pr-report-released": (0, {a: (0xA9, False), b: (KEY_B, False)}),
+        "pr-report-cleared": (0, {}),
+    }
+
+
+def judge(run: GuestRun, steps: dict[str, str], reports: dict[str, tuple[int, Regs]]) -> list[str]:
     """Every answer of the run that is not as expected, with the guest's output."""
     problems = []
-    for name, want in expected_steps().items():
+    for name, want in steps.items():
         if name not in run.steps:
             problems.append(f"{name}: not run (expected {want})")
             continue
@@ -209,18 +257,8 @@ def judge(run: GuestRun) -> list[str]:
         if got != want:
             output = run.steps[name].output.strip().replace("\n", "\n      ")
             problems.append(f"{name}: {got}, expected {want}\n      {output}")
-    for name, (rtype, regs) in expected_reports().items():
+    for name, (rtype, regs) in reports.items():
         problems += report_problems(run, name, rtype, regs)
-    # Neither the reset nor the reconnect after the killed path changed anything (no command
-    # changed the reservation meanwhile, so the generation stays).
-    gens = {}
-    for name in ("report-held", "report-reset", "report-killed"):
-        try:
-            gens[name] = run.step(name).json()["gen"]
-        except (AssertionError, ValueError, KeyError) as error:
-            problems.append(f"{name}: no generation: {error!r}")
-    if len(set(gens.values())) > 1:
-        problems.append(f"generation changed across reset/path kill: {gens}")
     # The block layer got BLK_STS_RESV_CONFLICT for B's dd: 6.1 names it "critical nexus
     # error", 6.12 "reservation conflict error".
     dev_b = next((i["dev_b"] for i in run.infos("dev_b")), "?")
@@ -233,25 +271,56 @@ def judge(run: GuestRun) -> list[str]:
     return problems
 
 
+def generation_problems(run: GuestRun) -> list[str]:
+    """Neither the reset nor the reconnect after the killed path changed anything (no command
+    changed the reservation meanwhile, so the generation stays)."""
+    problems, gens = [], {}
+    for name in ("report-held", "report-reset", "report-killed"):
+        try:
+            gens[name] = run.step(name).json()["gen"]
+        except (AssertionError, ValueError, KeyError) as error:
+            problems.append(f"{name}: no generation: {error!r}")
+    if len(set(gens.values())) > 1:
+        problems.append(f"generation changed across reset/path kill: {gens}")
+    return problems
+
+
+def start_vm(linuxvm: LinuxVM, ports: dict[int, Any], tmp_path: Path, sections: str) -> StreamingVM:
+    """The guest script for ``sections``, host A on port 1, host B on port 2 (not started)."""
+    env = {
+        "NQN": NQN, "ADDR": GUEST_HOST_IP, "PORT_A": str(ports[1][1]),
+        "PORT_B": str(ports[2][1]), "HOSTNQN_A": HOST_A[0], "HOSTID_A": HOST_A[1],
+        "HOSTNQN_B": HOST_B[0], "HOSTID_B": HOST_B[1], "KEY_A": hex(KEY_A),
+        "KEY_B": hex(KEY_B), "CONNECT_ARGS": CONNECT_ARGS, "SECTIONS": sections,
+    }  # fmt: skip
+    argv = [str(linuxvm.run_path), "-t", str(VM_TIMEOUT), "-k", "nvme_core.multipath=N",
+            "--console-log", str(tmp_path / "console.log")]  # fmt: skip
+    for key, value in env.items():
+        argv += ["-e", f"{key}={value}"]
+    return StreamingVM([*argv, str(GUEST_DIR / "reservations.sh")], tmp_path / "vm.log",
+                       name=f"resv-{sections}")  # fmt: skip
+
+
+def check_run(run: GuestRun, problems: list[str], tmp_path: Path) -> dict[str, str]:
+    """Asserts the run went as expected; returns its INFO values."""
+    transcript = f"\n--- guest transcript: {tmp_path / 'vm.log'}\n{run.context()}"
+    info = {k: v for line in run.info for k, v in line.items()}
+    assert info.get("multipath") == "N", f"nvme_core.multipath is not N: {info}{transcript}"
+    assert run.steps, f"the guest ran no step{transcript}"
+    assert not problems, (f"{len(problems)} of the kernel host's answers were not as expected "
+                          f"(Linux {info.get('kernel')}, nvme-cli {info.get('nvme_cli')}):\n"
+                          + "\n".join(problems) + transcript)  # fmt: skip
+    assert run.rc == 0, run.context()
+    return info
+
+
 async def test_kernel_host_reservations_two_hosts(
     linuxvm: LinuxVM, interop_figures: Callable[[str], None], tmp_path: Path
 ) -> None:
     release = os.environ.get("LINUXVM_RELEASE", "bookworm")
     faulthandler.cancel_dump_traceback_later()  # every wait below is bounded on its own
     async with running_target(CONFIG) as target, trio.open_nursery() as nursery:
-        ports = target.ports
-        env = {
-            "NQN": NQN, "ADDR": GUEST_HOST_IP, "PORT_A": str(ports[1][1]),
-            "PORT_B": str(ports[2][1]), "HOSTNQN_A": HOST_A[0], "HOSTID_A": HOST_A[1],
-            "HOSTNQN_B": HOST_B[0], "HOSTID_B": HOST_B[1], "KEY_A": hex(KEY_A),
-            "KEY_B": hex(KEY_B), "CONNECT_ARGS": CONNECT_ARGS,
-        }  # fmt: skip
-        argv = [str(linuxvm.run_path), "-t", str(VM_TIMEOUT), "-k", "nvme_core.multipath=N",
-                "--console-log", str(tmp_path / "console.log")]  # fmt: skip
-        for key, value in env.items():
-            argv += ["-e", f"{key}={value}"]
-        vm = StreamingVM([*argv, str(GUEST_DIR / "reservations.sh")], tmp_path / "vm.log",
-                         name="resv")  # fmt: skip
+        vm = start_vm(linuxvm, target.ports, tmp_path, "nvme-cli")
         nursery.start_soon(vm.run)
         await vm.wait_marker("RESV-READY", BOOT_TIMEOUT)
         await vm.wait_marker("RESV-PORTKILL", STEPS_TIMEOUT)
@@ -266,19 +335,10 @@ async def test_kernel_host_reservations_two_hosts(
             await vm.exited.wait()
     run = vm.result()
 
-    transcript = f"\n--- guest transcript: {tmp_path / 'vm.log'}\n{run.context()}"
-    info = {k: v for line in run.info for k, v in line.items()}
-    assert info.get("multipath") == "N", f"nvme_core.multipath is not N: {info}{transcript}"
-    assert run.steps, f"the guest ran no step{transcript}"
+    problems = judge(run, expected_steps(), expected_reports()) + generation_problems(run)
+    info = check_run(run, problems, tmp_path)
     assert affected >= 1, "port 1 down touched no connection: host A was not on port 1"
-
-    problems = judge(run)
-    assert not problems, (f"{len(problems)} of the kernel host's answers were not as expected "
-                          f"(Linux {info.get('kernel')}, nvme-cli {info.get('nvme_cli')}):\n"
-                          + "\n".join(problems) + transcript)  # fmt: skip
     assert back.endswith("rc=0"), back
-    assert run.rc == 0, run.context()
-
     # Each reset and reconnect made host A a new controller, which still holds what A held.
     cntlid = {i["phase"]: i["cntlid"] for i in run.infos("phase") if "cntlid" in i}
     assert len(set(cntlid.values())) == 3, f"host A's controller IDs: {cntlid}"
@@ -288,3 +348,48 @@ async def test_kernel_host_reservations_two_hosts(
         f"{len(run.steps)} guest steps in {run.duration:.0f} s; host A live again "
         f"{back_at - up_at:.1f} s after port up; host A's cntlid {' '.join(cntlids)}"
     )
+
+
+@pytest.fixture
+def blkpr_guest(linuxvm: LinuxVM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest with util-linux-extra (blkpr) for this test's `run`, built now; skips with
+    the reason where it cannot be built (a sync fixture: an async test's skip loses its
+    reason under pytest-trio)."""
+    monkeypatch.setenv("LINUXVM_EXTRA_PACKAGES", BLKPR_PACKAGES)
+    build = linuxvm.run_path.parent / "build"
+    try:
+        result = subprocess.run([str(build), "--quiet"], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, errors="replace",
+                                timeout=BUILD_TIMEOUT, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"linuxvm: no guest with {BLKPR_PACKAGES} within {BUILD_TIMEOUT} s")
+    if result.returncode != 0:
+        pytest.skip(f"linuxvm: no guest with {BLKPR_PACKAGES} (build rc {result.returncode}):\n"
+                    + tail(result.stdout + result.stderr, 10))  # fmt: skip
+
+
+@pytest.mark.skipif(os.environ.get("LINUXVM_RELEASE", "bookworm") == "bookworm",
+                    reason="blkpr needs util-linux 2.39 or later: Debian 12 has 2.38 (trixie "
+                    "2.41: LINUXVM_RELEASE=trixie)")  # fmt: skip
+async def test_kernel_pr_ioctls_blkpr_two_hosts(
+    linuxvm: LinuxVM,
+    interop_figures: Callable[[str], None],
+    tmp_path: Path,
+    blkpr_guest: None,
+) -> None:
+    """The kernel's own reservation code (block layer PR ioctls -> drivers/nvme/host/pr.c),
+    driven by util-linux's blkpr: register, reserve, conflicts (PR_STS_RESERVATION_CONFLICT,
+    EBADE for I/O), release, preempt, preempt and abort, replace, clear."""
+    release = os.environ.get("LINUXVM_RELEASE", "bookworm")
+    faulthandler.cancel_dump_traceback_later()
+    async with running_target(CONFIG) as target, trio.open_nursery() as nursery:
+        vm = start_vm(linuxvm, target.ports, tmp_path, "blkpr")
+        nursery.start_soon(vm.run)
+        await vm.wait_marker("RESV-READY", BOOT_TIMEOUT)
+        await vm.wait_marker("RESV-DONE", STEPS_TIMEOUT)
+        with trio.fail_after(60):
+            await vm.exited.wait()
+    run = vm.result()
+    info = check_run(run, judge(run, expected_blkpr_steps(), expected_blkpr_reports()), tmp_path)
+    interop_figures(f"reservations via blkpr ({release}, Linux {info.get('kernel')}): "
+                    f"{len(run.steps)} guest steps in {run.duration:.0f} s")  # fmt: skip

@@ -20,6 +20,9 @@
 #   CONNECT_ARGS   `nvme connect` timers (default "-k 2 -c 1 -l 60")
 #   DOWN_TIMEOUT   seconds to wait for host A's controller to leave "live" (default 30)
 #   LIVE_TIMEOUT   seconds to wait for it to be live again (default 60)
+#   SECTIONS       nvme-cli (default): the nvme-cli resv-* steps and the reset / path kill;
+#                  blkpr: the kernel's PR ioctls through util-linux's blkpr instead (needs
+#                  LINUXVM_EXTRA_PACKAGES=util-linux-extra, 2.39 or later: trixie)
 set -u
 ADDR=${ADDR:-${LINUXVM_HOST_IP:-10.0.2.2}}
 KEY_A=${KEY_A:-0xa1}
@@ -27,6 +30,7 @@ KEY_B=${KEY_B:-0xb2}
 CONNECT_ARGS=${CONNECT_ARGS:--k 2 -c 1 -l 60}
 DOWN_TIMEOUT=${DOWN_TIMEOUT:-30}
 LIVE_TIMEOUT=${LIVE_TIMEOUT:-60}
+SECTIONS=${SECTIONS:-nvme-cli}
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 now() { cut -d. -f1 /proc/uptime; }
@@ -133,6 +137,40 @@ wait_state() {
   done
   return 1
 }
+
+# -- SECTIONS=blkpr: the kernel's own reservation code instead of nvme-cli's passthrough: the
+# block layer's PR ioctls (pr_ops, drivers/nvme/host/pr.c) through util-linux's blkpr. Its
+# preempt sends CRKEY = --oldkey (the caller's own key), PRKEY = --key (the key to preempt).
+if [ "$SECTIONS" = blkpr ]; then
+  pr() {
+    _n=$1 _h=$2
+    shift 2
+    step "$_n" blkpr "$@" "$(dev "$_h")"
+  }
+  pr pr-reg-a A -c register -k "$KEY_A"
+  pr pr-reg-b B -c register -k "$KEY_B"
+  report pr-report-registered A
+  pr pr-reserve-a A -c reserve -k "$KEY_A" -t exclusive-access
+  pr pr-reserve-b B -c reserve -k "$KEY_B" -t exclusive-access
+  ddwrite pr-b-ddwrite B
+  ddread pr-b-ddread B
+  pr pr-release-a-wrongtype A -c release -k "$KEY_A" -t write-exclusive
+  report pr-report-reserved A
+  pr pr-preempt-b B -c preempt -K "$KEY_B" -k "$KEY_A" -t write-exclusive
+  report pr-report-preempted B
+  ddwrite pr-a-ddwrite A
+  pr pr-reg-a-again A -c register -k "$KEY_A"
+  pr pr-preempt-abort-a A -c preempt-abort -K "$KEY_A" -k "$KEY_B" -t exclusive-access
+  report pr-report-aborted A
+  pr pr-replace-a A -c register -K "$KEY_A" -k 0xa9
+  pr pr-release-a A -c release -k 0xa9 -t exclusive-access
+  pr pr-reg-b-again B -c register -k "$KEY_B"
+  report pr-report-released A
+  pr pr-clear-a A -c clear -k 0xa9
+  report pr-report-cleared A
+  ddwrite pr-b-ddwrite-cleared B
+  finish 0
+fi
 
 # -- Reservation Register: register, again (same key / another key), replace, unregister -----
 register reg-a A 0 "$KEY_A"
