@@ -307,11 +307,24 @@ def check_run(run: GuestRun, problems: list[str], tmp_path: Path) -> dict[str, s
     info = {k: v for line in run.info for k, v in line.items()}
     assert info.get("multipath") == "N", f"nvme_core.multipath is not N: {info}{transcript}"
     assert run.steps, f"the guest ran no step{transcript}"
+    # Reservations supported (ONCS bit 5), all six types and IEKEY as of NVMe 1.3 (RESCAP, as
+    # nvmet 6.13+ advertises them).
+    assert int(info.get("oncs", "0"), 16) & 0x20, f"ONCS without reservations: {info}"
+    assert int(info.get("rescap", "0"), 16) == 0xFE, f"RESCAP: {info}"
     assert not problems, (f"{len(problems)} of the kernel host's answers were not as expected "
                           f"(Linux {info.get('kernel')}, nvme-cli {info.get('nvme_cli')}):\n"
                           + "\n".join(problems) + transcript)  # fmt: skip
     assert run.rc == 0, run.context()
     return info
+
+
+def ctratt_note(info: dict[str, str]) -> str:
+    """Identify Controller CTRATT bit 0 (128-bit Host Identifier): nvmet (6.1, 6.12) says 0x41
+    (that bit and TBKAS); Report without EDS is refused for want of a 128-bit Host ID."""
+    ctratt = int(info.get("ctratt", "0"), 16)
+    if ctratt & 1:
+        return f"CTRATT {ctratt:#x}"
+    return f"CTRATT {ctratt:#x}: no 128-bit Host Identifier bit (nvmet: 0x41)"
 
 
 async def test_kernel_host_reservations_two_hosts(
@@ -346,7 +359,8 @@ async def test_kernel_host_reservations_two_hosts(
     interop_figures(
         f"reservations ({release}, Linux {info.get('kernel')}, nvme-cli {info.get('nvme_cli')}): "
         f"{len(run.steps)} guest steps in {run.duration:.0f} s; host A live again "
-        f"{back_at - up_at:.1f} s after port up; host A's cntlid {' '.join(cntlids)}"
+        f"{back_at - up_at:.1f} s after port up; host A's cntlid {' '.join(cntlids)}; "
+        + ctratt_note(info)
     )
 
 

@@ -90,6 +90,11 @@ for c in "$CA" "$CB"; do
   echo "INFO ctrl=$c cntlid=$(cat "/sys/class/nvme/$c/cntlid") hostid=$(cat "/sys/class/nvme/$c/hostid")" \
     "address=$(cat "/sys/class/nvme/$c/address" | tr -d ' ')"
 done
+# What the controller and namespace say about reservations (ONCS bit 5, RESCAP) and Host IDs
+# (CTRATT bit 0: 128-bit Host Identifier).
+echo "INFO ctratt=$(nvme id-ctrl "/dev/$CA" | sed -n 's/^ctratt *: *//p')" \
+  "oncs=$(nvme id-ctrl "/dev/$CA" | sed -n 's/^oncs *: *//p')" \
+  "rescap=$(nvme id-ns "/dev/$DA" | sed -n 's/^rescap *: *//p')"
 echo "RESV-READY uptime=$(uptime_s)"
 
 dev() { if [ "$1" = A ]; then echo "/dev/$DA"; else echo "/dev/$DB"; fi; }
