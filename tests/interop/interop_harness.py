@@ -315,7 +315,7 @@ def stop_target(proc: subprocess.Popen[bytes]) -> int | None:
 @dataclass
 class StreamingVM:
     """``linuxvm run SCRIPT`` as a Trio subprocess, its output read as it comes: lines starting
-    with ``CHAOS-`` or ``LIVE-`` are markers a test can wait for (:meth:`wait_marker`)."""
+    with ``CHAOS-``, ``LIVE-`` or ``RESV-`` are markers a test can wait for (:meth:`wait_marker`)."""
 
     argv: list[str]
     log_path: Path
@@ -371,7 +371,7 @@ class StreamingVM:
         if log is not None:
             log.write(line + "\n")
             log.flush()
-            if line.startswith(("CHAOS-", "LIVE-")):
+            if line.startswith(("CHAOS-", "LIVE-", "RESV-")):
                 self.markers[line.split()[0]] = (trio.current_time(), line)
         if not self.echo:
             return
