@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from initiator.commands import connect_paths, controller_options, dump_json, err, pick_head
 from initiator.host import Host, open_host
@@ -17,6 +18,9 @@ from initiator.reservations import ReservationError, acquire, register, release,
 from initiator.resv_cli import report_length
 from initiator.status_text import nvme_status_line
 from nvmeof.wire.reservations import ReservationStatus, parse_reservation_status
+
+if TYPE_CHECKING:
+    from initiator.multipath import MultipathHead
 
 #: Identify Controller CTRATT bit 0: the controller uses 128-bit Host Identifiers, so nvme-cli
 #: asks for the extended report whether ``--eds`` was given or not.
@@ -41,36 +45,34 @@ def _done(args: argparse.Namespace, what: str) -> int:
     return 0
 
 
-async def cmd_resv_register(host: Host, args: argparse.Namespace) -> int:
+async def _send(host: Host, args: argparse.Namespace,
+                command: Callable[[MultipathHead], Awaitable[object]], success: str) -> int:  # fmt: skip
+    """Connect, send one reservation command through the head, report as nvme-cli does."""
     await connect_paths(host, args)
     head = pick_head(host, args)
     try:
-        await register(head, args.rrega, crkey=args.crkey, nrkey=args.nrkey, iekey=args.iekey,
-                       cptpl=args.cptpl)  # fmt: skip
+        await command(head)
     except ReservationError as error:
         return _refused(args, error)
-    return _done(args, "NVME Reservation success")
+    return _done(args, success)
+
+
+async def cmd_resv_register(host: Host, args: argparse.Namespace) -> int:
+    return await _send(host, args, lambda head: register(
+        head, args.rrega, crkey=args.crkey, nrkey=args.nrkey, iekey=args.iekey, cptpl=args.cptpl,
+    ), "NVME Reservation success")  # fmt: skip
 
 
 async def cmd_resv_acquire(host: Host, args: argparse.Namespace) -> int:
-    await connect_paths(host, args)
-    head = pick_head(host, args)
-    try:
-        await acquire(head, args.racqa, args.rtype, crkey=args.crkey, prkey=args.prkey,
-                      iekey=args.iekey)  # fmt: skip
-    except ReservationError as error:
-        return _refused(args, error)
-    return _done(args, "NVME Reservation Acquire success")
+    return await _send(host, args, lambda head: acquire(
+        head, args.racqa, args.rtype, crkey=args.crkey, prkey=args.prkey, iekey=args.iekey,
+    ), "NVME Reservation Acquire success")  # fmt: skip
 
 
 async def cmd_resv_release(host: Host, args: argparse.Namespace) -> int:
-    await connect_paths(host, args)
-    head = pick_head(host, args)
-    try:
-        await release(head, args.rrela, args.rtype, crkey=args.crkey, iekey=args.iekey)
-    except ReservationError as error:
-        return _refused(args, error)
-    return _done(args, "NVME Reservation Release success")
+    return await _send(host, args, lambda head: release(
+        head, args.rrela, args.rtype, crkey=args.crkey, iekey=args.iekey,
+    ), "NVME Reservation Release success")  # fmt: skip
 
 
 async def cmd_resv_report(host: Host, args: argparse.Namespace) -> int:
