@@ -46,7 +46,7 @@ def as_target_config(source: ConfigSource, *, name: str = "<dict>") -> TargetCon
 def config_toml(config: TargetConfig) -> str:
     """``config`` as native TOML, its ``[[fault]]`` rules included (the daemon installs them
     at start, as it does for any configuration file)."""
-    document = export_native(config)
+    document = export_native(config, show_secrets=True)  # the daemon needs the secrets
     if config.faults:
         document["fault"] = [dict(rule) for rule in config.faults]
     return tomli_w.dumps(document)

@@ -4,7 +4,7 @@ Commands:
     serve [--config FILE] [--advertise ADDR] [--log-level LEVEL]
           [--control ADDR:PORT|off] [--control-token-file FILE] [--metrics ADDR:PORT|off]
           [--pcap DIR] [--ready-file FILE]
-    config export [--config FILE] [--output FILE]   (nvmetcli JSON)
+    config export [--config FILE] [--output FILE] [--show-secrets]   (nvmetcli JSON)
     config check FILE
     ctl ...   (operate a running target: see :mod:`target.control.ctl`)
 Bad configuration or arguments print one line naming the problem and exit with status 2.
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = config_sub.add_parser("export", help="write the configuration as nvmetcli JSON")
     export.add_argument("--config", metavar="FILE")
     export.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
+    export.add_argument("--show-secrets", action="store_true",
+                        help="write DH-HMAC-CHAP secrets (hidden by default)")  # fmt: skip
     check = config_sub.add_parser("check", help="validate a configuration file")
     check.add_argument("file")
     add_ctl_parser(sub, _Parser)
@@ -229,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging(args.log_level)
             return _serve(args, target, token)
         if args.config_command == "export":
-            text = dump_nvmetcli_json(_load(args.config))
+            text = dump_nvmetcli_json(_load(args.config), show_secrets=args.show_secrets)
             if args.output:
                 with open(args.output, "w", encoding="utf-8") as out:
                     out.write(text + "\n")
@@ -240,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_config(args.file, warnings)
         for line in warnings:
             print(f"warning: {line}")
-        print(f"{args.file}: OK" + (f" ({len(warnings)} warnings)" if warnings else ""))
+        plural = "s" if len(warnings) > 1 else ""
+        print(f"{args.file}: OK" + (f" ({len(warnings)} warning{plural})" if warnings else ""))
         return 0
     except (ConfigError, ControlSetupError) as err:
         print(f"nvmeof-target: {err}", file=sys.stderr)

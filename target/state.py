@@ -23,7 +23,7 @@ from nvmeof.constants import (
     TransportType,
 )
 from nvmeof.wire.logpages import AnaGroupDescriptor, DiscoveryEntry
-from target.config import NamespaceConfig, SubsystemConfig, TargetConfig
+from target.config import HostConfig, NamespaceConfig, SubsystemConfig, TargetConfig
 from target.control.faults import FaultRule, FaultSet
 from target.controller import Controller
 from target.port import Port
@@ -91,8 +91,9 @@ class TargetState:
             s.nqn: Subsystem(s) for s in config.subsystems
         }
         self.ports: dict[int, Port] = {p.id: Port(p) for p in config.ports}
-        #: nvmetcli's ``hosts``: the host NQNs known to the target (allowed hosts need not be).
-        self.hosts: tuple[str, ...] = config.hosts
+        #: nvmetcli's ``hosts``: the hosts known to the target (allowed hosts need not be), with
+        #: their DH-HMAC-CHAP settings; a Connect looks its host up here.
+        self.hosts: tuple[HostConfig, ...] = config.hosts
         self.ana_chgcnt = 0
         self.discovery_genctr = 0
         #: The discovery subsystem's NQN: the unique one if configured (TP 8013).
@@ -110,6 +111,9 @@ class TargetState:
         self.termreqs_sent = 0
 
     # -- lookups -----------------------------------------------------------------------------
+
+    def host_config(self, nqn: str) -> HostConfig | None:
+        return next((h for h in self.hosts if h.nqn == nqn), None)
 
     def controllers(self) -> list[Controller]:
         ctrls = list(self.discovery_controllers.values())

@@ -14,23 +14,47 @@ from typing import Any
 import tomli_w
 
 from target.config.files import address_family
-from target.config.model import NamespaceConfig, PortConfig, SubsystemConfig, TargetConfig
+from target.config.model import (
+    SECRET_HIDDEN,
+    HostConfig,
+    NamespaceConfig,
+    PortConfig,
+    SubsystemConfig,
+    TargetConfig,
+)
 
 __all__ = ["dump_native_toml", "dump_nvmetcli_json", "export_native", "export_nvmetcli"]
 
 _DEFAULTS = SubsystemConfig(nqn="")
 
 
-def export_nvmetcli(config: TargetConfig) -> dict[str, Any]:
-    """The config as ``nvmetcli save`` would write it, plus the extension keys (see module doc)."""
+def export_nvmetcli(config: TargetConfig, *, show_secrets: bool = False) -> dict[str, Any]:
+    """The config as ``nvmetcli save`` would write it, plus the extension keys (see module doc);
+    DH-HMAC-CHAP secrets as SECRET_HIDDEN unless ``show_secrets``."""
     out: dict[str, Any] = {
-        "hosts": [{"nqn": nqn} for nqn in config.hosts],
+        "hosts": [_export_host(host, show_secrets) for host in config.hosts],
         "ports": [_export_port(port) for port in config.ports],
         "subsystems": [_export_subsystem(sub) for sub in config.subsystems],
     }
     if config.discovery_nqn is not None:
         out["discovery"] = {"discovery_nqn": config.discovery_nqn}
     return out
+
+
+def _export_host(host: HostConfig, show_secrets: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"nqn": host.nqn}
+    if host.dhchap_key is not None:  # configfs hosts/<nqn>/dhchap_*
+        out["dhchap"] = {
+            name: _secret(value, show_secrets) if name.endswith("key") else value
+            for name, value in (("key", host.dhchap_key), ("ctrl_key", host.dhchap_ctrl_key),
+                                ("hash", host.dhchap_hash), ("dhgroup", host.dhchap_dhgroup))
+            if value is not None
+        }  # fmt: skip
+    return out
+
+
+def _secret(value: str, show: bool) -> str:
+    return value if show else SECRET_HIDDEN
 
 
 def _export_addr(addr: str, port: int) -> dict[str, str]:
@@ -94,22 +118,39 @@ def _export_namespace(ns: NamespaceConfig) -> dict[str, Any]:
             "resv": {"enable": int(ns.reservations)}}  # fmt: skip
 
 
-def dump_nvmetcli_json(config: TargetConfig) -> str:
+def dump_nvmetcli_json(config: TargetConfig, *, show_secrets: bool = False) -> str:
     """:func:`export_nvmetcli` as text, formatted like ``nvmetcli save`` (sorted, indent 2)."""
-    return json.dumps(export_nvmetcli(config), sort_keys=True, indent=2) + "\n"
+    doc = export_nvmetcli(config, show_secrets=show_secrets)
+    return json.dumps(doc, sort_keys=True, indent=2) + "\n"
 
 
 # -- native TOML ------------------------------------------------------------------------------
 
 
-def export_native(config: TargetConfig) -> dict[str, Any]:
-    """The config as a native TOML document (every field written, identifiers as text)."""
+def export_native(config: TargetConfig, *, show_secrets: bool = False) -> dict[str, Any]:
+    """The config as a native TOML document (every field written, identifiers as text; hosts
+    as ``[[host]]`` tables when one has DH-HMAC-CHAP settings, whose secrets are
+    SECRET_HIDDEN unless ``show_secrets``)."""
     out: dict[str, Any] = {}
     if config.discovery_nqn is not None:
         out["discovery_nqn"] = config.discovery_nqn
-    out["hosts"] = list(config.hosts)
+    if any(h.dhchap_key is not None for h in config.hosts):
+        out["host"] = [_native_host(h, show_secrets) for h in config.hosts]
+    else:
+        out["hosts"] = list(config.host_nqns)
     out["subsystem"] = [_native_subsystem(sub) for sub in config.subsystems]
     out["port"] = [_native_port(port) for port in config.ports]
+    return out
+
+
+def _native_host(host: HostConfig, show_secrets: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"nqn": host.nqn}
+    for name in ("dhchap_key", "dhchap_ctrl_key"):
+        value = getattr(host, name)
+        if value is not None:
+            out[name] = _secret(value, show_secrets)
+    if host.dhchap_key is not None:
+        out.update(dhchap_hash=host.dhchap_hash, dhchap_dhgroup=host.dhchap_dhgroup)
     return out
 
 
@@ -151,6 +192,6 @@ def _native_port(port: PortConfig) -> dict[str, Any]:
     return out
 
 
-def dump_native_toml(config: TargetConfig) -> str:
+def dump_native_toml(config: TargetConfig, *, show_secrets: bool = False) -> str:
     """:func:`export_native` as TOML text."""
-    return tomli_w.dumps(export_native(config))
+    return tomli_w.dumps(export_native(config, show_secrets=show_secrets))

@@ -12,6 +12,13 @@ Native TOML (complete example: ``deploy/target.example.toml``)::
 
     hosts = ["nqn.2014-08.org.nvmexpress:uuid:..."]   # optional; before the first [[...]]
 
+    [[host]]                  # or hosts as tables (not both), with DH-HMAC-CHAP settings
+    nqn = "nqn.2014-08.org.nvmexpress:uuid:..."
+    dhchap_key = "DHHC-1:00:...:"        # the host's secret: it must authenticate
+    dhchap_ctrl_key = "DHHC-1:00:...:"   # optional: the controller proves itself too
+    dhchap_hash = "hmac(sha256)"         # hmac(sha256|sha384|sha512)
+    dhchap_dhgroup = "null"              # null | ffdhe2048 | 3072 | 4096 | 6144 | 8192
+
     [[subsystem]]
     nqn = "nqn.2026-11.io.nvmeof-emu:demo"   # required
     serial = "..."            # optional (default: derived from the NQN)
@@ -63,7 +70,8 @@ Omitted keys take the dataclass defaults; unknown keys are errors.
 
 nvmetcli JSON (what ``nvmetcli save`` writes) maps as follows:
 
-* ``hosts[].nqn`` -> ``hosts``; ``subsystems[].attr``: ``allow_any_host``, ``serial``, ``model``,
+* ``hosts[].nqn`` -> ``hosts``, with ``hosts[].dhchap.{key,ctrl_key,hash,dhgroup}`` (configfs
+  ``dhchap_*``; an empty string is unset); ``subsystems[].attr``: ``allow_any_host``, ``serial``, ``model``,
   ``qid_max`` (-> ``max_io_queues``); ``allowed_hosts``; other attributes are ignored.
 * ``namespaces[]``: ``nsid``, ``enable`` (absent: disabled, as nvmetcli leaves it),
   ``resv.enable`` (configfs ``resv_enable``, absent: reservations off, as in nvmet),
@@ -93,6 +101,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tomllib
 import uuid
@@ -104,6 +113,8 @@ from nvmeof.constants import AnaState
 from target.config.keynames import file_path
 from target.config.model import (
     BLOCK_SIZES,
+    ConfigError,
+    HostConfig,
     NamespaceConfig,
     PortConfig,
     ReferralConfig,
@@ -146,6 +157,7 @@ NAMESPACE_KEYS = {"nsid", "size", "block_size", "backend", "path", "uuid", "ngui
 PORT_KEYS = {"id", "addr", "port", "advertise", "subsystems", "inline_data_size", "ana",
               "referral", "strict"}  # fmt: skip
 REFERRAL_KEYS = {"name", "addr", "port", "portid"}
+HOST_KEYS = {"nqn", "dhchap_key", "dhchap_ctrl_key", "dhchap_hash", "dhchap_dhgroup"}
 
 
 def load_config(path: str | os.PathLike[str], warnings: list[str] | None = None) -> TargetConfig:
@@ -187,21 +199,12 @@ def load_config(path: str | os.PathLike[str], warnings: list[str] | None = None)
 
 def config_warnings(config: TargetConfig, source: str, fmt: str,
                     document: Mapping[str, Any]) -> list[str]:  # fmt: skip
-    """What a valid configuration says that the target will not do, one line each:
-    DH-HMAC-CHAP keys (not supported yet: such a host connects without authentication), and
-    allowed hosts missing from the host list (nvmetcli links them under ``hosts``, so nvmet
-    refuses them; the native format needs a list only if it gives one)."""
+    """What a valid configuration says that the target will not do, one line each: allowed
+    hosts missing from the host list (nvmetcli links them under ``hosts``, so nvmet refuses
+    them; the native format needs a list only if it gives one)."""
     out = []
-    for index, host in enumerate(document.get("hosts") or []):
-        if (
-            fmt == "nvmetcli"
-            and isinstance(host, Mapping)
-            and any((host.get("dhchap") or {}).values())
-        ):
-            out.append(f"{source}: hosts[{index}].dhchap: ignored: DH-HMAC-CHAP is not "
-                       "supported yet, the host connects without authentication")  # fmt: skip
     if fmt == "nvmetcli" or config.hosts:
-        known = set(config.hosts)
+        known = set(config.host_nqns)
         for s_index, sub in enumerate(config.subsystems):
             for h_index, host in enumerate(sub.allowed_hosts):
                 if host not in known:
@@ -218,18 +221,36 @@ def _put(kwargs: dict[str, Any], name: str, value: object) -> None:
 # -- native TOML ----------------------------------------------------------------------------
 
 
-def load_native(data: Mapping[str, Any], source: str) -> TargetConfig:
+def load_native(data: Mapping[str, Any], source: str, *,
+                hidden_secrets: bool = False) -> TargetConfig:  # fmt: skip
     """Build and validate a TargetConfig from a parsed native TOML document."""
-    top = Table(data, source, "", {"subsystem", "port", "hosts", "fault", "discovery_nqn"})
+    top = Table(data, source, "",
+                {"subsystem", "port", "hosts", "host", "fault", "discovery_nqn"})  # fmt: skip
+    names = top.texts("hosts") or ()
+    tables = tuple(native_host(t) for t in top.tables("host", HOST_KEYS))
+    if names and tables:
+        raise top.error("hosts", "give hosts either as a list of NQNs or as [[host]] tables")
     config = TargetConfig(
         subsystems=tuple(native_subsystem(t) for t in top.tables("subsystem", SUBSYSTEM_KEYS)),
         ports=tuple(native_port(t) for t in top.tables("port", PORT_KEYS)),
-        hosts=top.texts("hosts") or (),
+        hosts=tables or tuple(HostConfig(nqn=n) for n in names),
         faults=tuple(fault_rule_kwargs(t) for t in top.tables("fault", FAULT_KEYS)),
         discovery_nqn=top.text("discovery_nqn"),
     )
-    validate(config, source, "native")
+    try:
+        validate(config, source, "native", hidden_secrets=hidden_secrets)
+    except ConfigError as err:
+        if names:  # the list form: name the key as written (hosts[0], not host[0].nqn)
+            raise ConfigError(re.sub(r"\bhost\[(\d+)\]\.nqn\b", r"hosts[\1]", str(err))) from None
+        raise
     return config
+
+
+def native_host(t: Table) -> HostConfig:
+    kwargs: dict[str, Any] = {"nqn": t.require_text("nqn")}
+    for name in ("dhchap_key", "dhchap_ctrl_key", "dhchap_hash", "dhchap_dhgroup"):
+        _put(kwargs, name, t.text(name))
+    return HostConfig(**kwargs)
 
 
 def native_subsystem(t: Table) -> SubsystemConfig:
@@ -311,14 +332,18 @@ def _ana_state(t: Table, key: str) -> AnaState:
 # -- nvmetcli JSON --------------------------------------------------------------------------
 
 
-def load_nvmetcli(data: Mapping[str, Any], source: str) -> TargetConfig:
+def load_nvmetcli(data: Mapping[str, Any], source: str, *,
+                  hidden_secrets: bool = False) -> TargetConfig:  # fmt: skip
     """Build and validate a TargetConfig from a parsed ``nvmetcli save`` document."""
     top = Table(data, source, "", {"hosts", "ports", "subsystems", "discovery"})
     discovery = top.table("discovery")
     hosts = []
     for h in top.tables("hosts", {"nqn", "dhchap"}):
-        h.table("dhchap")
-        hosts.append(h.require_text("nqn"))
+        dhchap = _group(h, "dhchap")
+        kwargs: dict[str, Any] = {"nqn": h.require_text("nqn")}
+        for name in ("key", "ctrl_key", "hash", "dhgroup"):  # configfs dhchap_<name>
+            _put(kwargs, f"dhchap_{name}", dhchap.text(name) or None)  # "" means unset
+        hosts.append(HostConfig(**kwargs))
     subsystem_keys = {"nqn", "attr", "namespaces", "allowed_hosts", "passthru",
                       "nvmeof_emu_queue_size", "nvmeof_emu_max_namespaces"}  # fmt: skip
     port_keys = {"portid", "addr", "param", "subsystems", "ana_groups", "referrals",
@@ -329,7 +354,7 @@ def load_nvmetcli(data: Mapping[str, Any], source: str) -> TargetConfig:
         hosts=tuple(hosts),
         discovery_nqn=discovery.text("discovery_nqn") if discovery is not None else None,
     )
-    validate(config, source, "nvmetcli")
+    validate(config, source, "nvmetcli", hidden_secrets=hidden_secrets)
     return config
 
 

@@ -18,7 +18,8 @@ FORMATS = ("fields", "native", "nvmetcli")
 #: keeps the dataclass's, but for ANA). A port's ``subsystems`` (NQN strings) keeps its name.
 _NATIVE_LISTS = {("", "subsystems"): "subsystem", ("subsystems", "namespaces"): "namespace",
                  ("", "ports"): "port", ("ports", "referrals"): "referral",
-                 ("", "faults"): "fault", ("ports", "ana_states"): "ana"}  # fmt: skip
+                 ("", "faults"): "fault", ("ports", "ana_states"): "ana",
+                 ("", "hosts"): "host"}  # fmt: skip
 _NVMETCLI_LISTS = {("ports", "ana_states"): "ana_groups"}
 
 #: Fields nvmetcli names otherwise, by the collection they belong to.
@@ -36,6 +37,8 @@ _NVMETCLI_FIELDS = {
               "advertise": "nvmeof_emu_advertise", "inline_data_size": "param.inline_data_size",
               "strict": "nvmeof_emu_strict"},
     "referrals": {"addr": "addr.traddr", "port": "addr.trsvcid", "portid": "addr.portid"},
+    "hosts": {"dhchap_key": "dhchap.key", "dhchap_ctrl_key": "dhchap.ctrl_key",
+              "dhchap_hash": "dhchap.hash", "dhchap_dhgroup": "dhchap.dhgroup"},
 }  # fmt: skip
 
 _PART = re.compile(r"([A-Za-z_]+)(\[\d+\])?")

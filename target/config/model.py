@@ -17,6 +17,13 @@ from nvmeof.constants import DISCOVERY_PORT, AnaState
 DEMO_NQN = "nqn.2026-11.io.nvmeof-emu:demo"
 BACKENDS = ("ram", "file", "null")
 BLOCK_SIZES = (512, 4096)
+#: nvmet's names for the DH-HMAC-CHAP hash functions and DH groups (configfs dhchap_hash and
+#: dhchap_dhgroup; the first of each is nvmet's default for a new host).
+DHCHAP_HASHES = ("hmac(sha256)", "hmac(sha384)", "hmac(sha512)")
+DHCHAP_DHGROUPS = ("null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192")
+#: What an export writes in place of a secret unless asked to show them; applied live, it keeps
+#: the secret the target has; in a file read at start it is an error.
+SECRET_HIDDEN = "(hidden)"
 
 
 class ConfigError(ValueError):
@@ -116,12 +123,46 @@ class PortConfig:
 
 
 @dataclass(frozen=True)
+class HostConfig:
+    """A host the target knows (nvmet's configfs ``hosts/<nqn>``) and how it authenticates.
+
+    Attributes:
+        nqn: the host NQN.
+        dhchap_key: its DH-HMAC-CHAP secret (``DHHC-1:..``); set, the host must authenticate.
+        dhchap_ctrl_key: the controller's secret: set, the target proves itself too
+            (bidirectional authentication).
+        dhchap_hash / dhchap_dhgroup: what the target offers that host, nvmet's names.
+    Secrets stay out of ``repr`` (logs, tracebacks).
+    """
+
+    nqn: str
+    dhchap_key: str | None = field(default=None, repr=False)
+    dhchap_ctrl_key: str | None = field(default=None, repr=False)
+    dhchap_hash: str = DHCHAP_HASHES[0]
+    dhchap_dhgroup: str = DHCHAP_DHGROUPS[0]
+
+    @property
+    def authentication(self) -> str:
+        """``none``, ``host`` (the host proves itself) or ``bidirectional``."""
+        if self.dhchap_key is None:
+            return "none"
+        return "bidirectional" if self.dhchap_ctrl_key is not None else "host"
+
+
+def _host(entry: HostConfig | str) -> HostConfig:
+    return entry if isinstance(entry, HostConfig) else HostConfig(nqn=entry)
+
+
+@dataclass(frozen=True)
 class TargetConfig:
-    """Everything the daemon serves."""
+    """Everything the daemon serves.
+
+    ``hosts`` may be given as NQN strings (no authentication): they become :class:`HostConfig`.
+    """
 
     subsystems: tuple[SubsystemConfig, ...] = ()
     ports: tuple[PortConfig, ...] = ()
-    hosts: tuple[str, ...] = field(default=())
+    hosts: tuple[HostConfig, ...] = field(default=())
     #: Fault rules active from the start: keyword arguments of
     #: :class:`target.control.faults.FaultRule`.
     faults: tuple[dict[str, Any], ...] = ()
@@ -129,6 +170,18 @@ class TargetConfig:
     #: to it as well as to the well-known one, and it names the discovery subsystem in Identify
     #: and in the discovery log's "current discovery subsystem" entry. None: the well-known NQN.
     discovery_nqn: str | None = None
+
+    def __post_init__(self) -> None:
+        hosts: tuple[HostConfig | str, ...] = self.hosts
+        if any(isinstance(h, str) for h in hosts):
+            object.__setattr__(self, "hosts", tuple(_host(h) for h in hosts))
+
+    @property
+    def host_nqns(self) -> tuple[str, ...]:
+        return tuple(h.nqn for h in self.hosts)
+
+    def host(self, nqn: str) -> HostConfig | None:
+        return next((h for h in self.hosts if h.nqn == nqn), None)
 
 
 def default_config() -> TargetConfig:

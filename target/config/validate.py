@@ -21,7 +21,17 @@ from typing import Any
 
 from nvmeof.constants import CNTLID_MAX, DISCOVERY_NQN, NQN_MAX_LEN
 from target.config.keynames import file_path
-from target.config.model import BACKENDS, BLOCK_SIZES, ConfigError, NamespaceConfig, TargetConfig
+from target.config.model import (
+    BACKENDS,
+    BLOCK_SIZES,
+    DHCHAP_DHGROUPS,
+    DHCHAP_HASHES,
+    SECRET_HIDDEN,
+    ConfigError,
+    NamespaceConfig,
+    TargetConfig,
+)
+from target.config.secrets import dhchap_secret_problem
 from target.control.faults import ACTIONS, QUEUE_KINDS
 
 MAX_NSID = 0xFFFFFFFE
@@ -256,9 +266,10 @@ def ip_problem(addr: str) -> str | None:
 
 
 class _Checker:
-    def __init__(self, source: str, fmt: str = "fields") -> None:
+    def __init__(self, source: str, fmt: str = "fields", *, hidden_secrets: bool = False) -> None:
         self.source = source
         self.fmt = fmt
+        self.hidden_secrets = hidden_secrets
 
     def name(self, path: str) -> str:
         """``path`` as the file names it."""
@@ -311,13 +322,45 @@ class _Checker:
             self.int_in(f"{path}.max_namespaces", sub.max_namespaces, 1, MAX_NSID)
             self.int_in(f"{path}.cqt_ms", sub.cqt_ms, 0, 0xFFFF)
             self.namespaces(sub.namespaces, path, sub.max_namespaces)
-        for h_index, host in enumerate(config.hosts):
-            self.text(f"hosts[{h_index}]", host, nqn=True)
+        self.hosts(config)
         self.ports(config, set(seen_nqns))
         port_ids = {port.id for port in config.ports}
         for index, fault in enumerate(config.faults):
             table = Table(fault, self.source, file_path(f"faults[{index}]", self.fmt), FAULT_KEYS)
             fault_rule_kwargs(table, ports=port_ids, nqns=set(seen_nqns))
+
+    def hosts(self, config: TargetConfig) -> None:
+        seen: set[str] = set()
+        for index, host in enumerate(config.hosts):
+            path = f"hosts[{index}]"
+            nqn = self.text(f"{path}.nqn", host.nqn, nqn=True)
+            if nqn in seen:
+                raise self.fail(f"{path}.nqn", f"duplicate host {nqn!r}")
+            seen.add(nqn)
+            for name in ("dhchap_key", "dhchap_ctrl_key"):
+                secret = getattr(host, name)
+                if secret is not None:
+                    self.secret(f"{path}.{name}", secret)
+            if host.dhchap_ctrl_key is not None and host.dhchap_key is None:
+                raise self.fail(f"{path}.dhchap_ctrl_key",
+                                "a controller key needs the host's key (dhchap_key)")  # fmt: skip
+            self.one_of(f"{path}.dhchap_hash", host.dhchap_hash, DHCHAP_HASHES)
+            self.one_of(f"{path}.dhchap_dhgroup", host.dhchap_dhgroup, DHCHAP_DHGROUPS)
+
+    def secret(self, path: str, value: object) -> None:
+        """A DH-HMAC-CHAP secret as nvme-cli's gen-dhchap-key writes it (never echoed back)."""
+        if value == SECRET_HIDDEN:
+            if self.hidden_secrets:
+                return
+            raise self.fail(path, "the secret was hidden by an export; export with "
+                            "--show-secrets to keep it, or give the key")  # fmt: skip
+        problem = dhchap_secret_problem(value)
+        if problem:
+            raise self.fail(path, problem)
+
+    def one_of(self, path: str, value: object, choices: tuple[str, ...]) -> None:
+        if value not in choices:
+            raise self.fail(path, f"must be one of {', '.join(choices)}, got {describe(value)}")
 
     def namespaces(self, namespaces: tuple[NamespaceConfig, ...], parent: str,
                    max_nsid: int) -> None:  # fmt: skip
@@ -465,7 +508,8 @@ def _put(kwargs: dict[str, Any], name: str, value: object) -> None:
         kwargs[name] = value
 
 
-def validate(config: TargetConfig, source: str, fmt: str = "fields") -> None:
+def validate(config: TargetConfig, source: str, fmt: str = "fields", *,
+             hidden_secrets: bool = False) -> None:  # fmt: skip
     """Cross-check a whole configuration; raise ConfigError (one line) at the first problem.
 
     Checks: subsystem NQNs unique and syntactically valid (``nqn.`` prefix, printable ASCII,
@@ -482,5 +526,6 @@ def validate(config: TargetConfig, source: str, fmt: str = "fields") -> None:
 
     ``fmt`` names the fields in errors as the file did (:mod:`target.config.keynames`:
     ``native`` TOML, ``nvmetcli`` JSON) or as the dataclasses do (``fields``).
+    ``hidden_secrets``: accept SECRET_HIDDEN for a secret (a live apply keeps the target's).
     """
-    _Checker(source, fmt).run(config)
+    _Checker(source, fmt, hidden_secrets=hidden_secrets).run(config)

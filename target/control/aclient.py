@@ -220,8 +220,22 @@ class AsyncControlClient:
         path = f"/subsystems/{segment(nqn)}/hosts/{segment(host)}"
         return await self._changes("DELETE", path)
 
-    async def host_add(self, host: str) -> list[str]:
-        return await self._changes("POST", "/hosts", {"nqn": host})
+    async def host_add(self, host: str, *, dhchap_key: str | None = None,
+                       dhchap_ctrl_key: str | None = None, dhchap_hash: str | None = None,
+                       dhchap_dhgroup: str | None = None) -> list[str]:  # fmt: skip
+        """Add a host to the target's host list, with its DH-HMAC-CHAP settings if any."""
+        body = compact(nqn=host, dhchap_key=dhchap_key, dhchap_ctrl_key=dhchap_ctrl_key,
+                       dhchap_hash=dhchap_hash, dhchap_dhgroup=dhchap_dhgroup)  # fmt: skip
+        return await self._changes("POST", "/hosts", body)
+
+    async def host_set_key(self, host: str, *, dhchap_key: str | None = None,
+                           dhchap_ctrl_key: str | None = None, dhchap_hash: str | None = None,
+                           dhchap_dhgroup: str | None = None) -> list[str]:  # fmt: skip
+        """Rotate a host's DH-HMAC-CHAP settings (those given; "" removes a key): new
+        connections use them, live ones keep theirs until they re-authenticate."""
+        body = compact(dhchap_key=dhchap_key, dhchap_ctrl_key=dhchap_ctrl_key,
+                       dhchap_hash=dhchap_hash, dhchap_dhgroup=dhchap_dhgroup)  # fmt: skip
+        return await self._changes("PATCH", f"/hosts/{segment(host)}", body)
 
     async def host_remove(self, host: str) -> list[str]:
         return await self._changes("DELETE", f"/hosts/{segment(host)}")
@@ -261,9 +275,11 @@ class AsyncControlClient:
         """The live configuration as the native document (what ``config_export`` writes)."""
         return cast(dict[str, Any], await self.request("GET", "/config", params={"format": "json"}))
 
-    async def config_export(self, fmt: str = "toml") -> str:
-        """The live configuration as text: ``toml`` (native) or ``nvmetcli`` (JSON)."""
-        return str(await self.request("GET", "/config", params={"format": fmt}, text=True))
+    async def config_export(self, fmt: str = "toml", *, show_secrets: bool = False) -> str:
+        """The live configuration as text: ``toml`` (native) or ``nvmetcli`` (JSON);
+        DH-HMAC-CHAP secrets as ``(hidden)`` unless ``show_secrets``."""
+        params = {"format": fmt, **({"show_secrets": "1"} if show_secrets else {})}
+        return str(await self.request("GET", "/config", params=params, text=True))
 
     async def config_apply(
         self, text: str, *, fmt: str | None = None, source: str | None = None

@@ -18,6 +18,7 @@ import trio
 
 from nvmeof.constants import AnaState
 from target.config import (
+    HostConfig,
     NamespaceConfig,
     PortConfig,
     ReferralConfig,
@@ -205,17 +206,34 @@ class Operations(ReservationActions, Lifecycle, LiveConfig):
 
         return await self._edit_subsystem(nqn, edit)
 
-    async def host_add(self, host: str) -> list[str]:
-        """Add a host NQN to the target's host list (nvmetcli ``hosts``)."""
+    async def host_add(self, host: str, **dhchap: str | None) -> list[str]:
+        """Add a host to the target's host list (nvmetcli ``hosts``), with its DH-HMAC-CHAP
+        settings if any (``dhchap_key``, ``dhchap_ctrl_key``, ``dhchap_hash``,
+        ``dhchap_dhgroup``); adding a known host changes nothing."""
+        entry = HostConfig(nqn=host, **{k: v for k, v in dhchap.items() if v is not None})
         return await self.change_config(
-            lambda c: c if host in c.hosts else replace(c, hosts=(*c.hosts, host))
+            lambda c: c if c.host(host) else replace(c, hosts=(*c.hosts, entry))
         )
+
+    async def host_set_key(self, host: str, **dhchap: str | None) -> list[str]:
+        """Change a host's DH-HMAC-CHAP settings (given ones only; an empty string removes a
+        key): new connections use them, live ones keep theirs until they re-authenticate."""
+        changes: dict[str, Any] = {k: (v or None) if k.endswith("_key") else v
+                                   for k, v in dhchap.items() if v is not None}  # fmt: skip
+
+        def edit(config: TargetConfig) -> TargetConfig:
+            if config.host(host) is None:
+                raise NotFound(f"no host {host} (hosts: {list(config.host_nqns)})")
+            return replace(config, hosts=tuple(replace(h, **changes) if h.nqn == host else h
+                                               for h in config.hosts))  # fmt: skip
+
+        return await self.change_config(edit)
 
     async def host_remove(self, host: str) -> list[str]:
         def edit(config: TargetConfig) -> TargetConfig:
-            if host not in config.hosts:
-                raise NotFound(f"no host {host} (hosts: {list(config.hosts)})")
-            return replace(config, hosts=tuple(h for h in config.hosts if h != host))
+            if config.host(host) is None:
+                raise NotFound(f"no host {host} (hosts: {list(config.host_nqns)})")
+            return replace(config, hosts=tuple(h for h in config.hosts if h.nqn != host))
 
         return await self.change_config(edit)
 
@@ -399,7 +417,9 @@ class Operations(ReservationActions, Lifecycle, LiveConfig):
                                 for c in sub.controllers.values()],
             })  # fmt: skip
         return {
-            "ports": ports, "subsystems": subsystems, "hosts": list(state.hosts),
+            "ports": ports, "subsystems": subsystems, "hosts": [h.nqn for h in state.hosts],
+            # how each known host authenticates (never its secrets)
+            "host_authentication": {h.nqn: h.authentication for h in state.hosts},
             "discovery_controllers": len(state.discovery_controllers),
             "connections": len(self.connections), "ana_change_count": state.ana_chgcnt,
             "faults": self.fault_list(), "faults_fired": dict(state.faults_fired),

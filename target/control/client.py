@@ -214,8 +214,22 @@ class ControlClient:
         path = f"/subsystems/{segment(nqn)}/hosts/{segment(host)}"
         return self._changes("DELETE", path)
 
-    def host_add(self, host: str) -> list[str]:
-        return self._changes("POST", "/hosts", {"nqn": host})
+    def host_add(self, host: str, *, dhchap_key: str | None = None,
+                       dhchap_ctrl_key: str | None = None, dhchap_hash: str | None = None,
+                       dhchap_dhgroup: str | None = None) -> list[str]:  # fmt: skip
+        """Add a host to the target's host list, with its DH-HMAC-CHAP settings if any."""
+        body = compact(nqn=host, dhchap_key=dhchap_key, dhchap_ctrl_key=dhchap_ctrl_key,
+                       dhchap_hash=dhchap_hash, dhchap_dhgroup=dhchap_dhgroup)  # fmt: skip
+        return self._changes("POST", "/hosts", body)
+
+    def host_set_key(self, host: str, *, dhchap_key: str | None = None,
+                           dhchap_ctrl_key: str | None = None, dhchap_hash: str | None = None,
+                           dhchap_dhgroup: str | None = None) -> list[str]:  # fmt: skip
+        """Rotate a host's DH-HMAC-CHAP settings (those given; "" removes a key): new
+        connections use them, live ones keep theirs until they re-authenticate."""
+        body = compact(dhchap_key=dhchap_key, dhchap_ctrl_key=dhchap_ctrl_key,
+                       dhchap_hash=dhchap_hash, dhchap_dhgroup=dhchap_dhgroup)  # fmt: skip
+        return self._changes("PATCH", f"/hosts/{segment(host)}", body)
 
     def host_remove(self, host: str) -> list[str]:
         return self._changes("DELETE", f"/hosts/{segment(host)}")
@@ -255,9 +269,11 @@ class ControlClient:
         """The live configuration as the native document (what ``config_export`` writes)."""
         return cast(dict[str, Any], self.request("GET", "/config", params={"format": "json"}))
 
-    def config_export(self, fmt: str = "toml") -> str:
-        """The live configuration as text: ``toml`` (native) or ``nvmetcli`` (JSON)."""
-        return str(self.request("GET", "/config", params={"format": fmt}, text=True))
+    def config_export(self, fmt: str = "toml", *, show_secrets: bool = False) -> str:
+        """The live configuration as text: ``toml`` (native) or ``nvmetcli`` (JSON);
+        DH-HMAC-CHAP secrets as ``(hidden)`` unless ``show_secrets``."""
+        params = {"format": fmt, **({"show_secrets": "1"} if show_secrets else {})}
+        return str(self.request("GET", "/config", params=params, text=True))
 
     def config_apply(
         self, text: str, *, fmt: str | None = None, source: str | None = None

@@ -15,6 +15,8 @@ command; the default address is 127.0.0.1:9465)::
     nvmeof-target ctl subsystem remove NQN
     nvmeof-target ctl host allow|disallow NQN HOST   # a subsystem's allowed hosts
     nvmeof-target ctl host add|remove HOST           # the target's host list
+    nvmeof-target ctl host set-key HOST [--dhchap-key K] [--dhchap-ctrl-key K]
+                                        [--dhchap-hash H] [--dhchap-dhgroup G]
     nvmeof-target ctl port add ID [--addr A] [--trsvcid N] [--subsystem NQN]...
                                   [--ana GROUP=STATE]... [--advertise A] [--strict]
     nvmeof-target ctl port remove ID
@@ -56,7 +58,7 @@ from typing import Any
 import trio
 
 from nvmeof.constants import AnaState
-from target.config import BACKENDS, BLOCK_SIZES, ConfigError
+from target.config import BACKENDS, BLOCK_SIZES, DHCHAP_DHGROUPS, DHCHAP_HASHES, ConfigError
 from target.config.validate import parse_size
 from target.control.actions import PORT_DOWN_MODES
 from target.control.client import ControlClient
@@ -103,7 +105,7 @@ def _config_apply(client: ControlClient, args: argparse.Namespace) -> str:
 
 
 def _config_export(client: ControlClient, args: argparse.Namespace) -> str:
-    text = client.config_export(args.format)
+    text = client.config_export(args.format, show_secrets=args.show_secrets)
     if args.output is None:
         return text.rstrip("\n")
     with open(args.output, "w", encoding="utf-8") as handle:
@@ -130,7 +132,13 @@ def _host(client: ControlClient, args: argparse.Namespace) -> str:
     if action in ("allow", "disallow"):
         call = client.host_allow if action == "allow" else client.host_disallow
         return _changes(call(args.nqn, args.host))
-    return _changes((client.host_add if action == "add" else client.host_remove)(args.host))
+    if action == "remove":
+        return _changes(client.host_remove(args.host))
+    settings = {name: getattr(args, name) for name in
+                ("dhchap_key", "dhchap_ctrl_key", "dhchap_hash", "dhchap_dhgroup")}  # fmt: skip
+    if action == "add":
+        return _changes(client.host_add(args.host, **settings))
+    return _changes(client.host_set_key(args.host, **settings))
 
 
 def _port_add(client: ControlClient, args: argparse.Namespace) -> str:
@@ -335,6 +343,8 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
     export = leaf(config, "export", _config_export, "write the live configuration")
     export.add_argument("--format", choices=("toml", "nvmetcli"), default="toml")
     export.add_argument("--output", "-o", metavar="FILE", help="write to FILE, not stdout")
+    export.add_argument("--show-secrets", action="store_true",
+                        help="write DH-HMAC-CHAP secrets (hidden by default)")  # fmt: skip
 
     subsystems = group("subsystem", "create or remove subsystems")
     add_sub = leaf(subsystems, "add", _subsystem_add, "create a subsystem")
@@ -357,9 +367,18 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
         parser = leaf(hosts, name, _host, text)
         parser.add_argument("nqn", metavar="NQN")
         parser.add_argument("host", metavar="HOSTNQN")
-    for name, text in (("add", "add a host NQN to the host list"),
+    for name, text in (("add", "add a host to the host list (DH-HMAC-CHAP settings optional)"),
+                       ("set-key", "rotate a host's DH-HMAC-CHAP settings (new connections)"),
                        ("remove", "remove a host NQN from the host list")):  # fmt: skip
-        leaf(hosts, name, _host, text).add_argument("host", metavar="HOSTNQN")
+        parser = leaf(hosts, name, _host, text)
+        parser.add_argument("host", metavar="HOSTNQN")
+        if name != "remove":
+            parser.add_argument("--dhchap-key", metavar="DHHC-1:..",
+                                help="the host's secret ('' removes it)")  # fmt: skip
+            parser.add_argument("--dhchap-ctrl-key", metavar="DHHC-1:..",
+                                help="the controller's secret: bidirectional authentication")  # fmt: skip
+            parser.add_argument("--dhchap-hash", choices=DHCHAP_HASHES)
+            parser.add_argument("--dhchap-dhgroup", choices=DHCHAP_DHGROUPS)
 
     ports = group("port", "create, remove, link ports; take a path down or up")
     add_port = leaf(ports, "add", _port_add, "create a port and listen on it")

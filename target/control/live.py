@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from target.config import (
+    SECRET_HIDDEN,
     ConfigError,
     NamespaceConfig,
     PortConfig,
@@ -116,7 +117,7 @@ class LiveConfig:
         concurrent callers, so an edit always starts from the state the previous one left)."""
         async with self._config_lock:
             current = self.current_config()
-            wanted = edit(current)
+            wanted = _keep_hidden_secrets(edit(current), current)
             try:
                 validate(wanted, source, "native")  # the API's bodies are native tables
             except ConfigError as err:
@@ -131,7 +132,7 @@ class LiveConfig:
                 state = self.state
                 if wanted.hosts != current.hosts:
                     state.hosts = wanted.hosts
-                    done.append(f"hosts {list(wanted.hosts)}")
+                    done += _host_changes(current, wanted)
                 if wanted.discovery_nqn != current.discovery_nqn:
                     state.set_unique_discovery_nqn(wanted.discovery_nqn)
                     done.append(f"discovery_nqn {wanted.discovery_nqn or '(well-known)'}")
@@ -329,3 +330,38 @@ def _discovery_view(config: TargetConfig) -> object:
 def _fields_changed(old: object, new: object) -> str:
     names = [name for name in vars(old) if getattr(old, name) != getattr(new, name)]
     return " ".join(f"{name}={getattr(new, name)!r}" for name in names if name != "namespaces")
+
+
+def _keep_hidden_secrets(wanted: TargetConfig, current: TargetConfig) -> TargetConfig:
+    """An exported configuration shows secrets as SECRET_HIDDEN: applied, they keep the
+    secret the target has (where it has none, validation refuses the placeholder)."""
+    hosts = []
+    for host in wanted.hosts:
+        have = current.host(host.nqn)
+        keep = {
+            name: getattr(have, name)
+            for name in ("dhchap_key", "dhchap_ctrl_key")
+            if getattr(host, name) == SECRET_HIDDEN and have is not None
+            and getattr(have, name) is not None
+        }  # fmt: skip
+        hosts.append(replace(host, **keep) if keep else host)
+    return replace(wanted, hosts=tuple(hosts))
+
+
+def _host_changes(current: TargetConfig, wanted: TargetConfig) -> list[str]:
+    """One line per host added, removed or re-keyed, never with a secret in it; new
+    connections use the new settings, live ones keep theirs until they re-authenticate."""
+    lines = []
+    before = {h.nqn: h for h in current.hosts}
+    after = {h.nqn: h for h in wanted.hosts}
+    for nqn, host in after.items():
+        old = before.get(nqn)
+        settings = f"authentication {host.authentication}"
+        if host.dhchap_key is not None:
+            settings += f", {host.dhchap_hash}, {host.dhchap_dhgroup}"
+        if old is None:
+            lines.append(f"host {nqn} added ({settings})")
+        elif old != host:
+            lines.append(f"host {nqn} DH-HMAC-CHAP settings changed ({settings})")
+    lines += [f"host {nqn} removed" for nqn in before if nqn not in after]
+    return lines

@@ -15,7 +15,7 @@ from nvmeof.constants import AnaState
 from target.config import BACKENDS, BLOCK_SIZES
 from target.control.actions import PORT_DOWN_MODES
 from target.control.faults import ACTIONS, QUEUE_KINDS
-from target.control.routes import CONFIG_FORMATS, ControlApi, Handler
+from target.control.routes import CONFIG_FORMATS, DHCHAP_FIELDS, ControlApi, Handler
 
 ANA_LABELS = tuple(state.label for state in AnaState)
 
@@ -81,8 +81,9 @@ ROUTES = (
     # -- the whole configuration
     RouteSpec("GET", "/config", ControlApi.config_export,
               "The live configuration: native TOML (format=toml, default), nvmetcli JSON "
-              "(format=nvmetcli) or the native document as JSON (format=json)",
-              query=("format",)),
+              "(format=nvmetcli) or the native document as JSON (format=json); DH-HMAC-CHAP "
+              "secrets read (hidden) unless show_secrets=1 (applied back, (hidden) keeps them)",
+              query=("format", "show_secrets")),
     RouteSpec("PUT", "/config", ControlApi.config_apply,
               "Bring the target to a configuration (native TOML or nvmetcli JSON text) by "
               "adding and removing the difference; answers the changes made",
@@ -119,8 +120,14 @@ ROUTES = (
               ControlApi.reservations_clear,
               "Clear a namespace's registrations and reservation (registrants are notified: "
               "Reservation Preempted); PTPL state is saved"),
-    RouteSpec("POST", "/hosts", ControlApi.host_add, "Add a host NQN to the target's host list",
-              _object(("nqn",), nqn=_STR), ok=201),
+    RouteSpec("POST", "/hosts", ControlApi.host_add,
+              "Add a host to the target's host list, with its DH-HMAC-CHAP settings if any "
+              "(secrets as nvme gen-dhchap-key writes them)",
+              _object(("nqn",), nqn=_STR, **dict.fromkeys(DHCHAP_FIELDS, _STR)), ok=201),
+    RouteSpec("PATCH", "/hosts/{host}", ControlApi.host_set_key,
+              "Change a host's DH-HMAC-CHAP settings (key rotation): new connections use them, "
+              "live ones keep theirs until they re-authenticate; an empty key removes it",
+              _object((), **dict.fromkeys(DHCHAP_FIELDS, _STR))),
     RouteSpec("DELETE", "/hosts/{host}", ControlApi.host_remove,
               "Remove a host NQN from the target's host list"),
     # -- ports, ANA

@@ -110,6 +110,10 @@ def _changes(changes: list[str], status: int = 200, **extra: Any) -> JSONRespons
     return JSONResponse({**extra, "changes": changes}, status_code=status)
 
 
+#: A host's DH-HMAC-CHAP settings, as a [[host]] table names them.
+DHCHAP_FIELDS = ("dhchap_key", "dhchap_ctrl_key", "dhchap_hash", "dhchap_dhgroup")
+
+
 @dataclass
 class ControlApi:
     """The route handlers, over one target; ``spawn`` runs background work (ANA transitions)."""
@@ -239,8 +243,15 @@ class ControlApi:
         return _changes(await self.target.host_disallow(params["nqn"], params["host"]))
 
     async def host_add(self, request: Request) -> Response:
-        body = await _body(request, ("nqn",))
-        return _changes(await self.target.host_add(_required(body.text("nqn"), "nqn")), 201)
+        body = await _body(request, ("nqn", *DHCHAP_FIELDS))
+        settings = {name: body.text(name) for name in DHCHAP_FIELDS}
+        nqn = _required(body.text("nqn"), "nqn")
+        return _changes(await self.target.host_add(nqn, **settings), 201)
+
+    async def host_set_key(self, request: Request) -> Response:
+        body = await _body(request, DHCHAP_FIELDS)
+        settings = {name: body.text(name) for name in DHCHAP_FIELDS}
+        return _changes(await self.target.host_set_key(request.path_params["host"], **settings))
 
     async def host_remove(self, request: Request) -> Response:
         return _changes(await self.target.host_remove(request.path_params["host"]))
@@ -279,9 +290,11 @@ class ControlApi:
         if fmt not in CONFIG_FORMATS:
             raise HttpError(400, f"format must be one of {', '.join(CONFIG_FORMATS)}, got {fmt!r}")
         config = self.target.current_config()
+        show = request.query_params.get("show_secrets", "") in ("1", "true", "yes")
         if fmt == "json":
-            return JSONResponse(export_native(config))
-        text = dump_native_toml(config) if fmt == "toml" else dump_nvmetcli_json(config)
+            return JSONResponse(export_native(config, show_secrets=show))
+        dump = dump_native_toml if fmt == "toml" else dump_nvmetcli_json
+        text = dump(config, show_secrets=show)
         return PlainTextResponse(text, media_type=CONFIG_FORMATS[fmt])
 
     async def config_apply(self, request: Request) -> Response:
@@ -291,9 +304,10 @@ class ControlApi:
         fmt = body.text("format") or ("nvmetcli" if text.lstrip().startswith("{") else "toml")
         try:
             if fmt == "toml":
-                wanted = load_native(tomllib.loads(text), source)
+                # an export's hidden secrets keep the target's (target.control.live)
+                wanted = load_native(tomllib.loads(text), source, hidden_secrets=True)
             elif fmt == "nvmetcli":
-                wanted = load_nvmetcli(json.loads(text), source)
+                wanted = load_nvmetcli(json.loads(text), source, hidden_secrets=True)
             else:
                 raise HttpError(400, f"request: format: must be toml or nvmetcli, got {fmt!r}")
         except tomllib.TOMLDecodeError as err:

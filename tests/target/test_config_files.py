@@ -72,7 +72,7 @@ def _q(text: str) -> str:
 
 def to_toml(config: TargetConfig) -> str:
     """Render a config in the native format (test-only writer, every field explicit)."""
-    lines = [f"hosts = [{', '.join(map(_q, config.hosts))}]"]
+    lines = [f"hosts = [{', '.join(map(_q, config.host_nqns))}]"]
     for sub in config.subsystems:
         lines += ["[[subsystem]]", f"nqn = {_q(sub.nqn)}", f"model = {_q(sub.model)}",
                   f"allow_any_host = {str(sub.allow_any_host).lower()}",

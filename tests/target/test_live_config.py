@@ -118,6 +118,7 @@ CLIENT_METHODS = {
     "subsystem_update": "subsystem_update", "host_allow": "host_allow",
     "host_disallow": "host_disallow", "ns_add": "ns_add", "ns_remove": "ns_remove",
     "ns_update": "ns_update", "host_add": "host_add", "host_remove": "host_remove",
+    "host_set_key": "host_set_key",
     "port_add": "port_add", "port_remove": "port_remove", "port_down": "port_down",
     "port_up": "port_up", "port_link": "port_link", "port_unlink": "port_unlink",
     "referral_add": "referral_add", "referral_remove": "referral_remove", "ana": "set_ana",

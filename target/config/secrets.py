@@ -1,0 +1,32 @@
+"""Checks of the DH-HMAC-CHAP secrets a configuration holds (the secrets themselves are parsed
+and used by :mod:`nvmeof.auth`; here only whether a file's value is one, with a one-line
+reason that never repeats the secret)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import zlib
+
+_FORMAT = re.compile(r"DHHC-1:(0[0-3]):([A-Za-z0-9+/]+={0,2}):")
+_KEY_LENGTHS = (32, 48, 64)
+
+
+def dhchap_secret_problem(value: object) -> str | None:
+    """Why ``value`` is not a ``DHHC-1:<hmac>:<base64(key + CRC-32)>:`` secret, or None."""
+    if not isinstance(value, str):
+        return f"must be a DHHC-1 secret string, not {type(value).__name__}"
+    match = _FORMAT.fullmatch(value)
+    if match is None:
+        return "not a DHHC-1 secret (DHHC-1:<00..03>:<base64>:, as nvme gen-dhchap-key writes)"
+    try:
+        raw = base64.b64decode(match.group(2), validate=True)
+    except binascii.Error:
+        return "the DHHC-1 secret's base64 part does not decode"
+    key, crc = raw[:-4], raw[-4:]
+    if len(key) not in _KEY_LENGTHS:
+        return f"a DHHC-1 key is 32, 48 or 64 bytes, this one {len(key)}"
+    if zlib.crc32(key).to_bytes(4, "little") != crc:
+        return "the DHHC-1 secret's CRC-32 does not match its key (mistyped?)"
+    return None
