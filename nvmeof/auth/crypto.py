@@ -240,3 +240,24 @@ class DhKeyPair:
         except ValueError as exc:
             raise ValueError(f"invalid DH public value: {exc}") from None
         return shared.rjust(self.length, b"\x00")
+
+
+class SequenceCounter:
+    """Sequence numbers as ``nvme_auth_get_seqnum`` hands them out: a random start, then +1,
+    never 0 (0 in a reply means "no controller challenge"). The kernel shares one counter
+    between host and target code; give both sides the same instance to mimic that.
+    """
+
+    def __init__(self, start: int) -> None:
+        self._value = start & 0xFFFFFFFF
+
+    def __call__(self) -> int:
+        if self._value == 0:
+            raise ValueError("sequence counter started at 0; start it from random bytes")
+        value = self._value
+        self._value = (self._value + 1) & 0xFFFFFFFF or 1
+        return value
+
+    @classmethod
+    def from_random(cls, random_bytes: RandomSource) -> SequenceCounter:
+        return cls(int.from_bytes(random_bytes(4), "little") or 1)
