@@ -164,6 +164,13 @@ def controller_response(
     )
 
 
+def generated_psk(hash_id: int, session_key: bytes, c1: bytes, c2: bytes) -> bytes:
+    """The generated PSK for secure channel concatenation: HMAC-H(Ks, C1 || C2)
+    (NVMe Base 2.1 section 8.13.5.9, ``nvme_auth_generate_psk``). Not used by the state
+    machines yet (no TLS here); kept because the kernel's KUnit vectors pin it."""
+    return hmac_digest(hash_id, session_key, c1 + c2)
+
+
 @contextmanager
 def _ffdh_allowed() -> Iterator[None]:
     # cryptography 51 warns that FFDH is deprecated (even on attribute access of the dh module);
