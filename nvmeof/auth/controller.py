@@ -369,16 +369,19 @@ class QueueAuth:
         session_key = None
         if ctrl.dh_group != DhGroup.NULL:
             session_key = self.session_key or b""  # nvmet hashes a missing key as empty
-        expected = host_response(
-            ctrl.hash_id,
-            ctrl.host_key,
-            self.c1,
-            seqnum=self.s1,
-            transaction_id=self.transaction_id,
-            hostnqn=ctrl.hostnqn,
-            subsysnqn=ctrl.subsysnqn,
-            session_key=session_key,
-        )
+        try:
+            expected = host_response(
+                ctrl.hash_id,
+                ctrl.host_key,
+                self.c1,
+                seqnum=self.s1,
+                transaction_id=self.transaction_id,
+                hostnqn=ctrl.hostnqn,
+                subsysnqn=ctrl.subsysnqn,
+                session_key=session_key,
+            )
+        except ValueError:  # another queue's negotiate changed the hash since C1 was drawn
+            return FailureReason.FAILED
         if expected != reply.response:
             return FailureReason.FAILED
         self.s2 = reply.seqnum
@@ -472,16 +475,19 @@ class QueueAuth:
             session_key = None
             if ctrl.dh_group != DhGroup.NULL:
                 session_key = self.session_key or b""
-            response = controller_response(
-                ctrl.hash_id,
-                ctrl.ctrl_key,
-                self.c2,
-                seqnum=self.s2,
-                transaction_id=self.transaction_id,
-                hostnqn=ctrl.hostnqn,
-                subsysnqn=ctrl.subsysnqn,
-                session_key=session_key,
-            )
+            try:
+                response = controller_response(
+                    ctrl.hash_id,
+                    ctrl.ctrl_key,
+                    self.c2,
+                    seqnum=self.s2,
+                    transaction_id=self.transaction_id,
+                    hostnqn=ctrl.hostnqn,
+                    subsysnqn=ctrl.subsysnqn,
+                    session_key=session_key,
+                )
+            except ValueError:  # nvmet_auth_ctrl_hash refuses C2's length
+                return b"", FailureReason.HASH_UNUSABLE
         return build_success1(Success1(self.transaction_id, hash_len, response)), 0
 
     def _failure1(self) -> bytes:  # nvmet_auth_failure1

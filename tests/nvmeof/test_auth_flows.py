@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from nvmeof.auth.constants import (
     CONNECT_AUTHREQ_ATR,
@@ -386,3 +387,71 @@ def test_host_success1_checks() -> None:
     pair.host.handle_challenge(pair.queue.auth_receive(4096).data)
     success2 = pair.host.handle_success1(build_success1(Success1(7, 32)))
     assert pair.host.result == HostResult(True) and success2 is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.binary(max_size=120), st.integers(0, 5000)),
+        max_size=8,
+    ),
+    st.sampled_from(list(DhGroup)),
+)
+def test_controller_survives_any_sequence(steps: list[bytes | int], group: DhGroup) -> None:
+    pair = make_pair(HostAuthConfig(HOST_KEY, CTRL_KEY, HashId.SHA256, group))
+    for step in steps:
+        if isinstance(step, bytes):
+            result = pair.queue.auth_send(step)
+        else:
+            result = pair.queue.auth_receive(step)
+            assert result.data == b"" or len(result.data) == step
+        assert result.status.ok or result.error_location is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=600), st.binary(max_size=200))
+def test_host_survives_any_answer(challenge: bytes, success1: bytes) -> None:
+    host = host_after_negotiate()
+    host.handle_challenge(challenge)
+    if host.result is None:
+        host.handle_success1(success1)
+    assert host.result is not None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(list(DhGroup)),
+    st.booleans(),
+    st.integers(0, 3),  # which message is corrupted
+    st.integers(0, 400),  # where
+    st.integers(1, 255),  # xor mask
+)
+def test_one_corrupted_byte_never_crashes(
+    group: DhGroup, bidirectional: bool, which: int, where: int, mask: int
+) -> None:
+    ctrl_key = CTRL_KEY if bidirectional else None
+    pair = make_pair(
+        HostAuthConfig(HOST_KEY, ctrl_key, HashId.SHA256, group), host_ctrl_key=ctrl_key
+    )
+    queue, host = pair.queue, pair.host
+    count = 0
+
+    def corrupt(data: bytes) -> bytes:
+        nonlocal count
+        count += 1
+        if count - 1 != which or not data:
+            return data
+        index = where % len(data)
+        return data[:index] + bytes([data[index] ^ mask]) + data[index + 1 :]
+
+    queue.auth_send(corrupt(host.negotiate()))
+    payload = host.handle_challenge(corrupt(queue.auth_receive(4096).data))
+    if payload is not None:
+        queue.auth_send(corrupt(payload))
+    if host.result is None:
+        payload = host.handle_success1(corrupt(queue.auth_receive(4096).data))
+        if payload is not None:
+            queue.auth_send(payload)
+    assert host.result is not None
+    if host.result.authenticated and not bidirectional:
+        assert queue.authenticated
