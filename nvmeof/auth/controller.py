@@ -260,8 +260,18 @@ class QueueAuth:
     ) -> CommandResult:
         """Take one AUTH_Send's data (TL = ``len(data)``) (``nvmet_execute_auth_send``)."""
         refused = check_auth_command(secp, spsp0, spsp1, len(data))
-        if refused is not None:
-            return refused
+        if refused is None:
+            self._take(data)
+        # nvmet's epilogue (the done label) runs for refused commands too.
+        if self.step in (MessageId.SUCCESS2, MessageId.FAILURE2):
+            self._clear()  # final: nvmet_auth_sq_free cancels the timer
+            if self.step == MessageId.FAILURE2:
+                self.fatal_error = True
+        else:
+            self.timer_armed = True
+        return refused or CommandResult()
+
+    def _take(self, data: bytes) -> None:
         # nvmet reads the header even from a shorter TL (past its buffer); read zeros instead.
         header = parse_header(data.ljust(HEADER_SIZE, b"\0"))
         if header.auth_type == AuthType.COMMON:
@@ -272,13 +282,6 @@ class QueueAuth:
             self._fail1(FailureReason.INCORRECT_PAYLOAD)
         else:
             self._send_dhchap(header.auth_id, data)
-        if self.step in (MessageId.SUCCESS2, MessageId.FAILURE2):
-            self._clear()  # final: nvmet_auth_sq_free cancels the timer
-            if self.step == MessageId.FAILURE2:
-                self.fatal_error = True
-        else:
-            self.timer_armed = True
-        return CommandResult()
 
     def _out_of_sequence(self) -> None:  # the done_failure1 label
         self.status = FailureReason.INCORRECT_MESSAGE
@@ -417,8 +420,18 @@ class QueueAuth:
         if minimum is not None and al < minimum:
             al = 0  # nvmet turns a too-short AL into 0, then refuses it
         refused = check_auth_command(secp, spsp0, spsp1, al)
-        if refused is not None:
-            return refused
+        message = b""
+        if refused is None:
+            message = self._produce(al)
+        # nvmet's epilogue (the done label) runs for refused commands too.
+        if self.step == MessageId.SUCCESS2:
+            self._clear()
+        elif self.step == MessageId.FAILURE1:
+            self._clear()
+            self.fatal_error = True
+        return refused or CommandResult(data=message[:al].ljust(al, b"\0"))
+
+    def _produce(self, al: int) -> bytes:
         message = b""
         if self.step == MessageId.CHALLENGE:
             message = self._challenge(al)
@@ -436,12 +449,7 @@ class QueueAuth:
         else:
             self._fail1(FailureReason.FAILED)
             message = self._failure1()
-        if self.step == MessageId.SUCCESS2:
-            self._clear()
-        elif self.step == MessageId.FAILURE1:
-            self._clear()
-            self.fatal_error = True
-        return CommandResult(data=message[:al].ljust(al, b"\0"))
+        return message
 
     def _challenge(self, al: int) -> bytes:
         """``nvmet_auth_challenge``; empty when AL is too small (the step then stays)."""

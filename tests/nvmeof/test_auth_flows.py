@@ -291,6 +291,7 @@ def test_command_checks() -> None:
         assert result.error_location == offset
     assert pair.queue.auth_send(b"").error_location == 44
     assert pair.queue.step == MessageId.NEGOTIATE  # nothing was taken
+    assert pair.queue.timer_armed  # but nvmet's epilogue armed the transaction timer
     assert check_auth_command(0xE9, 1, 1, 72) is None
     pair.queue.auth_send(negotiate)
     # AL too small for the challenge: status 0, AL zero bytes, the step stays (nvmet quirk).
@@ -455,3 +456,11 @@ def test_one_corrupted_byte_never_crashes(
     assert host.result is not None
     if host.result.authenticated and not bidirectional:
         assert queue.authenticated
+
+
+def test_refused_receive_in_failure1_is_still_fatal() -> None:
+    # nvmet_execute_auth_receive's done label runs for a refused command as well.
+    pair = make_pair(HostAuthConfig(HOST_KEY))
+    pair.queue.auth_send(build_negotiate(Negotiate(7, sc_c=1)))
+    refused = pair.queue.auth_receive(7)  # a failure1 needs 8 bytes
+    assert refused.error_location == 44 and pair.queue.fatal_error
