@@ -5,7 +5,9 @@ consumer transforms the key with (00 none, 01 SHA-256, 02 SHA-384, 03 SHA-512) a
 32, 48 or 64 bytes. The kernel parses it in ``nvme_auth_parse_key`` / ``nvme_auth_extract_key``
 (drivers/nvme/common/auth.c): two decimal digits after ``DHHC-1:``, base64 up to the last
 ``:``, a decoded length of 36, 52 or 68, and a CRC-32 (the zlib/IEEE one, stored little-endian)
-over the key. The key length does not have to match the hash: the kernel checks neither.
+over the key. The key length does not have to match the hash (since Linux 6.7, "nvme-auth:
+allow mixing of secret and hash lengths"; the response is keyed with the whole transformed,
+digest-sized key, "nvme-auth: use transformed key size to create resp").
 
 The transformation (``nvme_auth_transform_key``): id 0 uses the key as it is; otherwise the key
 is ``HMAC-H(key, NQN || "NVMe-over-Fabrics")`` without NUL terminators, a digest-sized key.

@@ -85,6 +85,19 @@ def test_nvme_cli_documented_secrets_parse() -> None:
         assert format_secret(secret) == text
 
 
+def test_spec_example_secret_with_every_hash() -> None:
+    # The NVMe spec's example secret, which Linux >= 6.7 accepts with any transform hash
+    # (cover letter of "Remove secret-size restrictions for hashes", 2023).
+    for hmac_id in range(4):
+        secret = parse_secret(
+            f"DHHC-1:0{hmac_id}:ia6zGodOr4SEG0Zzaw398rpY0wqipUWj4jWjUh4HWUz6aQ2n:"
+        )
+        assert len(secret.key) == 32
+        transformed = transform_key(secret, NQN_H)
+        assert transformed == stdlib_transform(secret.key, hmac_id, NQN_H)
+        assert len(transformed) == (32, 32, 48, 64)[hmac_id]
+
+
 def test_generate_without_nqn_keeps_the_random_bytes() -> None:
     # nvme-cli 3 (keys gen-kxchap-secret): the string carries the secret itself, any length.
     for hmac_id in range(4):
