@@ -56,6 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nvmeof.auth.constants import (
+    DHCHAP_AUTH_ID,
     MAX_DH_IDS,
     MAX_HASH_IDS,
     SECP_DHCHAP,
@@ -334,7 +335,7 @@ class QueueAuth:
         if negotiate.napd != 1:
             return FailureReason.HASH_UNUSABLE
         descriptor = negotiate.descriptors[0]
-        if descriptor.authid != 1:
+        if descriptor.authid != DHCHAP_AUTH_ID:
             return FailureReason.INCORRECT_PAYLOAD
         if descriptor.dhlen > MAX_DH_IDS or descriptor.halen > MAX_HASH_IDS:
             return FailureReason.INCORRECT_PAYLOAD
