@@ -127,6 +127,7 @@ class Path:
         self.ana_group = 0
         self.ana_pending = False
         self.inflight = 0
+        self.failed_while_busy = False  # an outstanding command failed over since the last look
         self.stats = PathStats()
         self.last_good = -math.inf  # the last successful completion on the path
         self.was_usable = False  # as of the head's last look (see MultipathHead.check_paths)
@@ -363,6 +364,8 @@ class MultipathHead(ReservationCommands):
             self._failover(slot, path, status)
 
     def _failover(self, slot: Slot, path: Path, status: int) -> None:
+        path.failed_while_busy = True  # a loss this reveals is a busy path's, counted first
+        self.check_paths()
         now = trio.current_time()
         code = (status >> 1) & 0x7FF
         if self.failover_started is None:  # a path error without a path loss
@@ -410,13 +413,15 @@ class MultipathHead(ReservationCommands):
                 self.stats.path_losses += 1
                 path.stats.losses += 1
                 stopped = now
-                if path.inflight and path.last_good > -math.inf:
+                busy = path.inflight or path.failed_while_busy
+                if busy and path.last_good > -math.inf:
                     stopped = path.last_good
                     self.detection_latency.observe(now - stopped)
                 if self.failover_started is None:
                     self.failover_started, self.loss_detected = stopped, now
                 self.note(f"path {path.label} lost (I/O stopped {now - stopped:.3f} s before)")
             path.was_usable = usable
+            path.failed_while_busy = False
 
     def kick(self) -> None:
         """Wake the requeue task (a path became usable, a slot was parked, a tag was freed)."""
