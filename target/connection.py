@@ -42,6 +42,7 @@ from target.faultpath import FaultInjection
 from target.state import IO_OPCODES
 
 if TYPE_CHECKING:
+    from nvmeof.auth.controller import QueueAuth
     from target.capture import ConnectionCapture
     from target.controller import Controller
     from target.port import Port
@@ -84,6 +85,8 @@ class QueueConnection(FaultInjection):
         )
         #: nvmet-tcp has one command for a queue until Connect succeeds (target.dispatch).
         self.precommand_used = False
+        self.auth: QueueAuth | None = None  # target.commands.auth
+        self.auth_deadline = float("inf")
         self._fatal_reason = ""
         self._deaf = False
         try:
@@ -364,6 +367,9 @@ class QueueConnection(FaultInjection):
         self._respond(req.cid, reply.status, reply.dw0, reply.dw1, corrupt)
         if reply.status and self.controller is not None:
             self.controller.record_error(self.qid, req.cid, reply.status, req.nsid)
+
+    def fatal(self, reason: str) -> None:
+        self._fatal(reason)
 
     def _fatal(self, reason: str) -> None:
         """Stop serving this connection once the current batch's answers are out."""

@@ -12,6 +12,7 @@ from nvmeof.properties import ControllerRegisters, build_cap, version
 from target.reservations import NotificationLog
 
 if TYPE_CHECKING:
+    from nvmeof.auth.controller import ControllerAuth
     from target.port import Port
     from target.subsystem import Subsystem
 
@@ -96,6 +97,8 @@ class Controller:
         self.keepalive_deadline = float("inf")
         self.closed = False
         self.reservation_log = NotificationLog()
+        #: DH-HMAC-CHAP state when the host must authenticate (target.commands.auth).
+        self.auth: ControllerAuth | None = None
 
     @property
     def accepted_aen(self) -> int:

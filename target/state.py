@@ -108,6 +108,8 @@ class TargetState:
         self.command_stats: dict[int, CommandStats] = {pid: CommandStats() for pid in self.ports}
         self.byte_counts: dict[str, ByteCounts] = {nqn: ByteCounts() for nqn in self.subsystems}
         self.keepalive_expirations = 0
+        #: Authentication transactions by outcome ("success", "failure"), for metrics.
+        self.auth_results: dict[str, int] = {}
         self.termreqs_sent = 0
 
     # -- lookups -----------------------------------------------------------------------------

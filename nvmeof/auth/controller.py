@@ -179,9 +179,16 @@ class ControllerAuth:
         self.hash_id = config.hash_id
         self.dh_group: int = DhGroup.NULL
         self.dh_key: DhKeyPair | None = None
-        self.host_key = transform_key(config.key, hostnqn)
+        self.reconfigure(config)
+
+    def reconfigure(self, config: HostAuthConfig) -> None:
+        """Take the host's configuration as it is now (keys rotated since Connect): nvmet reads
+        configfs again when a negotiate restarts authentication on the admin queue
+        (``nvmet_setup_auth`` from ``nvmet_execute_auth_send``)."""
+        self.config = config
+        self.host_key = transform_key(config.key, self.hostnqn)
         self.ctrl_key = (
-            None if config.ctrl_key is None else transform_key(config.ctrl_key, subsysnqn)
+            None if config.ctrl_key is None else transform_key(config.ctrl_key, self.subsysnqn)
         )
         self.setup()
 
@@ -227,6 +234,8 @@ class QueueAuth:
         self.transaction_id = 0
         self.status = 0  # dhchap_status: the reason a failure1 will carry
         self.authenticated = False
+        #: Transactions that ended authenticated on this queue (a re-authentication adds one).
+        self.successes = 0
         self.fatal_error = False
         self.timer_armed = False
         self._clear()
@@ -238,6 +247,10 @@ class QueueAuth:
         self.c2: bytes | None = None
         self.session_key: bytes | None = None
         self.timer_armed = False
+
+    def _succeeded(self) -> None:
+        self.authenticated = True
+        self.successes += 1
 
     def expire(self) -> None:
         """The transaction timer ran out (``nvmet_auth_expired_work``)."""
@@ -311,7 +324,7 @@ class QueueAuth:
             else:
                 self.step = MessageId.SUCCESS1
         elif auth_id == MessageId.SUCCESS2:
-            self.authenticated = True
+            self._succeeded()
         elif auth_id == MessageId.FAILURE2:  # only a DH-HMAC-CHAP-typed failure2 gets here
             reason = parse_failure(data.ljust(8, b"\0")).reason_explanation
             if reason:
@@ -391,10 +404,10 @@ class QueueAuth:
         self.s2 = reply.seqnum
         self.c2 = reply.challenge if reply.cvalid else None
         if self.s2 == 0:  # a C2 without S2 only feeds a TLS PSK: no controller response
-            self.authenticated = True
+            self._succeeded()
             self.c2 = None
         elif not reply.cvalid:
-            self.authenticated = True
+            self._succeeded()
         return 0
 
     # -- AUTH_Receive ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from nvmeof.constants import AdminOpcode, FabricsType, SglType, is_host_to_contr
 from nvmeof.status import StatusCode
 from nvmeof.wire.fast import SGL, SGL_OFFSET
 from target.commands.admin import ADMIN_HANDLERS, DISCOVERY_ADMIN_OPCODES
+from target.commands.auth import AUTH_HANDLERS, check_authenticated
 from target.commands.fabrics import FABRICS_HANDLERS
 from target.commands.io import IO_HANDLERS, check_namespace
 from target.commands.request import (
@@ -89,6 +90,8 @@ def _parse(q: QueueContext, req: Request, opcode: int, fabrics: bool,
                        loc=LOC_FCTYPE)  # fmt: skip
         return None, FABRICS_HANDLERS[FabricsType.CONNECT]
     if fabrics and fctype in _AUTH:
+        if q.auth is not None:  # this queue's controller authenticates its host
+            return None, AUTH_HANDLERS[fctype]
         # No DH-HMAC-CHAP configured: nvmet_execute_auth_send/receive refuse the SECP.
         raise fail(StatusCode.INVALID_FIELD, f"authentication (type {fctype:#x}) not set up",
                    loc=_LOC_AUTH_SECP)  # fmt: skip
@@ -96,6 +99,8 @@ def _parse(q: QueueContext, req: Request, opcode: int, fabrics: bool,
         if fabrics:
             raise fail(StatusCode.INVALID_OPCODE, f"fabrics type {fctype:#x} on an I/O queue",
                        loc=LOC_FCTYPE)  # fmt: skip
+        if q.auth is not None:
+            check_authenticated(q, f"I/O opcode {opcode:#x}")
         if not ctrl.regs.ready:
             raise fail(StatusCode.CMD_SEQ_ERROR, "I/O while the controller is not ready")
         ns = check_namespace(q, req)  # the namespace and its ANA state come before the opcode
@@ -116,6 +121,8 @@ def _parse(q: QueueContext, req: Request, opcode: int, fabrics: bool,
             raise fail(StatusCode.INVALID_OPCODE, f"fabrics type {fctype:#x} on a connected "
                        "admin queue", loc=LOC_FCTYPE)  # fmt: skip
         return None, FABRICS_HANDLERS[fctype]  # type: ignore[index]
+    if q.auth is not None:
+        check_authenticated(q, f"admin opcode {opcode:#x}")
     if ctrl.discovery:  # nvmet_parse_discovery_cmd
         if not ctrl.regs.ready or opcode not in DISCOVERY_ADMIN_OPCODES:
             raise fail(StatusCode.INVALID_OPCODE, f"admin opcode {opcode:#x} on discovery",

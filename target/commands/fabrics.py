@@ -23,6 +23,7 @@ from nvmeof.wire.fabrics import (
     CONNECT_DATA_OFFSET_SUBNQN,
 )
 from target.commands.admin import kato_seconds
+from target.commands.auth import connect_result, setup_controller_auth
 from target.commands.request import (
     PENDING,
     ExecuteResult,
@@ -83,9 +84,11 @@ def execute_connect(q: QueueContext, req: Request) -> ExecuteResult:
             raise invalid_param(_SQE_OFFSET_SQSIZE, False, "SQSIZE 0")
         q.attach(ctrl, 0, sqsize + 1, flow_control)
         ctrl.touch(q.now())
-        log.info("controller created cntlid=%s subsystem=%s host=%s port=%s kato_ms=%s",
-                 ctrl.cntlid, subnqn, hostnqn, q.port.id, ctrl.kato_ms)  # fmt: skip
-        return Reply(dw0=ctrl.cntlid)
+        setup_controller_auth(q, ctrl, hostnqn)
+        log.info("controller created cntlid=%s subsystem=%s host=%s port=%s kato_ms=%s%s",
+                 ctrl.cntlid, subnqn, hostnqn, q.port.id, ctrl.kato_ms,
+                 " authentication=required" if ctrl.auth is not None else "")  # fmt: skip
+        return Reply(dw0=connect_result(q, ctrl, 0))
     ctrl = _find_controller(q, subnqn, hostnqn, cntlid)
     if q.port.strict and not ctrl.regs.ready:
         raise fail(StatusCode.CMD_SEQ_ERROR, "I/O queue Connect before CC.EN")
@@ -99,7 +102,7 @@ def execute_connect(q: QueueContext, req: Request) -> ExecuteResult:
     if sqsize > ctrl.mqes:
         raise invalid_param(_SQE_OFFSET_SQSIZE, False, f"SQSIZE {sqsize} above MQES {ctrl.mqes}")
     q.attach(ctrl, qid, sqsize + 1, flow_control)
-    return Reply(dw0=ctrl.cntlid)
+    return Reply(dw0=connect_result(q, ctrl, qid))
 
 
 def _c_string(field: bytes) -> str:

@@ -16,6 +16,7 @@ from nvmeof.errors import CommandError
 from nvmeof.status import Status, StatusCode
 
 if TYPE_CHECKING:
+    from nvmeof.auth.controller import QueueAuth
     from target.control.faults import FaultRule
     from target.controller import Controller
     from target.port import Port
@@ -79,8 +80,13 @@ class QueueContext(Protocol):
     local_addr: str
     #: The one command slot of a queue before Connect has been used (target.dispatch).
     precommand_used: bool
+    #: The queue's DH-HMAC-CHAP transaction when its controller authenticates (target.commands
+    #: .auth), and when that transaction's timer runs out.
+    auth: QueueAuth | None
+    auth_deadline: float
 
     def now(self) -> float: ...
+    def fatal(self, reason: str) -> None: ...
     def attach(
         self, controller: Controller, qid: int, sqsize: int, sq_flow_control: bool
     ) -> None: ...

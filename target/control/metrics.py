@@ -18,6 +18,7 @@ Metrics (``port`` is the port ID, ``group`` the ANA group ID):
 - ``nvmeof_target_inflight_commands{port}``, ``nvmeof_target_connections{port}``,
   ``nvmeof_target_controllers{subsystem,host}``.
 - ``nvmeof_target_keepalive_expirations_total``, ``nvmeof_target_termreqs_sent_total``,
+  ``nvmeof_target_auth_total{result}`` (DH-HMAC-CHAP transactions: success, failure),
   ``nvmeof_target_faults_fired_total{action}``, ``nvmeof_target_fault_rules``.
 - ``nvmeof_target_ana_state{port,group,state}`` (1 for the current state, 0 for the others),
   ``nvmeof_target_ana_state_code{port,group}`` (the ANA state value: 1 optimized,
@@ -207,6 +208,13 @@ class TargetCollector(Collector):
             "nvmeof_target_termreqs_sent", "C2HTermReq PDUs sent on fatal transport errors",
             value=state.termreqs_sent,
         )  # fmt: skip
+        auth = CounterMetricFamily(
+            "nvmeof_target_auth", "DH-HMAC-CHAP transactions of queues, by result",
+            labels=["result"],
+        )  # fmt: skip
+        for result in ("success", "failure"):
+            auth.add_metric([result], state.auth_results.get(result, 0))
+        yield auth
         fired = CounterMetricFamily(
             "nvmeof_target_faults_fired", "Injected faults that fired, by action",
             labels=["action"],
