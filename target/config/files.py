@@ -199,10 +199,21 @@ def load_config(path: str | os.PathLike[str], warnings: list[str] | None = None)
 
 def config_warnings(config: TargetConfig, source: str, fmt: str,
                     document: Mapping[str, Any]) -> list[str]:  # fmt: skip
-    """What a valid configuration says that the target will not do, one line each: allowed
-    hosts missing from the host list (nvmetcli links them under ``hosts``, so nvmet refuses
-    them; the native format needs a list only if it gives one)."""
+    """What a valid configuration says that the target will not do, one line each: DH-HMAC-CHAP
+    keys of a host no subsystem will ask for them (nvmet_setup_auth: only subsystems that do not
+    allow any host and list it), and allowed hosts missing from the host list (nvmetcli links
+    them under ``hosts``, so nvmet refuses them; the native format needs a list only if it
+    gives one)."""
     out = []
+    for h_index, host in enumerate(config.hosts):
+        if host.dhchap_key is None:
+            continue
+        guarded = [s.nqn for s in config.subsystems
+                   if not s.allow_any_host and host.nqn in s.allowed_hosts]  # fmt: skip
+        if not guarded:
+            where = file_path(f"hosts[{h_index}].dhchap_key", fmt)
+            out.append(f"{source}: {where}: not used: a host authenticates only to subsystems "
+                       "that list it in allowed_hosts and do not allow any host (as nvmet)")  # fmt: skip
     if fmt == "nvmetcli" or config.hosts:
         known = set(config.host_nqns)
         for s_index, sub in enumerate(config.subsystems):

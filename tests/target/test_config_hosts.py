@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from target.config import SECRET_HIDDEN, ConfigError, HostConfig, TargetConfig
 from target.config.export import dump_native_toml, dump_nvmetcli_json, export_nvmetcli
@@ -124,3 +125,17 @@ async def test_live_host_keys_rotation_status_and_export_never_show_secrets(
     assert f"host {HOST} added" in logged  # the audit trail and the log have the lines
     for key in (KEY, secret(9), CTRL_KEY):
         assert key not in logged
+
+
+def test_config_warns_about_keys_no_subsystem_asks_for(tmp_path: Path) -> None:
+    doc = {"host": [{"nqn": HOST, "dhchap_key": KEY}, {"nqn": OTHER, "dhchap_key": KEY}],
+           "subsystem": [{"nqn": "nqn.2026-12.io.test:open", "allowed_hosts": [HOST]},
+                         {"nqn": "nqn.2026-12.io.test:closed", "allow_any_host": False,
+                          "allowed_hosts": [OTHER]}]}  # fmt: skip
+    path = tmp_path / "keys.toml"
+    path.write_text(tomli_w.dumps(doc))
+    warnings: list[str] = []
+    load_config(path, warnings)
+    assert warnings == [f"{path}: host[0].dhchap_key: not used: a host authenticates only to "
+                        "subsystems that list it in allowed_hosts and do not allow any host "
+                        "(as nvmet)"]  # fmt: skip
