@@ -113,7 +113,10 @@ def execute_auth_send(q: QueueContext, req: Request) -> ExecuteResult:
         ctrl = q.controller
         kato_s = ctrl.kato_ms // 1000 if ctrl is not None else 0
         q.auth_deadline = q.now() + expiry_seconds(kato_s)
-    return _finish(q, auth, result, before)
+    # A host's failure2 (it refused our response) reaches nvmet as a common message out of step:
+    # INCORRECT_MESSAGE; say what it was.
+    refused_us = len(data) >= 2 and data[1] == MessageId.FAILURE2
+    return _finish(q, auth, result, before, "the host refused the controller" if refused_us else "")
 
 
 def execute_auth_receive(q: QueueContext, req: Request) -> ExecuteResult:
@@ -141,8 +144,8 @@ def _transaction(q: QueueContext) -> QueueAuth:
     return auth
 
 
-def _finish(q: QueueContext, auth: QueueAuth, result: CommandResult,
-            successes_before: int) -> ExecuteResult:  # fmt: skip
+def _finish(q: QueueContext, auth: QueueAuth, result: CommandResult, successes_before: int,
+            why: str = "") -> ExecuteResult:  # fmt: skip
     ctrl = q.controller
     who = f"host={ctrl.hostnqn} cntlid={ctrl.cntlid} qid={q.qid}" if ctrl else f"qid={q.qid}"
     if auth.successes > successes_before and not auth.fatal_error:
@@ -153,7 +156,8 @@ def _finish(q: QueueContext, auth: QueueAuth, result: CommandResult,
         # nvmet_ctrl_fatal_error once the answer (a failure1, say) is out; logged once
         known = auth.status in {r.value for r in FailureReason}
         reason = FailureReason(auth.status).name if known else str(auth.status)
-        log.warning("authentication failed %s reason=%s", who, reason)
+        log.warning("authentication failed %s reason=%s%s", who, reason,
+                    f" ({why}: failure2)" if why else "")  # fmt: skip
         q.state.auth_results["failure"] = q.state.auth_results.get("failure", 0) + 1
         q.fatal(f"authentication failed: {reason}")
     if result.status.code:

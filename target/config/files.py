@@ -217,10 +217,10 @@ def config_warnings(config: TargetConfig, source: str, fmt: str,
     if fmt == "nvmetcli" or config.hosts:
         known = set(config.host_nqns)
         for s_index, sub in enumerate(config.subsystems):
-            for h_index, host in enumerate(sub.allowed_hosts):
-                if host not in known:
+            for h_index, allowed in enumerate(sub.allowed_hosts):
+                if allowed not in known:
                     where = file_path(f"subsystems[{s_index}].allowed_hosts[{h_index}]", fmt)
-                    out.append(f"{source}: {where}: {host!r} is not in hosts")
+                    out.append(f"{source}: {where}: {allowed!r} is not in hosts")
     return out
 
 
