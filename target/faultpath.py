@@ -60,6 +60,7 @@ class FaultInjection:
         rule = self.state.faults.match(
             port=self.port.id, subsystem=ctrl.subsystem.nqn if ctrl.subsystem else DISCOVERY_NQN,
             nsid=req.nsid, opcode=req.opcode, host=ctrl.hostnqn, qid=self.qid,
+            fctype=req.sqe[4] if req.opcode == AdminOpcode.FABRICS else None,
         )  # fmt: skip
         if rule is None:
             return False

@@ -43,7 +43,8 @@ MAX_PORT_ID = 0xFFFF
 SERIAL_MAX_LEN, MODEL_MAX_LEN = 20, 40
 ID_LENGTHS = {"uuid": 16, "nguid": 16, "eui64": 8}
 #: The keys of a fault rule (``[[fault]]`` in TOML, the body of ``POST /faults``).
-FAULT_KEYS = ("action", "port", "subsystem", "nsid", "opcode", "host", "queue", "probability",
+FAULT_KEYS = ("action", "port", "subsystem", "nsid", "opcode", "fctype", "host", "queue",
+              "probability",
               "every", "count", "delay_ms", "status", "dnr", "after", "direction",
               "duration_ms")  # fmt: skip
 
@@ -467,6 +468,7 @@ def validate_namespace(ns: NamespaceConfig, source: str) -> None:
 
 
 _FAULT_INTEGERS = {"port": (0, MAX_PORT_ID), "nsid": (1, 0xFFFFFFFF), "opcode": (0, 0xFF),
+                   "fctype": (0, 0xFF),
                    "every": (1, 1 << 32), "count": (0, 1 << 62), "delay_ms": (0, 1 << 32),
                    "status": (0, 0x7FF), "after": (1, 1 << 32), "duration_ms": (0, 1 << 32)}  # fmt: skip
 _FAULT_CHOICES = {"action": ACTIONS, "queue": QUEUE_KINDS, "direction": ("rx", "tx")}
@@ -486,9 +488,9 @@ def fault_rule_kwargs(
         if name in kwargs and kwargs[name] not in choices:
             raise t.error(name, f"must be one of {', '.join(choices)}, got {kwargs[name]!r}")
     for name, (low, high) in _FAULT_INTEGERS.items():
-        value = t.integer(name, strings=name in ("opcode", "status"))
+        value = t.integer(name, strings=name in ("opcode", "fctype", "status"))
         if value is not None and not low <= value <= high:
-            fmt = "#x" if name in ("opcode", "status") else "d"
+            fmt = "#x" if name in ("opcode", "fctype", "status") else "d"
             raise t.error(name, f"must be {low:{fmt}}..{high:{fmt}}, got {value:{fmt}}")
         _put(kwargs, name, value)
     probability = t.number("probability")

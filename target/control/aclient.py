@@ -310,7 +310,7 @@ class AsyncControlClient:
         return cast(list[dict[str, Any]], await self.request("GET", "/faults"))
 
     async def fault_add(self, action: str, **fields: Any) -> dict[str, Any]:
-        """Add a fault rule (``fields``: port, subsystem, nsid, opcode, host, queue,
+        """Add a fault rule (``fields``: port, subsystem, nsid, opcode, fctype, host, queue,
         probability, every, count, delay_ms, status, dnr, after, direction, duration_ms);
         the rule as the target describes it, with its ``id``."""
         answer = await self.request("POST", "/faults", {"action": action, **fields})

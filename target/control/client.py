@@ -304,7 +304,7 @@ class ControlClient:
         return cast(list[dict[str, Any]], self.request("GET", "/faults"))
 
     def fault_add(self, action: str, **fields: Any) -> dict[str, Any]:
-        """Add a fault rule (``fields``: port, subsystem, nsid, opcode, host, queue,
+        """Add a fault rule (``fields``: port, subsystem, nsid, opcode, fctype, host, queue,
         probability, every, count, delay_ms, status, dnr, after, direction, duration_ms);
         the rule as the target describes it, with its ``id``."""
         answer = self.request("POST", "/faults", {"action": action, **fields})

@@ -216,6 +216,7 @@ def _ns_update(client: ControlClient, args: argparse.Namespace) -> str:
 
 
 _FAULT_OPTIONS = {"port": "port", "nqn": "subsystem", "nsid": "nsid", "opcode": "opcode",
+                  "fctype": "fctype",
                   "host": "host", "queue": "queue", "probability": "probability",
                   "every": "every", "count": "count", "delay_ms": "delay_ms",
                   "status": "status", "after": "after", "direction": "direction",
@@ -447,6 +448,7 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
     add = leaf(faults, "add", _fault_add, "add a fault rule")
     add.add_argument("action", choices=ACTIONS)
     for option, kind in (("port", int), ("nqn", str), ("nsid", int), ("opcode", _code),
+                         ("fctype", _code),
                          ("host", str), ("probability", float), ("every", int), ("count", int),
                          ("delay-ms", int), ("status", _code), ("after", int),
                          ("duration-ms", int)):  # fmt: skip

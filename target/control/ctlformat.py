@@ -32,6 +32,8 @@ def describe_fault(rule: dict[str, Any]) -> str:
             parts.append(f"{key}={rule[key]}")
     if rule.get("opcode") is not None:
         parts.append(f"opcode={rule['opcode']:#04x}")
+    if rule.get("fctype") is not None:
+        parts.append(f"fctype={rule['fctype']:#04x}")
     parts.append(f"queue={rule.get('queue', 'io')}")
     if rule.get("probability", 1.0) < 1.0:
         parts.append(f"probability={rule['probability']}")

@@ -40,6 +40,9 @@ class FaultRule:
     subsystem: str | None = None
     nsid: int | None = None
     opcode: int | None = None
+    #: For Fabrics commands (opcode 0x7F): the command type, e.g. 0x05 Authentication Send,
+    #: 0x06 Authentication Receive, 0x01 Connect; a rule with one matches Fabrics commands only.
+    fctype: int | None = None
     host: str | None = None
     queue: str = "io"
     probability: float = 1.0
@@ -109,7 +112,7 @@ class FaultSet:
         return count
 
     def match(self, *, port: int, subsystem: str, nsid: int, opcode: int, host: str,
-              qid: int) -> FaultRule | None:  # fmt: skip
+              qid: int, fctype: int | None = None) -> FaultRule | None:  # fmt: skip
         """The rule that fires for this command, if any (counters are updated)."""
         for rule in self.rules:
             if rule.count is not None and rule.fired >= rule.count:
@@ -123,6 +126,8 @@ class FaultSet:
             ):
                 continue
             if rule.host is not None and rule.host != host:
+                continue
+            if rule.fctype is not None and rule.fctype != fctype:
                 continue
             if (rule.queue == "admin" and qid != 0) or (rule.queue == "io" and qid == 0):
                 continue

@@ -34,7 +34,7 @@ def _object(required: tuple[str, ...], **props: dict[str, Any]) -> dict[str, Any
 
 _FAULT_BODY = _object(
     ("action",), action={"enum": list(ACTIONS)}, port=_INT, subsystem=_STR, nsid=_INT,
-    opcode=_CODE, host=_STR, queue={"enum": list(QUEUE_KINDS)},
+    opcode=_CODE, fctype=_CODE, host=_STR, queue={"enum": list(QUEUE_KINDS)},
     probability={"type": "number", "minimum": 0, "maximum": 1}, every=_INT, count=_INT,
     delay_ms=_INT, status=_CODE, dnr=_BOOL, after=_INT,
     direction={"enum": ["rx", "tx"]}, duration_ms=_INT,

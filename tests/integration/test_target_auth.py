@@ -189,3 +189,26 @@ async def test_a_wrong_key_ends_in_failure1_and_the_association(start_target) ->
         assert buffer[7] == FailureReason.FAILED  # rescode_exp
         await lb.wait_until(lambda: not lb.target.state.subsystems[NQN].controllers)
     assert lb.target.state.auth_results.get("failure") == 1
+
+
+async def test_fault_rules_fail_or_delay_authentication_messages(start_target) -> None:  # type: ignore[no-untyped-def]
+    """A rule on the Fabrics type (fctype 5 AUTH_Send, 6 AUTH_Receive) of one host: the host's
+    authentication breaks or slows down, like any other command's."""
+    lb = await start_target(auth_config(HostConfig(nqn=HOST, dhchap_key=HOST_KEY)))
+    lb.target.fault_add({"action": "delay", "opcode": 0x7F, "fctype": 0x06, "host": HOST,
+                         "delay_ms": 300, "queue": "admin", "count": 1})  # fmt: skip
+    lb.target.fault_add({"action": "status", "opcode": 0x7F, "fctype": 0x05, "host": HOST,
+                         "status": StatusCode.INTERNAL, "dnr": True, "queue": "admin",
+                         "count": 1})  # fmt: skip
+    with trio.fail_after(20):
+        admin = await lb.queue(1)
+        await lb.raw_connect(admin, subnqn=NQN, hostnqn=HOST)  # Connect: not fctype 5 or 6
+        host = host_auth(HOST_KEY)
+        negotiate = host.negotiate()
+        send = AUTH_SEND_COMMAND.build(dict(tl=len(negotiate)))
+        refused = await admin.submit(send, write=negotiate, timeout=5)
+        assert refused.status_word & ~1 == 0x8000 | (StatusCode.INTERNAL << 1)  # injected
+        started = trio.current_time()
+        await authenticate(admin, host_auth(HOST_KEY))  # the next run: its receive is late
+        assert trio.current_time() - started >= 0.3
+    assert lb.target.state.faults_fired == {"status": 1, "delay": 1}
