@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from initiator.queue import HostQueue
+from initiator.queue import Completion, HostQueue, PeerClosed, QueueClosed
 from nvmeof.auth.constants import (
     CONNECT_AUTHREQ_ASCR,
     CONNECT_AUTHREQ_ATR,
@@ -152,18 +152,23 @@ async def authenticate_queue(
         qid=qid,
     )
 
+    async def submit(sqe: bytes, what: str, **data: bytes | bytearray) -> Completion:
+        try:
+            done = await queue.submit(sqe, timeout=timeout, **data)  # type: ignore[arg-type]
+        except QueueClosed as exc:
+            raise _lost(qid, what, queue.error or exc) from None
+        if not done.ok:
+            _refused(qid, what, done.status)
+        return done
+
     async def send(payload: bytes, what: str) -> None:
         sqe = AUTH_SEND_COMMAND.build(dict(tl=len(payload)))
-        done = await queue.submit(sqe, write=payload, timeout=timeout)
-        if not done.ok:
-            _refused(qid, f"AUTH_Send ({what})", done.status)
+        await submit(sqe, f"AUTH_Send ({what})", write=payload)
 
     async def receive(what: str) -> bytes:
         buffer = bytearray(host.receive_length)
         sqe = AUTH_RECEIVE_COMMAND.build(dict(al=len(buffer)))
-        done = await queue.submit(sqe, read=buffer, timeout=timeout)
-        if not done.ok:
-            _refused(qid, f"AUTH_Receive ({what})", done.status)
+        await submit(sqe, f"AUTH_Receive ({what})", read=buffer)
         return bytes(buffer)
 
     try:
@@ -198,6 +203,21 @@ async def authenticate_queue(
         ", bidirectional" if ctrl_secret is not None else "",
     )
     return True
+
+
+def _lost(qid: int, what: str, cause: BaseException) -> AuthenticationError:
+    """The queue died with an AUTH command outstanding. nvmet ends a refused authentication by
+    tearing the controller down (``nvmet_ctrl_fatal_error``) before it completes the
+    AUTH_Receive carrying failure1, so the failure1 may never arrive. The Linux host reconnects
+    after such an error (it is not -EKEYREJECTED): not permanent."""
+    hint = ""
+    if isinstance(cause, PeerClosed) and "success1" in what:
+        hint = "; nvmet closes it so when it refuses the host's response (wrong key?)"
+    return AuthenticationError(
+        f"qid {qid}: authentication failed: the connection was lost during {what}: {cause}{hint}",
+        qid=qid,
+        permanent=False,
+    )
 
 
 def _refused(qid: int, what: str, status: Status) -> NoReturn:
