@@ -25,6 +25,7 @@ from initiator.auth import (
 from initiator.cli import build_parser, main
 from initiator.controller import ControllerOptions, connect_controller
 from initiator.host import open_host
+from initiator.metrics import initiator_registry
 from nvmeof.auth.constants import CONNECT_AUTHREQ_ASCR, CONNECT_AUTHREQ_ATR, FailureReason
 from nvmeof.auth.host import HostResult
 from nvmeof.auth.secret import format_secret, generate_secret, parse_secret
@@ -177,8 +178,12 @@ async def test_secret_is_ignored_when_atr_is_clear(target: Target) -> None:
             data = os.urandom(4096)
             await head.write(0, data)
             assert bytes(await head.read(0, 4096 // head.block_size)) == data
-            assert (session.auth.successes, session.auth.failures, session.auth.transaction) == (
-                0, 0, 0)  # fmt: skip
+            auth = session.auth
+            assert (auth.successes, auth.failures, auth.transaction) == (0, 0, 0)
+            registry = initiator_registry(host)
+            for result in ("success", "failure"):
+                labels = {"path": session.label, "subsystem": DEMO_NQN, "result": result}
+                assert registry.get_sample_value("nvmeof_initiator_auth_total", labels) == 0
 
 
 async def test_no_auth_without_atr_even_on_a_raw_queue(

@@ -32,6 +32,7 @@ from test_kernel_target import KernelTarget, free_port
 
 from initiator import ControllerOptions, SessionState, open_host
 from initiator.auth import AuthenticationError
+from initiator.metrics import initiator_registry
 from nvmeof.auth.secret import format_secret, generate_secret
 
 pytestmark = pytest.mark.interop
@@ -228,6 +229,11 @@ async def test_authenticated_verified_io(
             auth_target
         )
         assert session.auth.transaction == queues  # T_ID 0, 1, ... per controller
+        registry = initiator_registry(ours)
+        labels = {"path": session.label, "subsystem": NQN}
+        assert registry.get_sample_value(
+            "nvmeof_initiator_auth_total", {**labels, "result": "success"}
+        ) == float(queues)
         head = ours.namespace(NQN, 1)
         with trio.fail_after(30):
             for queue_index in range(len(assoc.io_queues)):
