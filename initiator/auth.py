@@ -12,8 +12,9 @@ A queue whose Connect result has ATR clear is not authenticated, whatever secret
 
 Failures raise :class:`AuthenticationError`; ``permanent`` marks the ones the Linux host does
 not reconnect after (``nvmf_should_reconnect``): -EKEYREJECTED (a failure1, an unusable message,
-a wrong controller response), -ENOKEY (no key for a controller that requires one; Linux 6.18+)
-and an AUTH_Send/AUTH_Receive refused with DNR.
+a wrong controller response), -ENOKEY (no key for a controller that requires one: a 2025
+fabrics.c change; 6.12 still retries it) and an AUTH_Send/AUTH_Receive refused with DNR. A
+lost connection, a timeout, an unusable challenge and ASCR (-EOPNOTSUPP) are retried.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
+
+import trio
 
 from initiator.queue import Completion, HostQueue, PeerClosed, QueueClosed
 from nvmeof.auth.constants import (
@@ -135,6 +138,7 @@ async def authenticate_queue(
             f"qid {qid}: the controller requires a secure channel (ASCR): secure channel "
             "concatenation is not supported",
             qid=qid,
+            permanent=False,  # -EOPNOTSUPP: the Linux host retries it until ctrl_loss_tmo
         )
     if secret is None:
         state.failures += 1
@@ -157,6 +161,12 @@ async def authenticate_queue(
             done = await queue.submit(sqe, timeout=timeout, **data)  # type: ignore[arg-type]
         except QueueClosed as exc:
             raise _lost(qid, what, queue.error or exc) from None
+        except trio.TooSlowError:  # the queue is closed now, as after any command timeout
+            raise AuthenticationError(
+                f"qid {qid}: authentication failed: no answer to {what} within {timeout:g} s",
+                qid=qid,
+                permanent=False,
+            ) from None
         if not done.ok:
             _refused(qid, what, done.status)
         return done
