@@ -5,6 +5,7 @@
     nvmeof list-subsys -a 127.0.0.1 -s 8009
     nvmeof id-ctrl --path 127.0.0.1:4420 -n NQN
     nvmeof bench -a 127.0.0.1 -s 8009 --rw randread --bs 4k --iodepth 32 --runtime 10
+    nvmeof gen-dhchap-key --hmac 1                      # then connect with -S DHHC-1:01:...
 
 Paths come from discovery (``-a``/``-s``), or are given directly with ``--path ADDR:PORT``
 (repeatable; needed where the discovery log shows addresses this host cannot reach).
@@ -112,6 +113,10 @@ def _connection_args(parser: argparse.ArgumentParser, *, discovery: bool = True,
     add("-Q", "--queue-size", type=int, default=128)
     add("--iopolicy", choices=IOPOLICIES, default="numa")
     add("--timeout", type=float, default=30.0, metavar="SECONDS", help="command timeout")
+    add("-S", "--dhchap-secret", default="", metavar="DHHC-1:..",
+        help="DH-HMAC-CHAP host secret, used when the controller requires authentication")  # fmt: skip
+    add("-C", "--dhchap-ctrl-secret", default="", metavar="DHHC-1:..",
+        help="DH-HMAC-CHAP controller secret: authenticate the controller too")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,10 +190,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--metrics", type=path_arg, metavar="ADDR:PORT",
                        help="serve Prometheus metrics on http://ADDR:PORT/metrics while it runs")  # fmt: skip
     add_resv_parsers(sub, _connection_args)
+    gen = sub.add_parser("gen-dhchap-key", help="a DH-HMAC-CHAP secret, like nvme-cli's")
+    gen.add_argument("-l", "--key-length", type=int, choices=(32, 48, 64),
+                     help="key bytes (default: the hash's digest size, 32 without one)")  # fmt: skip
+    gen.add_argument("-m", "--hmac", type=int, choices=range(4), default=0,
+                     help="transform hash: 0 none, 1 SHA-256, 2 SHA-384, 3 SHA-512")  # fmt: skip
+    gen.add_argument("-n", "--nqn", help="host NQN: transform the key with it (nvme-cli 2.x)")
+    gen.add_argument("-s", "--secret", metavar="HEX", help="the key in hex instead of random")
     return parser  # fmt: skip
 
 
 def _validate(args: argparse.Namespace) -> str | None:
+    if args.command == "gen-dhchap-key":
+        return None
+    if args.dhchap_secret or args.dhchap_ctrl_secret:
+        from initiator.auth import parse_secrets
+
+        try:
+            parse_secrets(args.dhchap_secret, args.dhchap_ctrl_secret)
+        except ValueError as exc:
+            return str(exc)
     resv = args.command.startswith("resv-")  # -a and -n mean other things there
     if not args.path and not args.traddr:
         return f"give {'' if resv else '-a/'}--traddr (discovery) or --path ADDR:PORT"
@@ -212,6 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"nvmeof {args.command}: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "gen-dhchap-key":
+        return _gen_dhchap_key(args)
     from initiator import commands, resv_commands  # after argument checks: keeps --help fast
 
     run = resv_commands.run if args.command in resv_commands.RESV_COMMANDS else commands.run
@@ -231,6 +254,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         status = reader_went_away()
     return status
+
+
+def _gen_dhchap_key(args: argparse.Namespace) -> int:
+    from initiator.auth import gen_dhchap_key
+
+    try:
+        print(gen_dhchap_key(args.key_length, args.hmac, nqn=args.nqn, secret_hex=args.secret))
+    except ValueError as exc:
+        print(f"nvmeof gen-dhchap-key: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def controller_options(args: argparse.Namespace) -> ControllerOptions:
         header_digest=args.hdr_digest, data_digest=args.data_digest,
         command_timeout=args.timeout, reconnect_delay=args.reconnect_delay,
         ctrl_loss_tmo=args.ctrl_loss_tmo, fast_io_fail_tmo=None if fast < 0 else fast,
+        dhchap_secret=args.dhchap_secret, dhchap_ctrl_secret=args.dhchap_ctrl_secret,
     )  # fmt: skip
 
 

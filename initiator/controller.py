@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from initiator.auth import AuthState, authenticate_queue, parse_secrets
 from initiator.queue import Completion, HostQueue
 from nvmeof.constants import (
     CNTLID_DYNAMIC,
@@ -82,8 +83,14 @@ class ControllerOptions:
     ctrl_loss_tmo: float = 600.0
     #: Seconds I/O may wait for a reconnecting path before failing; None/-1 = off.
     fast_io_fail_tmo: float | None = None
+    #: DH-HMAC-CHAP host secret, ``DHHC-1:..`` (``--dhchap-secret``); used only when a
+    #: queue's Connect result asks for authentication (ATR). Kept out of the repr.
+    dhchap_secret: str = field(default="", repr=False)
+    #: Controller secret (``--dhchap-ctrl-secret``): authenticate the controller too.
+    dhchap_ctrl_secret: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
+        parse_secrets(self.dhchap_secret, self.dhchap_ctrl_secret)  # one-line ValueError
         if not self.hostnqn:
             self.hostnqn, self.hostid = default_host_nqn()
         elif not self.hostid:
@@ -106,8 +113,9 @@ class HostController:
     """
 
     def __init__(self, admin: HostQueue, subnqn: str, addr: tuple[str, int],
-                 options: ControllerOptions) -> None:  # fmt: skip
+                 options: ControllerOptions, auth: AuthState | None = None) -> None:  # fmt: skip
         self.admin = admin
+        self.auth = auth if auth is not None else AuthState()
         self.subnqn = subnqn
         self.addr = addr
         self.options = options
@@ -256,20 +264,28 @@ async def _connect_queue(ctrl: HostController, queue: HostQueue, qid: int, sqsiz
         raise CommandError(done.status, f"Connect qid {qid} to {ctrl.subnqn} refused: "
                            f"{done.status.describe(fabrics=True)} "
                            f"(DW0 {done.dw0:#x}{_connect_field(done.dw0)})")  # fmt: skip
+    secret, ctrl_secret = parse_secrets(opts.dhchap_secret, opts.dhchap_ctrl_secret)
+    await authenticate_queue(queue, qid, done.dw0, secret=secret, ctrl_secret=ctrl_secret,
+                             hostnqn=opts.hostnqn, subsysnqn=ctrl.subnqn, state=ctrl.auth,
+                             timeout=opts.command_timeout)  # fmt: skip
     return done.dw0 & 0xFFFF
 
 
 async def connect_controller(
     nursery: trio.Nursery, host: str, port: int, subnqn: str,
-    options: ControllerOptions | None = None,
+    options: ControllerOptions | None = None, *, auth: AuthState | None = None,
 ) -> HostController:  # fmt: skip
-    """Bring a controller up like ``nvme connect`` and start its keep-alive task."""
+    """Bring a controller up like ``nvme connect`` and start its keep-alive task.
+
+    Each queue authenticates after its Connect when the controller asks (ATR); ``auth``
+    carries the T_ID counter across reconnects (a :class:`~initiator.session.Session`'s).
+    """
     opts = options or ControllerOptions()
     discovery = subnqn == DISCOVERY_NQN
     admin = await HostQueue.connect(nursery, host, port, qid=0, depth=32,
                                     header_digest=opts.header_digest,
                                     data_digest=opts.data_digest)  # fmt: skip
-    ctrl = HostController(admin, subnqn, (host, port), opts)
+    ctrl = HostController(admin, subnqn, (host, port), opts, auth)
     try:
         ctrl.cntlid = await _connect_queue(ctrl, admin, 0, 32)
         ctrl.cap = await ctrl.property_get(Property.CAP, size8=True)

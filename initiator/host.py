@@ -58,7 +58,9 @@ class Host:
                 nursery, addr, port, DISCOVERY_NQN,
                 ControllerOptions(hostnqn=self.options.hostnqn, hostid=self.options.hostid,
                                   kato_ms=0, io_queues=0,
-                                  command_timeout=self.options.command_timeout),
+                                  command_timeout=self.options.command_timeout,
+                                  dhchap_secret=self.options.dhchap_secret,
+                                  dhchap_ctrl_secret=self.options.dhchap_ctrl_secret),
             )  # fmt: skip
             try:
                 for _ in range(DISCOVERY_RETRIES):

@@ -27,7 +27,9 @@ Metrics (``path`` is the controller's ``addr:port``):
   and ``nvmeof_initiator_detection_seconds`` (histogram: a lost path's last good completion to
   the host marking it unusable);
 - per controller ``{path,subsystem}``: ``nvmeof_initiator_reconnects_total``,
-  ``nvmeof_initiator_controller_state{...,state}``.
+  ``nvmeof_initiator_controller_state{...,state}``,
+  ``nvmeof_initiator_auth_total{...,result}`` (DH-HMAC-CHAP queue authentications,
+  ``result`` success or failure; reconnects authenticate again).
 """
 
 from __future__ import annotations
@@ -195,6 +197,11 @@ class InitiatorCollector(Collector):
             "nvmeof_initiator_reconnected", "Reconnects that brought the controller back",
             labels=["path", "subsystem"],
         )  # fmt: skip
+        auth = CounterMetricFamily(
+            "nvmeof_initiator_auth",
+            "DH-HMAC-CHAP queue authentications of the controller, by result",
+            labels=["path", "subsystem", "result"],
+        )  # fmt: skip
         seen: set[tuple[str, str]] = set()
         for session in list(self.host.sessions):
             key = (session.label, session.subnqn)
@@ -203,10 +210,13 @@ class InitiatorCollector(Collector):
             seen.add(key)
             reconnects.add_metric(list(key), session.reconnects)
             reconnected.add_metric(list(key), session.reconnected)
+            auth.add_metric([*key, "success"], session.auth.successes)
+            auth.add_metric([*key, "failure"], session.auth.failures)
             for each in SessionState:
                 state.add_metric([*key, each.value], 1 if each is session.state else 0)
         yield reconnects
         yield reconnected
+        yield auth
         yield state
 
 

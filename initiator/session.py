@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from initiator.auth import AuthenticationError, AuthState
 from initiator.controller import (
     ControllerOptions,
     HostController,
@@ -115,6 +116,8 @@ class Session:
         self.problems = Aggregator(log, level=logging.WARNING)
         self.reconnects = 0  # attempts
         self.reconnected = 0  # attempts that brought the controller back
+        #: DH-HMAC-CHAP T_ID counter and outcome counts, kept across reconnects.
+        self.auth = AuthState()
         self.lost_at: float | None = None
         self.anatt_deadline = math.inf  # armed while an ANA group is in the change state
         self._scope: trio.CancelScope | None = None
@@ -194,6 +197,12 @@ class Session:
                 if first:
                     self._set_state(SessionState.DELETED, f"connect failed: {err}")
                     raise
+                if isinstance(err, AuthenticationError) and err.permanent:
+                    # nvmf_should_reconnect: no reconnect after an authentication failure
+                    # (-EKEYREJECTED, -ENOKEY) or a DNR status: the same would happen again
+                    self._lost("association ended")
+                    self._set_state(SessionState.DELETED, f"not reconnecting: {err}")
+                    return
                 # a reconnect every reconnect_delay fails the same way while the path is down
                 self.problems.note(f"controller {self.label}:", str(err))
             self._lost("association ended")
@@ -212,7 +221,8 @@ class Session:
 
     async def _associate(self, nursery: trio.Nursery) -> None:
         self.anatt_deadline = math.inf
-        assoc = await connect_controller(nursery, self.addr, self.port, self.subnqn, self.options)
+        assoc = await connect_controller(nursery, self.addr, self.port, self.subnqn,
+                                         self.options, auth=self.auth)  # fmt: skip
         self.assoc = assoc
         data = assoc.identify_data
         self.crdt = tuple(
