@@ -212,3 +212,26 @@ async def test_fault_rules_fail_or_delay_authentication_messages(start_target) -
         await authenticate(admin, host_auth(HOST_KEY))  # the next run: its receive is late
         assert trio.current_time() - started >= 0.3
     assert lb.target.state.faults_fired == {"status": 1, "delay": 1}
+
+
+async def test_our_host_and_our_target_authenticate_each_other(start_target) -> None:  # type: ignore[no-untyped-def]
+    """Both sides' plumbing: our initiator (ControllerOptions' secrets) against our target,
+    admin and I/O queues, bidirectional, then verified I/O; a wrong key is a clear, permanent
+    error and the target logged the failure."""
+    from initiator.auth import AuthenticationError
+
+    host = HostConfig(nqn=HOST, dhchap_key=HOST_KEY, dhchap_ctrl_key=CTRL_KEY,
+                      dhchap_hash="hmac(sha512)", dhchap_dhgroup="ffdhe3072")  # fmt: skip
+    lb = await start_target(auth_config(host))
+    with trio.fail_after(30):
+        ctrl = await lb.connect(1, NQN, hostnqn=HOST, dhchap_secret=HOST_KEY,
+                                dhchap_ctrl_secret=CTRL_KEY, io_queues=2)  # fmt: skip
+        data = bytes(range(256)) * 16
+        assert (await ctrl.write(1, 16, data, 512)).ok
+        done, back = await ctrl.read(1, 16, len(data) // 512, 512)
+        assert done.ok and back == data
+        assert lb.target.state.auth_results == {"success": 3}  # the admin and two I/O queues
+        with pytest.raises(AuthenticationError, match=r"failure1, reason FAILED \(1\)") as err:
+            await lb.connect(1, NQN, hostnqn=HOST, dhchap_secret=WRONG_KEY)
+        assert err.value.permanent
+    assert lb.target.state.auth_results == {"success": 3, "failure": 1}
