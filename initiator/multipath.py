@@ -127,7 +127,7 @@ class Path:
         self.ana_group = 0
         self.ana_pending = False
         self.inflight = 0
-        self.failed_while_busy = False  # an outstanding command failed over since the last look
+        self.failed_at = -math.inf  # when an outstanding command last failed over from it
         self.stats = PathStats()
         self.last_good = -math.inf  # the last successful completion on the path
         self.was_usable = False  # as of the head's last look (see MultipathHead.check_paths)
@@ -364,7 +364,7 @@ class MultipathHead(ReservationCommands):
             self._failover(slot, path, status)
 
     def _failover(self, slot: Slot, path: Path, status: int) -> None:
-        path.failed_while_busy = True  # a loss this reveals is a busy path's, counted first
+        path.failed_at = self._now()  # a loss this reveals is a busy path's, counted first
         self.check_paths()
         now = trio.current_time()
         code = (status >> 1) & 0x7FF
@@ -413,7 +413,8 @@ class MultipathHead(ReservationCommands):
                 self.stats.path_losses += 1
                 path.stats.losses += 1
                 stopped = now
-                busy = path.inflight or path.failed_while_busy
+                # busy: commands outstanding, or failed over since its last good completion
+                busy = path.inflight or path.failed_at > path.last_good
                 if busy and path.last_good > -math.inf:
                     stopped = path.last_good
                     self.detection_latency.observe(now - stopped)
@@ -421,7 +422,6 @@ class MultipathHead(ReservationCommands):
                     self.failover_started, self.loss_detected = stopped, now
                 self.note(f"path {path.label} lost (I/O stopped {now - stopped:.3f} s before)")
             path.was_usable = usable
-            path.failed_while_busy = False
 
     def kick(self) -> None:
         """Wake the requeue task (a path became usable, a slot was parked, a tag was freed)."""

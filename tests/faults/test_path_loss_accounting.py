@@ -101,6 +101,11 @@ async def test_a_path_killed_from_another_process_is_counted_from_the_loss(
         assert recovery.largest >= detection.largest
     else:  # seen at once, or (idle) the later I/O never waited for the dead path
         assert recovery.largest < 1.0
-        assert detection.count == (1 if busy else 0)
         if busy:
-            assert detection.largest < 0.5
+            # The four lanes may all sit between a completion and their next read at the
+            # instant the connection drops (a loaded machine): the path is idle when lost and
+            # nothing waited, so no detection time is measured. Otherwise it is immediate.
+            assert detection.count <= 1
+            assert detection.count == 0 or detection.largest < 0.5
+        else:
+            assert detection.count == 0
