@@ -22,7 +22,8 @@ from OpenSSL import SSL
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from nvme_psk import export_interchange, identity_and_tls_psk, parse_interchange, retained_psk  # noqa: E402
-from psk_handshake import client_context, icreq  # noqa: E402
+from psk_handshake import client_context, icreq, lib  # noqa: E402
+from psk_session_cb import client_context as session_client_context  # noqa: E402
 
 NQN = "nqn.2014-08.org.nvmexpress:linuxvm-tls"
 HOST = "nqn.2014-08.org.nvmexpress:uuid:0d0d0d0d-1111-2222-3333-444444444444"
@@ -41,8 +42,14 @@ def _retry(fn, sock, timeout=30.0):
             select.select([sock] if want_read else [], [] if want_read else [sock], [], 1.0)
 
 
-def tls_client(identity: str, psk: bytes, port: int, groups: bytes | None = None) -> dict:
-    ctx, cb = client_context(identity, psk, groups)
+def tls_client(identity: str, psk: bytes, port: int, groups: bytes | None = None, session_cb: bool = False,
+               sha256_suite: bool = False) -> dict:
+    if session_cb:  # OpenSSL psk_use_session callback: SHA-256 and SHA-384 suites
+        ctx, cb = session_client_context(identity, psk, sha256_suite)
+        if groups:
+            assert lib.SSL_CTX_set1_curves_list(ctx._context, groups) == 1
+    else:  # legacy psk_client_callback: SHA-256 only
+        ctx, cb = client_context(identity, psk, groups)
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     conn = SSL.Connection(ctx, sock)
     conn.set_connect_state()
@@ -69,7 +76,7 @@ def tls_client(identity: str, psk: bytes, port: int, groups: bytes | None = None
 
 def main() -> int:
     lvm = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "../../../shared/linuxvm")
-    key = export_interchange(os.urandom(32))
+    key = export_interchange(os.urandom(int(os.environ.get("KEYLEN", "32"))))  # 48: NVMe0R02, SHA-384
     identity, psk = identity_and_tls_psk(parse_interchange(key), HOST, NQN, version=0)
     print("key", key)
     print("our identity:", identity)
@@ -100,6 +107,7 @@ def main() -> int:
     # nvme-cli 2.13 / libnvme 1.13 (Debian 13) files the *compat* derivation (measured:
     # only that key completes the handshake); newer libnvme's default is the RFC 8446 one.
     cases = {
+        "compat-derived key, session callback": (identity, psk_compat, None, True),
         "compat-derived key, OpenSSL default groups": (identity, psk_compat, None),
         "compat-derived key, groups X25519:P-256": (identity, psk_compat, b"X25519:P-256"),
         "RFC 8446-derived key (libnvme >= fix)": (identity, psk, b"X25519:P-256"),
@@ -107,9 +115,13 @@ def main() -> int:
         "configured key as is": (identity, ik.configured, b"X25519:P-256"),
         "random (wrong) key": (identity, os.urandom(32), b"X25519:P-256"),
     }
-    for name, (ident, k, groups) in cases.items():
+    if len(ik.configured) == 48:  # the legacy callback cannot do SHA-384
+        cases = {n: c for n, c in cases.items() if len(c) == 4 or "wrong" in n}
+        cases["random (wrong) key"] += (True,)
+        cases["compat-derived key, session callback, SHA-256 suite"] = (identity, psk_compat, None, True, True)
+    for name, (ident, k, groups, *opt) in cases.items():
         try:
-            print(name, "->", tls_client(ident, k, 14420, groups))
+            print(name, "->", tls_client(ident, k, 14420, groups, *map(bool, opt)))
         except Exception as e:  # report exactly where it stopped
             print(name, "-> FAILED:", type(e).__name__, e)
     # Plain ICReq to the TLS-required port (no TLS): expect no ICResp.
