@@ -25,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from nvme_psk import export_interchange, identity_and_tls_psk, parse_interchange  # noqa: E402
 from psk_handshake import icresp, server_context  # noqa: E402
+from psk_session_cb import server_context as session_server_context  # noqa: E402
 
 NQN = "nqn.2014-08.org.nvmexpress:linuxvm-tls"
 HOSTID = "0d0d0d0d-1111-2222-3333-444444444444"
@@ -56,7 +57,10 @@ def _read(conn, sock, n):
 
 def serve(lsock: socket.socket, keys: dict[str, bytes], log: list, stop: threading.Event) -> None:
     seen: list[str] = []
-    ctx, cb = server_context(keys, seen)
+    if any(len(k) == 48 for k in keys.values()):  # R02: session callback, SHA-256 suite (tlshd 1.0.0)
+        ctx, cb = session_server_context(keys, seen, sha256_suite=os.environ.get("R02_SHA256", "1") == "1")
+    else:
+        ctx, cb = server_context(keys, seen)
     lsock.settimeout(1.0)
     while not stop.is_set():
         try:
@@ -93,7 +97,7 @@ def serve(lsock: socket.socket, keys: dict[str, bytes], log: list, stop: threadi
 
 def main() -> int:
     lvm = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "../../../shared/linuxvm")
-    key = export_interchange(os.urandom(32))
+    key = export_interchange(os.urandom(int(os.environ.get("KEYLEN", "32"))))
     ik = parse_interchange(key)
     identity, psk_compat = identity_and_tls_psk(ik, HOST, NQN, version=0, compat=True)
     print("key", key, "\nidentity", identity)

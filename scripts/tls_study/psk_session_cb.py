@@ -67,7 +67,14 @@ def client_context(identity: str, key: bytes, sha256_suite: bool = False):
     return ctx, (cb, ident)
 
 
-def server_context(keys: dict[str, bytes], seen: list[str], suites: bytes = b"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"):
+def server_context(keys: dict[str, bytes], seen: list[str],
+                   suites: bytes = b"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+                   sha256_suite: bool = False):
+    """sha256_suite: serve 48-byte (R02) keys under a SHA-256 suite, for tlshd 1.0.0 clients. OpenSSL
+    picks the suite before the PSK and drops a PSK whose session hash differs, so the suite list must
+    then hold SHA-256 suites only (measured: else "no suitable signature algorithm", i.e. no PSK)."""
+    if sha256_suite:
+        suites = b"TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
     ctx = _ctx(suites)
 
     @ffi.callback("int (*)(SSL *, const unsigned char *, size_t, SSL_SESSION **)")
@@ -78,7 +85,7 @@ def server_context(keys: dict[str, bytes], seen: list[str], suites: bytes = b"TL
         if key is None:
             sess_out[0] = ffi.NULL  # unknown identity: no PSK (handshake then fails: no certificate)
             return 1
-        sess = _session(ssl, key)
+        sess = _session(ssl, key, 32 if sha256_suite else None)
         if sess == ffi.NULL:
             return 0
         sess_out[0] = sess
