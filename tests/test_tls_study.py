@@ -10,7 +10,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts", "tls_study"))
-from nvme_psk import (  # noqa: E402
+from nvme_psk import (
     InterchangeKey,
     export_interchange,
     identity_and_tls_psk,
@@ -31,21 +31,29 @@ def test_export_import_golden():
 
 def test_import_rejects_bad_crc_and_shape():
     bad = EXPORTED.replace("VRL", "VRM")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="CRC-32"):
         parse_interchange(bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown PSK hash"):
         parse_interchange("NVMeTLSkey-1:03:" + EXPORTED.split(":")[2] + ":")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an NVMeTLSkey-1"):
         parse_interchange("DHHC-1:01:" + EXPORTED.split(":")[2] + ":")
 
 
 @pytest.mark.parametrize(
-    "key,compat,identity",
+    ("key", "compat", "identity"),
     [
         (K32, False, f"NVMe1R01 {H} {S} iSbjiStwJ/1TrTvDlt2fjFmzvsytOJelidNnA+X5lEU="),
-        (K48, False, f"NVMe1R02 {H} {S} QhW2+Rp6RzHlNtCslyRxMnwJ11tKKhz8JCAQpQ+XUD8f9td1VeH5h53yz2wKJG1a"),
+        (
+            K48,
+            False,
+            f"NVMe1R02 {H} {S} QhW2+Rp6RzHlNtCslyRxMnwJ11tKKhz8JCAQpQ+XUD8f9td1VeH5h53yz2wKJG1a",
+        ),
         (K32, True, f"NVMe1R01 {H} {S} 66GuqV08TsAGII39teWUfwQwizjv06Jy8jOcX3NAAzM="),
-        (K48, True, f"NVMe1R02 {H} {S} RsKmYJ3nAn1ApjjMloJFbAkLPivONDAX/xW327YBUsn2eGShXSjCZvBaOxscLqmz"),
+        (
+            K48,
+            True,
+            f"NVMe1R02 {H} {S} RsKmYJ3nAn1ApjjMloJFbAkLPivONDAX/xW327YBUsn2eGShXSjCZvBaOxscLqmz",
+        ),
     ],
 )
 def test_identity_v1_golden(key, compat, identity):
@@ -86,4 +94,6 @@ def test_v0_tls_psk_measured_against_linux_612():
     assert ident == f"NVMe0R01 {host} {sub}"
     assert psk.hex() == "e439ee35958edda746640357ad92b7465d8a9d12b0c81600788112e097e8c534"
     _, rfc = identity_and_tls_psk(ik, host, sub, version=0, compat=False)
-    assert rfc.hex() == "37a85c55e5f5f3eec0a55642330fa5e2a020d1efad93aa6b16fe381e55424f0f"  # refused by 6.12
+    assert (
+        rfc.hex() == "37a85c55e5f5f3eec0a55642330fa5e2a020d1efad93aa6b16fe381e55424f0f"
+    )  # refused by 6.12

@@ -37,13 +37,19 @@ def _retry(fn, sock, timeout=30.0):
             return fn()
         except (SSL.WantReadError, SSL.WantWriteError) as e:
             if time.monotonic() > end:
-                raise TimeoutError("no progress for %.0f s" % timeout) from None
+                raise TimeoutError(f"no progress for {timeout:.0f} s") from None
             want_read = isinstance(e, SSL.WantReadError)
             select.select([sock] if want_read else [], [] if want_read else [sock], [], 1.0)
 
 
-def tls_client(identity: str, psk: bytes, port: int, groups: bytes | None = None, session_cb: bool = False,
-               sha256_suite: bool = False) -> dict:
+def tls_client(
+    identity: str,
+    psk: bytes,
+    port: int,
+    groups: bytes | None = None,
+    session_cb: bool = False,
+    sha256_suite: bool = False,
+) -> dict:
     if session_cb:  # OpenSSL psk_use_session callback: SHA-256 and SHA-384 suites
         ctx, cb = session_client_context(identity, psk, sha256_suite)
         if groups:
@@ -55,20 +61,32 @@ def tls_client(identity: str, psk: bytes, port: int, groups: bytes | None = None
     conn.set_connect_state()
     t0 = time.monotonic()
     _retry(conn.do_handshake, sock)
-    out = {"handshake_s": round(time.monotonic() - t0, 3), "version": conn.get_protocol_version_name(),
-           "cipher": conn.get_cipher_name()}
+    out = {
+        "handshake_s": round(time.monotonic() - t0, 3),
+        "version": conn.get_protocol_version_name(),
+        "cipher": conn.get_cipher_name(),
+    }
     _retry(lambda: conn.sendall(icreq()), sock)
     buf = b""
     while len(buf) < 128:
-        chunk = _retry(lambda: conn.recv(128 - len(buf)), sock)
+        chunk = _retry(lambda: conn.recv(128 - len(buf)), sock)  # noqa: B023 (called at once)
         if not chunk:
             break
         buf += chunk
     out["icresp_len"] = len(buf)
     if len(buf) >= 16:
         t, fl, hlen, pdo, plen, pfv, cpda, dgst, maxh2c = struct.unpack_from("<BBBBIHBBI", buf)
-        out["icresp"] = dict(type=t, flags=fl, hlen=hlen, pdo=pdo, plen=plen, pfv=pfv, cpda=cpda,
-                             dgst=dgst, maxh2cdata=maxh2c)
+        out["icresp"] = dict(
+            type=t,
+            flags=fl,
+            hlen=hlen,
+            pdo=pdo,
+            plen=plen,
+            pfv=pfv,
+            cpda=cpda,
+            dgst=dgst,
+            maxh2cdata=maxh2c,
+        )
     del cb
     conn.close()
     return out
@@ -76,17 +94,40 @@ def tls_client(identity: str, psk: bytes, port: int, groups: bytes | None = None
 
 def main() -> int:
     lvm = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "../../../shared/linuxvm")
-    key = export_interchange(os.urandom(int(os.environ.get("KEYLEN", "32"))))  # 48: NVMe0R02, SHA-384
+    key = export_interchange(
+        os.urandom(int(os.environ.get("KEYLEN", "32")))
+    )  # 48: NVMe0R02, SHA-384
     identity, psk = identity_and_tls_psk(parse_interchange(key), HOST, NQN, version=0)
     print("key", key)
     print("our identity:", identity)
     print("our TLS PSK: ", psk.hex())
     env = {**os.environ, "LINUXVM_RELEASE": "trixie"}
     vm = subprocess.Popen(
-        [os.path.join(lvm, "run"), "-t", "400", "-p", "14420:4420", "-p", "19999:9999",
-         "-e", f"KEY={key}", "-e", f"HOSTNQN={HOST}", "-e", f"NQN={NQN}", "-e", "TLSHD_LOGLEVEL=7", "-e", "TLSHD_GNUTLS_DEBUG=2",
-         os.path.join(HERE, "nvmet-tls-target.sh")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [
+            os.path.join(lvm, "run"),
+            "-t",
+            "400",
+            "-p",
+            "14420:4420",
+            "-p",
+            "19999:9999",
+            "-e",
+            f"KEY={key}",
+            "-e",
+            f"HOSTNQN={HOST}",
+            "-e",
+            f"NQN={NQN}",
+            "-e",
+            "TLSHD_LOGLEVEL=7",
+            "-e",
+            "TLSHD_GNUTLS_DEBUG=2",
+            os.path.join(HERE, "nvmet-tls-target.sh"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     assert vm.stdout is not None
     filed = None
     for line in vm.stdout:
@@ -118,7 +159,13 @@ def main() -> int:
     if len(ik.configured) == 48:  # the legacy callback cannot do SHA-384
         cases = {n: c for n, c in cases.items() if len(c) == 4 or "wrong" in n}
         cases["random (wrong) key"] += (True,)
-        cases["compat-derived key, session callback, SHA-256 suite"] = (identity, psk_compat, None, True, True)
+        cases["compat-derived key, session callback, SHA-256 suite"] = (
+            identity,
+            psk_compat,
+            None,
+            True,
+            True,
+        )
     for name, (ident, k, groups, *opt) in cases.items():
         try:
             print(name, "->", tls_client(ident, k, 14420, groups, *map(bool, opt)))

@@ -48,7 +48,7 @@ def _retry(fn, sock, timeout=30.0):
 def _read(conn, sock, n):
     buf = b""
     while len(buf) < n:
-        chunk = _retry(lambda: conn.recv(n - len(buf)), sock)
+        chunk = _retry(lambda: conn.recv(n - len(buf)), sock)  # noqa: B023 (called at once)
         if not chunk:
             break
         buf += chunk
@@ -57,8 +57,12 @@ def _read(conn, sock, n):
 
 def serve(lsock: socket.socket, keys: dict[str, bytes], log: list, stop: threading.Event) -> None:
     seen: list[str] = []
-    if any(len(k) == 48 for k in keys.values()):  # R02: session callback, SHA-256 suite (tlshd 1.0.0)
-        ctx, cb = session_server_context(keys, seen, sha256_suite=os.environ.get("R02_SHA256", "1") == "1")
+    if any(
+        len(k) == 48 for k in keys.values()
+    ):  # R02: session callback, SHA-256 suite (tlshd 1.0.0)
+        ctx, cb = session_server_context(
+            keys, seen, sha256_suite=os.environ.get("R02_SHA256", "1") == "1"
+        )
     else:
         ctx, cb = server_context(keys, seen)
     lsock.settimeout(1.0)
@@ -73,17 +77,27 @@ def serve(lsock: socket.socket, keys: dict[str, bytes], log: list, stop: threadi
             conn = SSL.Connection(ctx, sock)
             conn.set_accept_state()
             _retry(conn.do_handshake, sock)
-            rec.update(identity=seen[-1], version=conn.get_protocol_version_name(), cipher=conn.get_cipher_name())
+            rec.update(
+                identity=seen[-1],
+                version=conn.get_protocol_version_name(),
+                cipher=conn.get_cipher_name(),
+            )
             req = _read(conn, sock, 128)
             t, fl, hlen, pdo, plen, pfv, hpda, dgst, maxr2t = struct.unpack_from("<BBBBIHBBI", req)
-            rec["icreq"] = dict(type=t, hlen=hlen, plen=plen, pfv=pfv, hpda=hpda, dgst=dgst, maxr2t=maxr2t)
-            _retry(lambda: conn.sendall(icresp()), sock)
+            rec["icreq"] = dict(
+                type=t, hlen=hlen, plen=plen, pfv=pfv, hpda=hpda, dgst=dgst, maxr2t=maxr2t
+            )
+            _retry(lambda: conn.sendall(icresp()), sock)  # noqa: B023 (called at once)
             nxt = _read(conn, sock, 8)
             if len(nxt) == 8:
                 t, fl, hlen, pdo, plen = struct.unpack("<BBBBI", nxt)
                 rec["next_pdu"] = dict(type=t, flags=fl, hlen=hlen, pdo=pdo, plen=plen)
-                body = _read(conn, sock, 64)  # the SQE of the capsule: opcode 0x7f, fctype 0x01 = Connect
-                rec["next_sqe_opcode_fctype"] = (hex(body[0]), hex(body[4])) if len(body) > 4 else None
+                body = _read(
+                    conn, sock, 64
+                )  # the SQE of the capsule: opcode 0x7f, fctype 0x01 = Connect
+                rec["next_sqe_opcode_fctype"] = (
+                    (hex(body[0]), hex(body[4])) if len(body) > 4 else None
+                )
         except Exception as e:  # report exactly where it stopped
             rec["error"] = f"{type(e).__name__}: {e}"
             if seen:
@@ -104,14 +118,34 @@ def main() -> int:
     lsock = socket.create_server(("127.0.0.1", PORT))
     log: list = []
     stop = threading.Event()
-    th = threading.Thread(target=serve, args=(lsock, {identity: psk_compat}, log, stop), daemon=True)
+    th = threading.Thread(
+        target=serve, args=(lsock, {identity: psk_compat}, log, stop), daemon=True
+    )
     th.start()
     env = {**os.environ, "LINUXVM_RELEASE": "trixie"}
     out = subprocess.run(
-        [os.path.join(lvm, "run"), "-t", "300", "-e", f"KEY={key}", "-e", f"HOSTNQN={HOST}",
-         "-e", f"HOSTID={HOSTID}", "-e", f"NQN={NQN}", "-e", f"PORT={PORT}",
-         os.path.join(HERE, "kernel-host-tls.sh")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=400)
+        [
+            os.path.join(lvm, "run"),
+            "-t",
+            "300",
+            "-e",
+            f"KEY={key}",
+            "-e",
+            f"HOSTNQN={HOST}",
+            "-e",
+            f"HOSTID={HOSTID}",
+            "-e",
+            f"NQN={NQN}",
+            "-e",
+            f"PORT={PORT}",
+            os.path.join(HERE, "kernel-host-tls.sh"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        timeout=400,
+    )
     stop.set()
     th.join(5)
     for line in out.stdout.splitlines():

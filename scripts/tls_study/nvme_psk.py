@@ -41,7 +41,7 @@ def parse_interchange(text: str) -> InterchangeKey:
     """nvme_import_tls_key: 'NVMeTLSkey-1:01:<b64>:' -> (hmac, configured PSK); CRC-32 checked."""
     if not text.startswith(PREFIX) or not text.endswith(":"):
         raise ValueError("not an NVMeTLSkey-1 interchange key")
-    parts = text[len(PREFIX):-1].split(":")
+    parts = text[len(PREFIX) : -1].split(":")
     if len(parts) != 2 or len(parts[0]) != 2 or not parts[0].isdigit():
         raise ValueError("malformed NVMeTLSkey-1 key")
     hm = int(parts[0])

@@ -20,7 +20,7 @@ from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 
 sys.path.insert(0, os.path.dirname(__file__))
-from nvme_psk import export_interchange, identity_and_tls_psk, parse_interchange  # noqa: E402
+from nvme_psk import export_interchange, identity_and_tls_psk, parse_interchange
 
 lib, ffi = Binding.lib, Binding.ffi
 SUITE = b"TLS_AES_128_GCM_SHA256"
@@ -37,13 +37,17 @@ def _ctx(method_is_server: bool) -> SSL.Context:
     return ctx
 
 
-def client_context(identity: str, psk: bytes, groups: bytes | None = None) -> tuple[SSL.Context, object]:
+def client_context(
+    identity: str, psk: bytes, groups: bytes | None = None
+) -> tuple[SSL.Context, object]:
     ctx = _ctx(False)
     if groups:  # e.g. b"X25519:P-256": OpenSSL >= 3.5 leads with the X25519MLKEM768 hybrid share
         assert lib.SSL_CTX_set1_curves_list(ctx._context, groups) == 1
     ident = identity.encode()
 
-    @ffi.callback("unsigned int (*)(SSL *, const char *, char *, unsigned int, unsigned char *, unsigned int)")
+    @ffi.callback(
+        "unsigned int (*)(SSL *, const char *, char *, unsigned int, unsigned char *, unsigned int)"
+    )
     def cb(ssl, hint, id_out, max_id, psk_out, max_psk):
         if len(ident) + 1 > max_id or len(psk) > max_psk:
             return 0  # OpenSSL: PSK_MAX_IDENTITY_LEN (256) caps the identity on this path

@@ -15,11 +15,14 @@ from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 
 sys.path.insert(0, os.path.dirname(__file__))
-from nvme_psk import export_interchange, identity_and_tls_psk, parse_interchange  # noqa: E402
-from psk_handshake import handshake, icreq, icresp, pump  # noqa: E402
+from nvme_psk import export_interchange, identity_and_tls_psk, parse_interchange
+from psk_handshake import handshake, icreq, icresp, pump
 
 lib, ffi = Binding.lib, Binding.ffi
-SUITES = {32: (b"TLS_AES_128_GCM_SHA256", b"\x13\x01"), 48: (b"TLS_AES_256_GCM_SHA384", b"\x13\x02")}
+SUITES = {
+    32: (b"TLS_AES_128_GCM_SHA256", b"\x13\x01"),
+    48: (b"TLS_AES_256_GCM_SHA384", b"\x13\x02"),
+}
 TLS1_3_VERSION = 0x0304
 
 
@@ -28,9 +31,11 @@ def _session(ssl, key: bytes, suite_len: int | None = None):
     cipher = lib.SSL_CIPHER_find(ssl, SUITES[suite_len or len(key)][1])
     if sess == ffi.NULL or cipher == ffi.NULL:
         return ffi.NULL
-    if not (lib.SSL_SESSION_set1_master_key(sess, key, len(key))
-            and lib.SSL_SESSION_set_cipher(sess, cipher)
-            and lib.SSL_SESSION_set_protocol_version(sess, TLS1_3_VERSION)):
+    if not (
+        lib.SSL_SESSION_set1_master_key(sess, key, len(key))
+        and lib.SSL_SESSION_set_cipher(sess, cipher)
+        and lib.SSL_SESSION_set_protocol_version(sess, TLS1_3_VERSION)
+    ):
         lib.SSL_SESSION_free(sess)
         return ffi.NULL
     return sess
@@ -53,7 +58,9 @@ def client_context(identity: str, key: bytes, sha256_suite: bool = False):
     ident = ffi.new("unsigned char[]", identity.encode())
     n = len(identity.encode())
 
-    @ffi.callback("int (*)(SSL *, const EVP_MD *, const unsigned char **, size_t *, SSL_SESSION **)")
+    @ffi.callback(
+        "int (*)(SSL *, const EVP_MD *, const unsigned char **, size_t *, SSL_SESSION **)"
+    )
     def cb(ssl, md, id_out, idlen_out, sess_out):
         sess = _session(ssl, key, suite_len)
         if sess == ffi.NULL:
@@ -67,9 +74,12 @@ def client_context(identity: str, key: bytes, sha256_suite: bool = False):
     return ctx, (cb, ident)
 
 
-def server_context(keys: dict[str, bytes], seen: list[str],
-                   suites: bytes = b"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
-                   sha256_suite: bool = False):
+def server_context(
+    keys: dict[str, bytes],
+    seen: list[str],
+    suites: bytes = b"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+    sha256_suite: bool = False,
+):
     """sha256_suite: serve 48-byte (R02) keys under a SHA-256 suite, for tlshd 1.0.0 clients. OpenSSL
     picks the suite before the PSK and drops a PSK whose session hash differs, so the suite list must
     then hold SHA-256 suites only (measured: else "no suitable signature algorithm", i.e. no PSK)."""
@@ -83,7 +93,9 @@ def server_context(keys: dict[str, bytes], seen: list[str],
         seen.append(ident)
         key = keys.get(ident)
         if key is None:
-            sess_out[0] = ffi.NULL  # unknown identity: no PSK (handshake then fails: no certificate)
+            sess_out[0] = (
+                ffi.NULL
+            )  # unknown identity: no PSK (handshake then fails: no certificate)
             return 1
         sess = _session(ssl, key, 32 if sha256_suite else None)
         if sess == ffi.NULL:
@@ -95,9 +107,18 @@ def server_context(keys: dict[str, bytes], seen: list[str],
     return ctx, cb
 
 
-def run(interchange: str, hostnqn: str, subnqn: str, *, version: int = 0, compat: bool = True,
-        client_key: bytes | None = None) -> dict:
-    identity, psk = identity_and_tls_psk(parse_interchange(interchange), hostnqn, subnqn, version, compat)
+def run(
+    interchange: str,
+    hostnqn: str,
+    subnqn: str,
+    *,
+    version: int = 0,
+    compat: bool = True,
+    client_key: bytes | None = None,
+) -> dict:
+    identity, psk = identity_and_tls_psk(
+        parse_interchange(interchange), hostnqn, subnqn, version, compat
+    )
     seen: list[str] = []
     sctx, sref = server_context({identity: psk}, seen)
     cctx, cref = client_context(identity, client_key if client_key is not None else psk)
@@ -113,8 +134,14 @@ def run(interchange: str, hostnqn: str, subnqn: str, *, version: int = 0, compat
     pump(c, s)
     ok_resp = c.recv(4096) == icresp()
     del sref, cref
-    return {"identity": identity, "server_saw": seen, "version": c.get_protocol_version_name(),
-            "cipher": c.get_cipher_name(), "icreq_ok": ok_req, "icresp_ok": ok_resp}
+    return {
+        "identity": identity,
+        "server_saw": seen,
+        "version": c.get_protocol_version_name(),
+        "cipher": c.get_cipher_name(),
+        "icreq_ok": ok_req,
+        "icresp_ok": ok_resp,
+    }
 
 
 if __name__ == "__main__":
@@ -122,12 +149,18 @@ if __name__ == "__main__":
     sub = "nqn.2014-08.org.nvmexpress:linuxvm-tls"
     long_host = "nqn.2014-08.org.nvmexpress:" + "h" * 196  # 223-byte NQNs: identity > 256 bytes
     long_sub = "nqn.2014-08.org.nvmexpress:" + "s" * 196
-    for name, size, h, s_, ver in [("SHA-256 v0", 32, host, sub, 0), ("SHA-384 v0", 48, host, sub, 0),
-                                   ("SHA-384 v1", 48, host, sub, 1), ("SHA-256 v0, 223-byte NQNs", 32, long_host, long_sub, 0)]:
+    for name, size, h, s_, ver in [
+        ("SHA-256 v0", 32, host, sub, 0),
+        ("SHA-384 v0", 48, host, sub, 0),
+        ("SHA-384 v1", 48, host, sub, 1),
+        ("SHA-256 v0, 223-byte NQNs", 32, long_host, long_sub, 0),
+    ]:
         key = export_interchange(os.urandom(size))
         r = run(key, h, s_, version=ver)
-        print(f"{name}: id {len(r['identity'])} bytes, {r['version']} {r['cipher']}, "
-              f"server saw it: {r['server_saw'] == [r['identity']]}, ICReq/ICResp: {r['icreq_ok'] and r['icresp_ok']}")
+        print(
+            f"{name}: id {len(r['identity'])} bytes, {r['version']} {r['cipher']}, "
+            f"server saw it: {r['server_saw'] == [r['identity']]}, ICReq/ICResp: {r['icreq_ok'] and r['icresp_ok']}"
+        )
     try:
         run(export_interchange(os.urandom(48)), host, sub, client_key=os.urandom(48))
         print("wrong key: SUCCEEDED (bad)")

@@ -16,9 +16,9 @@ import trio
 from OpenSSL import SSL
 
 sys.path.insert(0, os.path.dirname(__file__))
-from nvme_psk import export_interchange, identity_and_tls_psk, parse_interchange  # noqa: E402
-from psk_handshake import icreq, icresp  # noqa: E402
-from psk_session_cb import client_context, server_context  # noqa: E402
+from nvme_psk import export_interchange, identity_and_tls_psk, parse_interchange
+from psk_handshake import icreq, icresp
+from psk_session_cb import client_context, server_context
 
 
 class PskTlsStream(trio.abc.Stream):
@@ -56,7 +56,7 @@ class PskTlsStream(trio.abc.Stream):
             except SSL.WantReadError:
                 await self._flush()
                 if not await self._feed():
-                    raise trio.BrokenResourceError("EOF during TLS handshake")
+                    raise trio.BrokenResourceError("EOF during TLS handshake") from None
 
     async def send_all(self, data) -> None:
         async with self._send_lock:
@@ -72,7 +72,9 @@ class PskTlsStream(trio.abc.Stream):
             out = bytearray()  # drain every record already decryptable, up to limit
             try:
                 while len(out) < limit:
-                    out += self.conn.recv(min(limit - len(out), 1 << 14))  # a record holds <= 16 KiB
+                    out += self.conn.recv(
+                        min(limit - len(out), 1 << 14)
+                    )  # a record holds <= 16 KiB
             except SSL.WantReadError:
                 pass
             except SSL.ZeroReturnError:
@@ -105,13 +107,15 @@ async def main() -> None:
     sub = "nqn.2014-08.org.nvmexpress:linuxvm-tls"
     total = 256 << 20
     for keylen in (32, 48):
-        ident, psk = identity_and_tls_psk(parse_interchange(export_interchange(os.urandom(keylen))), host, sub, 0, True)
+        ident, psk = identity_and_tls_psk(
+            parse_interchange(export_interchange(os.urandom(keylen))), host, sub, 0, True
+        )
         seen: list[str] = []
         sctx, sref = server_context({ident: psk}, seen)
         cctx, cref = client_context(ident, psk)
         result = {}
 
-        async def server(tcp, *, _sctx=sctx):
+        async def server(tcp, *, _sctx=sctx, result=result):
             s = SSL.Connection(_sctx, None)
             s.set_accept_state()
             st = PskTlsStream(tcp, s)
@@ -130,7 +134,7 @@ async def main() -> None:
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
             port = listeners[0].socket.getsockname()[1]
 
-            async def accept_one():
+            async def accept_one(listeners=listeners):
                 tcp = await listeners[0].accept()
                 await server(tcp)
                 await listeners[0].aclose()
@@ -148,8 +152,10 @@ async def main() -> None:
                 await ct.send_all(chunk)
             await recv_exact(ct, 1)
             await ct.aclose()
-        print(f"trio TLS {len(psk) * 8}-bit PSK: handshake + ICReq/ICResp ok, {result['cipher']}, "
-              f"server saw {seen[0][:8]}..., bulk {result['tls']:.0f} MB/s")
+        print(
+            f"trio TLS {len(psk) * 8}-bit PSK: handshake + ICReq/ICResp ok, {result['cipher']}, "
+            f"server saw {seen[0][:8]}..., bulk {result['tls']:.0f} MB/s"
+        )
         del sref, cref
 
     # plain TCP, same shape
