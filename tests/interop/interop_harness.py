@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -16,9 +17,11 @@ import re
 import shlex
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +67,16 @@ def discovery_entries(text: str) -> list[dict[str, str]]:
             key, _, value = line.partition(":")
             entries[-1][key.strip()] = value.strip()
     return entries
+
+
+def tls_interchange_key(hmac_id: int = 1, secret: bytes | None = None) -> str:
+    """A TLS PSK in the interchange format, as ``nvme gen-tls-key --hmac=N`` writes it:
+    ``NVMeTLSkey-1:0N:`` + base64(configured PSK + its CRC-32, little-endian) + ``:``; 32
+    random bytes for hmac 1 (SHA-256), 48 for hmac 2 (SHA-384). Made here, independently of
+    the product's own key code."""
+    key = secret if secret is not None else os.urandom(32 if hmac_id == 1 else 48)
+    blob = key + struct.pack("<I", zlib.crc32(key))
+    return f"NVMeTLSkey-1:{hmac_id:02d}:{base64.b64encode(blob).decode()}:"
 
 
 def linuxvm_run_path() -> Path:
