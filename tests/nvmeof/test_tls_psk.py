@@ -32,7 +32,7 @@ EXPORTED = {
     (0, K32): "NVMeTLSkey-1:00:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:",
     (1, K32): "NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:",
     (2, K48): "NVMeTLSkey-1:02:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwP/w0S89ELi3W2LxIcLXVsDn8kXZQ==:",
-}
+}  # fmt: skip
 V1_IDENTITIES = [
     (K32, "rfc8446", "iSbjiStwJ/1TrTvDlt2fjFmzvsytOJelidNnA+X5lEU="),
     (K48, "rfc8446", "QhW2+Rp6RzHlNtCslyRxMnwJ11tKKhz8JCAQpQ+XUD8f9td1VeH5h53yz2wKJG1a"),
@@ -107,10 +107,11 @@ def test_key_material_stays_out_of_repr() -> None:
         assert repr(K32)[2:20] not in text and repr(psk.key)[2:20] not in text
 
 
+_K32, _K48 = st.binary(min_size=32, max_size=32), st.binary(min_size=48, max_size=48)
 _KEYS = st.one_of(
-    st.tuples(st.just(1), st.binary(min_size=32, max_size=32)),
-    st.tuples(st.just(2), st.binary(min_size=48, max_size=48)),
-    st.tuples(st.just(0), st.binary(min_size=32, max_size=32) | st.binary(min_size=48, max_size=48)),
+    st.tuples(st.just(1), _K32),
+    st.tuples(st.just(2), _K48),
+    st.tuples(st.just(0), _K32 | _K48),
 )
 
 
@@ -158,7 +159,7 @@ def test_bad_arguments() -> None:
         host_psk(ik, H, S, identity_version=2)
     with pytest.raises(ValueError, match="no spaces"):
         host_psk(ik, "nqn.a b", S)
-    with pytest.raises(ValueError, match="not a TLS 1.3 AES-GCM suite"):
+    with pytest.raises(ValueError, match=r"not a TLS 1\.3 AES-GCM suite"):
         TlsPsk(b"x", K32, "TLS_CHACHA20_POLY1305_SHA256")
 
 
