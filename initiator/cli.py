@@ -6,6 +6,7 @@
     nvmeof id-ctrl --path 127.0.0.1:4420 -n NQN
     nvmeof bench -a 127.0.0.1 -s 8009 --rw randread --bs 4k --iodepth 32 --runtime 10
     nvmeof gen-dhchap-key --hmac 1                      # then connect with -S DHHC-1:01:...
+    nvmeof gen-tls-key --hmac 1                         # then connect with --tls-key NVMeTLSkey-1:..
 
 Paths come from discovery (``-a``/``-s``), or are given directly with ``--path ADDR:PORT``
 (repeatable; needed where the discovery log shows addresses this host cannot reach).
@@ -117,6 +118,28 @@ def _connection_args(parser: argparse.ArgumentParser, *, discovery: bool = True,
         help="DH-HMAC-CHAP host secret, used when the controller requires authentication")  # fmt: skip
     add("-C", "--dhchap-ctrl-secret", default="", metavar="DHHC-1:..",
         help="DH-HMAC-CHAP controller secret: authenticate the controller too")  # fmt: skip
+    _tls_args(group)
+
+
+#: nvmeof.tls.psk.PSK_DERIVATIONS (not imported here: it loads the crypto library).
+TLS_DERIVATIONS = ("compat", "rfc8446")
+
+
+def _tls_args(group: Any) -> None:
+    """TLS 1.3 with a PSK (TP 8011, docs/TLS.md), nvme-cli's flags without the keyring."""
+    group.add_argument("--tls", action="store_true",
+                       help="TLS 1.3 with a pre-shared key on every queue (needs --tls-key)")  # fmt: skip
+    group.add_argument("--tls-key", "--tls_key", dest="tls_key", default="",
+                       metavar="NVMeTLSkey-1:..",
+                       help="the PSK in interchange format (nvme gen-tls-key); implies --tls")  # fmt: skip
+    group.add_argument("--tls-identity-version", type=int, choices=(0, 1), default=0,
+                       help="PSK identity NVMe0R0x (0, what Linux 6.12 uses) or NVMe1R0x (1)")  # fmt: skip
+    group.add_argument("--tls-psk-derivation", choices=TLS_DERIVATIONS, default="compat",
+                       help="TLS PSK derivation: compat (nvme-cli 2.13, Debian 13) or rfc8446 "
+                            "(newer nvme-cli); default compat")  # fmt: skip
+    group.add_argument("--tls-sha384-r02", dest="tls_r02_sha256", action="store_false",
+                       help="an 02 (SHA-384) key uses TLS_AES_256_GCM_SHA384 as TP 8011 says, "
+                            "not the SHA-256 suite tlshd 1.0.0 needs")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,17 +220,46 @@ def build_parser() -> argparse.ArgumentParser:
                      help="transform hash: 0 none, 1 SHA-256, 2 SHA-384, 3 SHA-512")  # fmt: skip
     gen.add_argument("-n", "--nqn", help="host NQN: transform the key with it (nvme-cli 2.x)")
     gen.add_argument("-s", "--secret", metavar="HEX", help="the key in hex instead of random")
+    gen_tls = sub.add_parser("gen-tls-key", help="a TLS PSK (NVMeTLSkey-1), like nvme-cli's")
+    gen_tls.add_argument("-m", "--hmac", type=int, choices=(1, 2), default=1,
+                         help="1 SHA-256 (32-byte key, default), 2 SHA-384 (48 bytes)")  # fmt: skip
+    gen_tls.add_argument("-s", "--secret", metavar="HEX",
+                         help="the configured PSK in hex instead of random")  # fmt: skip
+    check = sub.add_parser("check-tls-key",
+                           help="parse an NVMeTLSkey-1 key and print its PSK identity")  # fmt: skip
+    check.add_argument("-d", "--key", "--keydata", dest="key", required=True,
+                       metavar="NVMeTLSkey-1:..")  # fmt: skip
+    check.add_argument("-q", "--hostnqn", required=True)
+    check.add_argument("-n", "--subsysnqn", required=True)
+    check.add_argument("-I", "--identity", type=int, choices=(0, 1), default=0,
+                       help="identity version (default 0)")  # fmt: skip
+    check.add_argument("--tls-psk-derivation", choices=TLS_DERIVATIONS, default="compat",
+                       help="as for connecting (default compat); it changes a version 1 "
+                            "identity's digest")  # fmt: skip
+    check.add_argument("-C", "--compat", dest="tls_psk_derivation", action="store_const",
+                       const="compat", help="nvme-cli's flag: the compat derivation")  # fmt: skip
+    check.add_argument("--tls-sha384-r02", dest="tls_r02_sha256", action="store_false",
+                       help="the suite an 02 key is used under: as for connecting")  # fmt: skip
     return parser  # fmt: skip
 
 
 def _validate(args: argparse.Namespace) -> str | None:
-    if args.command == "gen-dhchap-key":
+    if args.command in _LOCAL_COMMANDS:
         return None
     if args.dhchap_secret or args.dhchap_ctrl_secret:
         from initiator.auth import parse_secrets
 
         try:
             parse_secrets(args.dhchap_secret, args.dhchap_ctrl_secret)
+        except ValueError as exc:
+            return str(exc)
+    if args.tls and not args.tls_key:
+        return "--tls needs --tls-key (there is no kernel keyring here)"
+    if args.tls_key:
+        from initiator.tls import parse_tls_key
+
+        try:
+            parse_tls_key(args.tls_key)
         except ValueError as exc:
             return str(exc)
     resv = args.command.startswith("resv-")  # -a and -n mean other things there
@@ -233,8 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"nvmeof {args.command}: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    if args.command == "gen-dhchap-key":
-        return _gen_dhchap_key(args)
+    if args.command in _LOCAL_COMMANDS:
+        return _LOCAL_COMMANDS[args.command](args)
     from initiator import commands, resv_commands  # after argument checks: keeps --help fast
 
     run = resv_commands.run if args.command in resv_commands.RESV_COMMANDS else commands.run
@@ -265,6 +317,39 @@ def _gen_dhchap_key(args: argparse.Namespace) -> int:
         print(f"nvmeof gen-dhchap-key: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return 0
+
+
+def _gen_tls_key(args: argparse.Namespace) -> int:
+    from initiator.tls import gen_tls_key
+
+    try:
+        print(gen_tls_key(args.hmac, secret_hex=args.secret))
+    except ValueError as exc:
+        print(f"nvmeof gen-tls-key: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _check_tls_key(args: argparse.Namespace) -> int:
+    from initiator.tls import describe_tls_key
+
+    try:
+        print(describe_tls_key(args.key, args.hostnqn, args.subsysnqn,
+                               identity_version=args.identity,
+                               derivation=args.tls_psk_derivation,
+                               r02_sha256=args.tls_r02_sha256))  # fmt: skip
+    except ValueError as exc:
+        print(f"nvmeof check-tls-key: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+#: Commands that connect to nothing (and take no connection options).
+_LOCAL_COMMANDS = {
+    "gen-dhchap-key": _gen_dhchap_key,
+    "gen-tls-key": _gen_tls_key,
+    "check-tls-key": _check_tls_key,
+}
 
 
 if __name__ == "__main__":

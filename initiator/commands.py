@@ -37,6 +37,8 @@ def controller_options(args: argparse.Namespace) -> ControllerOptions:
         command_timeout=args.timeout, reconnect_delay=args.reconnect_delay,
         ctrl_loss_tmo=args.ctrl_loss_tmo, fast_io_fail_tmo=None if fast < 0 else fast,
         dhchap_secret=args.dhchap_secret, dhchap_ctrl_secret=args.dhchap_ctrl_secret,
+        tls=args.tls, tls_key=args.tls_key, tls_identity_version=args.tls_identity_version,
+        tls_psk_derivation=args.tls_psk_derivation, tls_r02_sha256=args.tls_r02_sha256,
     )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ import trio
 
 from initiator.auth import AuthState, authenticate_queue, parse_secrets
 from initiator.queue import Completion, HostQueue
+from initiator.tls import TlsCounts, TlsHandshakeError, check_tls_options, queue_psk
 from nvmeof.constants import (
     CNTLID_DYNAMIC,
     DISCOVERY_NQN,
@@ -88,9 +89,28 @@ class ControllerOptions:
     dhchap_secret: str = field(default="", repr=False)
     #: Controller secret (``--dhchap-ctrl-secret``): authenticate the controller too.
     dhchap_ctrl_secret: str = field(default="", repr=False)
+    #: TLS 1.3 with a PSK on every queue (``--tls``, TP 8011, docs/TLS.md); needs ``tls_key``.
+    tls: bool = False
+    #: The PSK, nvme-cli's interchange text ``NVMeTLSkey-1:01:..:`` (``--tls-key``; giving it
+    #: implies ``tls``). Kept out of the repr.
+    tls_key: str = field(default="", repr=False)
+    #: PSK identity version: 0 ``NVMe0R0x <hostnqn> <subnqn>`` (what Linux 6.12 looks up) or 1
+    #: (with the PSK digest).
+    tls_identity_version: int = 0
+    #: How the TLS PSK is derived from the key: ``compat`` (nvme-cli 2.13 / libnvme 1.13, the
+    #: Debian 13 reference peer) or ``rfc8446`` (newer nvme-cli).
+    tls_psk_derivation: str = "compat"
+    #: An ``02`` (SHA-384) key under a SHA-256 suite, which tlshd 1.0.0 needs; False: the
+    #: TLS_AES_256_GCM_SHA384 suite TP 8011 names (``--tls-sha384-r02``).
+    tls_r02_sha256: bool = True
 
     def __post_init__(self) -> None:
         parse_secrets(self.dhchap_secret, self.dhchap_ctrl_secret)  # one-line ValueError
+        if self.tls_key:
+            self.tls = True
+        elif self.tls:
+            raise ValueError("--tls needs --tls-key (there is no kernel keyring here)")
+        check_tls_options(self.tls_key, self.tls_identity_version, self.tls_psk_derivation)
         if not self.hostnqn:
             self.hostnqn, self.hostid = default_host_nqn()
         elif not self.hostid:
@@ -274,17 +294,40 @@ async def _connect_queue(ctrl: HostController, queue: HostQueue, qid: int, sqsiz
 async def connect_controller(
     nursery: trio.Nursery, host: str, port: int, subnqn: str,
     options: ControllerOptions | None = None, *, auth: AuthState | None = None,
+    tls_counts: TlsCounts | None = None,
 ) -> HostController:  # fmt: skip
     """Bring a controller up like ``nvme connect`` and start its keep-alive task.
 
+    With ``options.tls`` every queue does its TLS handshake first, with the PSK identity for
+    (host NQN, ``subnqn``); ``tls_counts`` counts them (a session's, across reconnects).
     Each queue authenticates after its Connect when the controller asks (ATR); ``auth``
     carries the T_ID counter across reconnects (a :class:`~initiator.session.Session`'s).
     """
     opts = options or ControllerOptions()
     discovery = subnqn == DISCOVERY_NQN
-    admin = await HostQueue.connect(nursery, host, port, qid=0, depth=32,
-                                    header_digest=opts.header_digest,
-                                    data_digest=opts.data_digest)  # fmt: skip
+    psk = None
+    if opts.tls:
+        psk = queue_psk(opts.tls_key, opts.hostnqn, subnqn,
+                        identity_version=opts.tls_identity_version,
+                        derivation=opts.tls_psk_derivation, r02_sha256=opts.tls_r02_sha256)  # fmt: skip
+    counts = tls_counts if tls_counts is not None else TlsCounts()
+
+    async def open_queue(qid: int, depth: int) -> HostQueue:
+        try:
+            queue = await HostQueue.connect(nursery, host, port, qid=qid, depth=depth,
+                                            header_digest=opts.header_digest,
+                                            data_digest=opts.data_digest, tls=psk)  # fmt: skip
+        except TlsHandshakeError:
+            counts.failed += 1
+            raise
+        if psk is not None:
+            counts.ok += 1
+        return queue
+
+    admin = await open_queue(0, 32)
+    if psk is not None:
+        log.info("controller %s:%s %s: tls cipher=%s identity=%s", host, port, subnqn,
+                 admin.tls_cipher, psk.identity.decode(errors="replace"))  # fmt: skip
     ctrl = HostController(admin, subnqn, (host, port), opts, auth)
     try:
         ctrl.cntlid = await _connect_queue(ctrl, admin, 0, 32)
@@ -306,9 +349,7 @@ async def connect_controller(
             count = min((granted & 0xFFFF) + 1, (granted >> 16) + 1, opts.io_queues)
             sqsize = min(opts.queue_size, (ctrl.cap & 0xFFFF) + 1, ctrl.identify.maxcmd or 1 << 16)
             for qid in range(1, count + 1):
-                queue = await HostQueue.connect(nursery, host, port, qid=qid, depth=sqsize,
-                                                header_digest=opts.header_digest,
-                                                data_digest=opts.data_digest)  # fmt: skip
+                queue = await open_queue(qid, sqsize)
                 queue.in_capsule_limit = max(ctrl.identify.ioccsz * 16 - 64, 0)
                 ctrl.io_queues.append(queue)
                 await _connect_queue(ctrl, queue, qid, sqsize)

@@ -60,7 +60,11 @@ class Host:
                                   kato_ms=0, io_queues=0,
                                   command_timeout=self.options.command_timeout,
                                   dhchap_secret=self.options.dhchap_secret,
-                                  dhchap_ctrl_secret=self.options.dhchap_ctrl_secret),
+                                  dhchap_ctrl_secret=self.options.dhchap_ctrl_secret,
+                                  tls=self.options.tls, tls_key=self.options.tls_key,
+                                  tls_identity_version=self.options.tls_identity_version,
+                                  tls_psk_derivation=self.options.tls_psk_derivation,
+                                  tls_r02_sha256=self.options.tls_r02_sha256),
             )  # fmt: skip
             try:
                 for _ in range(DISCOVERY_RETRIES):

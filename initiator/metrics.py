@@ -29,7 +29,9 @@ Metrics (``path`` is the controller's ``addr:port``):
 - per controller ``{path,subsystem}``: ``nvmeof_initiator_reconnects_total``,
   ``nvmeof_initiator_controller_state{...,state}``,
   ``nvmeof_initiator_auth_total{...,result}`` (DH-HMAC-CHAP queue authentications,
-  ``result`` success or failure; reconnects authenticate again).
+  ``result`` success or failure; reconnects authenticate again),
+  ``nvmeof_initiator_tls_handshakes_total{...,result}`` (TLS handshakes of its queues,
+  ``result`` ok or failed; every queue of every association does one).
 """
 
 from __future__ import annotations
@@ -202,6 +204,11 @@ class InitiatorCollector(Collector):
             "DH-HMAC-CHAP queue authentications of the controller, by result",
             labels=["path", "subsystem", "result"],
         )  # fmt: skip
+        tls = CounterMetricFamily(
+            "nvmeof_initiator_tls_handshakes",
+            "TLS handshakes of the controller's queues, by result",
+            labels=["path", "subsystem", "result"],
+        )  # fmt: skip
         seen: set[tuple[str, str]] = set()
         for session in list(self.host.sessions):
             key = (session.label, session.subnqn)
@@ -212,11 +219,14 @@ class InitiatorCollector(Collector):
             reconnected.add_metric(list(key), session.reconnected)
             auth.add_metric([*key, "success"], session.auth.successes)
             auth.add_metric([*key, "failure"], session.auth.failures)
+            tls.add_metric([*key, "ok"], session.tls.ok)
+            tls.add_metric([*key, "failed"], session.tls.failed)
             for each in SessionState:
                 state.add_metric([*key, each.value], 1 if each is session.state else 0)
         yield reconnects
         yield reconnected
         yield auth
+        yield tls
         yield state
 
 

@@ -12,17 +12,22 @@ host-synthesized status Host Aborted Command (0x371), as the Linux host does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from initiator.tls import PLAIN_REFUSED_HINT, client_handshake
 from nvmeof.constants import SQE_SIZE
 from nvmeof.errors import LocalProtocolError, NvmeofError, TransportError
 from nvmeof.status import Status, StatusCode, status_word
 from nvmeof.tcp.events import ConnectionEstablished, ResponseReceived, TermReqReceived
 from nvmeof.tcp.host import HostConnection
+
+if TYPE_CHECKING:
+    from nvmeof.tls.psk import TlsPsk
+    from tlsstream import TlsStream
 
 log = logging.getLogger("nvmeof.initiator")
 
@@ -53,6 +58,15 @@ class QueueClosed(NvmeofError):
 
 class PeerClosed(QueueClosed):
     """The target ended the connection (EOF or a C2HTermReq): it knows the queue is gone."""
+
+
+class _PeerEof(PeerClosed):
+    """The target closed the TCP connection (no C2HTermReq)."""
+
+
+#: How a target ends a connection it will not serve at all (nvmet: a plaintext ICReq to a port
+#: that requires TLS is closed, or reset when bytes are left unread).
+_CLOSED_BY_PEER = (_PeerEof, ConnectionResetError, BrokenPipeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +102,18 @@ class HostQueue:
         on_close: called once with the error when the connection is lost.
     """
 
-    def __init__(self, stream: trio.SocketStream, *, qid: int, depth: int,
+    def __init__(self, stream: trio.SocketStream | TlsStream, *, qid: int, depth: int,
                  header_digest: bool = False, data_digest: bool = False) -> None:  # fmt: skip
         self.stream = stream
+        #: Reads into a buffer, returns the byte count (0 at EOF): the socket's own
+        #: ``recv_into`` for plain TCP, the TLS stream's decrypting one otherwise.
+        self._recv_into: Callable[[memoryview], Awaitable[int]]
+        if type(stream) is trio.SocketStream:
+            self._recv_into = stream.socket.recv_into
+            self.tls_cipher: str | None = None
+        else:
+            self._recv_into = stream.receive_into
+            self.tls_cipher = stream.cipher
         self.qid = qid
         self.depth = depth
         self.conn = HostConnection(header_digest=header_digest, data_digest=data_digest)
@@ -112,10 +135,17 @@ class HostQueue:
         cls, nursery: trio.Nursery, host: str, port: int, *, qid: int, depth: int,
         header_digest: bool = False, data_digest: bool = False,
         timeout: float = ICRESP_TIMEOUT,  # noqa: ASYNC109 - a protocol timer (ICResp wait)
+        tls: TlsPsk | None = None,
     ) -> HostQueue:  # fmt: skip
-        """Open the TCP connection, exchange ICReq/ICResp and start the reader and writer."""
+        """Open the TCP connection, do the TLS handshake when ``tls`` gives a PSK (raises
+        :class:`~initiator.tls.TlsHandshakeError`), exchange ICReq/ICResp and start the
+        reader and writer. Each step is bounded by ``timeout``."""
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            tcp = await trio.open_tcp_stream(host, port)
+        stream: trio.SocketStream | TlsStream = tcp
+        if tls is not None:
+            stream = await client_handshake(tcp, tls, f"{host}:{port}", timeout)
+            log.debug("qid %d %s:%s: tls %s", qid, host, port, stream.cipher)
         queue = cls(stream, qid=qid, depth=depth, header_digest=header_digest,
                     data_digest=data_digest)  # fmt: skip
         nursery.start_soon(queue._reader)
@@ -129,7 +159,10 @@ class HostQueue:
             await queue.aclose()
             raise
         if queue.error is not None:
-            raise QueueClosed(f"ICReq to {host}:{port} failed: {queue.error}")
+            hint = ""
+            if tls is None and isinstance(queue.error, _CLOSED_BY_PEER):
+                hint = f"; {PLAIN_REFUSED_HINT}"  # nvmet closes a plaintext ICReq so
+            raise QueueClosed(f"ICReq to {host}:{port} failed: {queue.error}{hint}")
         return queue
 
     @property
@@ -240,11 +273,12 @@ class HostQueue:
         reader = conn.reader
         contexts = self._contexts
         free = self._free_cids
+        recv_into = self._recv_into
         try:
             while not self._closed:
-                nbytes = await self.stream.socket.recv_into(reader.get_buffer())
+                nbytes = await recv_into(reader.get_buffer())
                 if not nbytes:
-                    raise PeerClosed("connection closed by the target")
+                    raise _PeerEof("connection closed by the target")
                 reader.commit(nbytes)
                 while (event := conn.next_event()) is not None:
                     if type(event) is ResponseReceived:

@@ -23,6 +23,7 @@ from initiator.controller import (
     connect_controller,
 )
 from initiator.queue import HostQueue, PeerClosed, QueueClosed
+from initiator.tls import TlsCounts, TlsHandshakeError
 from logfmt.aggregate import Aggregator
 from nvmeof.constants import (
     OAES_ANA_CHANGE,
@@ -118,6 +119,8 @@ class Session:
         self.reconnected = 0  # attempts that brought the controller back
         #: DH-HMAC-CHAP T_ID counter and outcome counts, kept across reconnects.
         self.auth = AuthState()
+        #: TLS handshakes by outcome (every queue of every association).
+        self.tls = TlsCounts()
         self.lost_at: float | None = None
         self.anatt_deadline = math.inf  # armed while an ANA group is in the change state
         self._scope: trio.CancelScope | None = None
@@ -197,9 +200,10 @@ class Session:
                 if first:
                     self._set_state(SessionState.DELETED, f"connect failed: {err}")
                     raise
-                if isinstance(err, AuthenticationError) and err.permanent:
+                if isinstance(err, _SECURITY_ERRORS) and err.permanent:
                     # nvmf_should_reconnect: no reconnect after an authentication failure
-                    # (-EKEYREJECTED, -ENOKEY) or a DNR status: the same would happen again
+                    # (-EKEYREJECTED, -ENOKEY) or a DNR status: the same would happen again;
+                    # likewise after a TLS handshake the target refused (the same key again)
                     self._lost("association ended")
                     self._set_state(SessionState.DELETED, f"not reconnecting: {err}")
                     return
@@ -222,7 +226,8 @@ class Session:
     async def _associate(self, nursery: trio.Nursery) -> None:
         self.anatt_deadline = math.inf
         assoc = await connect_controller(nursery, self.addr, self.port, self.subnqn,
-                                         self.options, auth=self.auth)  # fmt: skip
+                                         self.options, auth=self.auth,
+                                         tls_counts=self.tls)  # fmt: skip
         self.assoc = assoc
         data = assoc.identify_data
         self.crdt = tuple(
@@ -389,6 +394,8 @@ _PEER_CLOSED = (PeerClosed, ConnectionResetError, BrokenPipeError)
 #: CTRATT bit 6: Traffic Based Keep Alive Support.
 _CTRATT_TBKAS = 1 << 6
 
+#: Failures that end the controller when ``permanent`` (the same key would fail again).
+_SECURITY_ERRORS = (AuthenticationError, TlsHandshakeError)
 #: Errors that end an association but not the controller: reconnect after them.
 _RECOVERABLE = (NvmeofError, OSError, trio.TooSlowError)
 
