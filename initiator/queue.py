@@ -108,7 +108,7 @@ class HostQueue:
         #: Reads into a buffer, returns the byte count (0 at EOF): the socket's own
         #: ``recv_into`` for plain TCP, the TLS stream's decrypting one otherwise.
         self._recv_into: Callable[[memoryview], Awaitable[int]]
-        if type(stream) is trio.SocketStream:
+        if isinstance(stream, trio.SocketStream):
             self._recv_into = stream.socket.recv_into
             self.tls_cipher: str | None = None
         else:
