@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
 	  ($(PYTHON) -m pip install -q --user virtualenv && $(PYTHON) -m virtualenv $(VENV))
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,lint,plot]'
+	$(BIN)/python -m pip install -q -e '.[test,lint,plot,tls]'
 	touch $(STAMP)
 
 demo: $(STAMP)

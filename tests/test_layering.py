@@ -2,8 +2,9 @@
 
     nvmeof          the protocol, sans-IO: imports no other package of ours
     logfmt          log line format and stderr setup: imports no other package of ours
-    target          the daemon: may import nvmeof and logfmt, never initiator
-    initiator       the host: may import nvmeof and logfmt, never target
+    tlsstream       TLS streams on Trio for both wings: may import nvmeof only
+    target          the daemon: may import nvmeof, logfmt and tlsstream, never initiator
+    initiator       the host: may import nvmeof, logfmt and tlsstream, never target
     demo            composes both wings from outside them
     nvmeof_emu      the test writers' package (target process, host, pytest plugin): composes
                     both wings from outside them, like demo
@@ -33,10 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ALLOWED: dict[str, frozenset[str]] = {
     "nvmeof": frozenset({"nvmeof"}),
     "logfmt": frozenset({"logfmt"}),
-    "target": frozenset({"target", "nvmeof", "logfmt"}),
-    "initiator": frozenset({"initiator", "nvmeof", "logfmt"}),
-    "demo": frozenset({"demo", "target", "initiator", "nvmeof", "logfmt"}),
-    "nvmeof_emu": frozenset({"nvmeof_emu", "target", "initiator", "nvmeof", "logfmt"}),
+    "tlsstream": frozenset({"tlsstream", "nvmeof"}),
+    "target": frozenset({"target", "nvmeof", "logfmt", "tlsstream"}),
+    "initiator": frozenset({"initiator", "nvmeof", "logfmt", "tlsstream"}),
+    "demo": frozenset({"demo", "target", "initiator", "nvmeof", "logfmt", "tlsstream"}),
+    "nvmeof_emu": frozenset({"nvmeof_emu", "target", "initiator", "nvmeof", "logfmt", "tlsstream"}),
 }
 # Our importable top-level names that no package may import (they may import the packages).
 NOT_IMPORTABLE = frozenset({"tests", "bench"})
@@ -217,7 +219,9 @@ def test_every_package_is_checked() -> None:
     assert present - NOT_IMPORTABLE == set(ALLOWED), "add the new package to ALLOWED"
     modules = discover(ROOT, ALLOWED)
     assert len(modules) > 60
-    assert {"target", "initiator", "nvmeof", "demo", "logfmt", "nvmeof_emu"} <= set(modules)
+    assert {"target", "initiator", "nvmeof", "demo", "logfmt", "nvmeof_emu", "tlsstream"} <= set(
+        modules
+    )
 
 
 def test_no_import_crosses_the_layers() -> None:
