@@ -219,11 +219,13 @@ async def client_handshake(stream: trio.SocketStream, psk: TlsPsk) -> TlsStream:
     return tls
 
 
-async def server_handshake(stream: trio.SocketStream, lookup: Lookup) -> TlsStream:
-    """The target's side: ``lookup(identity)`` gives the PSK of a host's identity or None.
-    On any failure (or cancellation) ``stream`` is closed and the error raised."""
+async def server_handshake(stream: trio.SocketStream, lookup: Lookup, *,
+                           r02_any_suite: bool = True) -> TlsStream:  # fmt: skip
+    """The target's side: ``lookup(identity)`` gives the PSK of a host's identity or None
+    (``r02_any_suite``: :meth:`nvmeof.tls.TlsEngine.server`). On any failure (or cancellation)
+    ``stream`` is closed and the error raised."""
     try:
-        tls = TlsStream(stream, TlsEngine.server(lookup))
+        tls = TlsStream(stream, TlsEngine.server(lookup, r02_any_suite=r02_any_suite))
         await tls.do_handshake()
     except BaseException:
         await trio.aclose_forcefully(stream)

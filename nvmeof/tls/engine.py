@@ -19,6 +19,8 @@ Measured with cryptography 50.0.2 (OpenSSL 4.0.3) and pyOpenSSL 26.4.0:
   therefore reads the ClientHello first (:mod:`nvmeof.tls.hello`), looks the identity up and
   allows only the suites of that PSK's hash: such a client gets TLS_CHACHA20_POLY1305_SHA256 or
   TLS_AES_128_GCM_SHA256 (its preference), an RFC client with a SHA-384 PSK gets AES-256-GCM.
+  The binder's length tells which hash the client used, so by default a 48-byte PSK follows it
+  (``r02_any_suite``): one target serves both kinds of host with the same key.
 * The server sends one NewSessionTicket after the handshake (OpenSSL sends one after a PSK
   handshake; ``SSL_CTX_set_num_tickets`` is not in the bindings). OP_NO_TICKET makes it a small
   stateful one; tlshd took it without trouble in the study's kernel-host run.
@@ -26,6 +28,7 @@ Measured with cryptography 50.0.2 (OpenSSL 4.0.3) and pyOpenSSL 26.4.0:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import weakref
 from collections.abc import Callable
@@ -42,6 +45,7 @@ _SUITE_ID = {
     TLS_CHACHA20_POLY1305_SHA256: b"\x13\x03",
 }
 _HASH_LENGTH = {TLS_AES_128_GCM_SHA256: 32, TLS_AES_256_GCM_SHA384: 48}
+_SUITE_OF_BINDER = {length: suite for suite, length in _HASH_LENGTH.items()}
 #: Server suites by the hash length of the PSK found in the ClientHello; None = no PSK known.
 _SERVER_SUITES = {
     32: f"{TLS_AES_128_GCM_SHA256}:{TLS_CHACHA20_POLY1305_SHA256}",
@@ -124,6 +128,7 @@ class TlsEngine:
         self._refused: list[bytes] = []
         self._identity: bytes | None = None
         self._mismatch = ""
+        self._r02_any_suite = False
         self._callback_error: BaseException | None = None
         self._error: TlsError | None = None
         self._done = False
@@ -163,11 +168,19 @@ class TlsEngine:
         return engine
 
     @classmethod
-    def server(cls, lookup: Lookup) -> TlsEngine:
+    def server(cls, lookup: Lookup, *, r02_any_suite: bool = True) -> TlsEngine:
         """A target: ``lookup(identity)`` gives the PSK for a client's identity, or None to
         refuse it. Exceptions from it fail the handshake with a :class:`TlsError` chained to
-        them. The connection is made once the ClientHello is in (see the module docstring)."""
-        return cls(None, lookup)
+        them. The connection is made once the ClientHello is in (see the module docstring).
+
+        ``r02_any_suite``: a 48-byte (R02) PSK is used with the hash the client's binder was
+        computed with: SHA-384 from a host that follows TP 8011, SHA-256 from a tlshd 1.0.0
+        host. A target cannot tell the two kinds of host apart before the ClientHello, so this is
+        the default; ``lookup``'s suite then only matters with False.
+        """
+        engine = cls(None, lookup)
+        engine._r02_any_suite = r02_any_suite
+        return engine
 
     def _context(self, suites: str) -> Any:
         o = self._o
@@ -218,11 +231,15 @@ class TlsEngine:
         for offer in offered:
             psk = self._find(offer.identity)
             if isinstance(psk, TlsPsk):
+                suite = _SUITE_OF_BINDER.get(offer.binder_length, psk.cipher)
+                if self._r02_any_suite and len(psk.key) == 48 and suite != psk.cipher:
+                    psk = self._found[offer.identity] = dataclasses.replace(psk, cipher=suite)
                 hash_length = _HASH_LENGTH[psk.cipher]
                 if offer.binder_length != hash_length:
+                    hint = " (see r02_sha256)" if len(psk.key) == 48 else ""
                     self._mismatch = (
                         f"the client's PSK binder is {offer.binder_length} bytes but its PSK is "
-                        f"set up for {psk.cipher} (a tlshd 1.0.0 host needs r02_sha256)"
+                        f"set up for {psk.cipher}{hint}"
                     )
                 break
 

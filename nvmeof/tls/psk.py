@@ -251,6 +251,8 @@ def target_psk(identity: PskIdentity, key: InterchangeKey, *, derivation: str = 
 
     None when the identity's hash is not the key's, a v1 digest does not match the key (a host
     with another key, or a forged identity), or the identity cannot be derived (too long).
+    ``r02_sha256`` sets the suite of a 48-byte PSK; :meth:`nvmeof.tls.TlsEngine.server` by
+    default replaces it with the one the host's binder shows (``r02_any_suite``).
     """
     _check_derivation(derivation)
     if identity.hmac != key.suite_hash:

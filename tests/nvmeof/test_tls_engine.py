@@ -55,12 +55,12 @@ def fail(client: TlsEngine, server: TlsEngine) -> tuple[TlsError, TlsError]:
     return server_error.value, client_error.value
 
 
-def keyed_server(key: InterchangeKey, **options: object) -> TlsEngine:
+def keyed_server(key: InterchangeKey, *, r02_any_suite: bool = True, **options: bool) -> TlsEngine:
     def lookup(raw: bytes) -> TlsPsk | None:
         identity = PskIdentity.parse(raw)
         return None if identity is None else target_psk(identity, key, **options)
 
-    return TlsEngine.server(lookup)
+    return TlsEngine.server(lookup, r02_any_suite=r02_any_suite)
 
 
 @pytest.mark.parametrize("version", [0, 1])
@@ -90,23 +90,45 @@ def test_handshake(hmac: int, r02_sha256: bool, cipher: str, version: int) -> No
     assert server.read_into(buffer) == 0  # nothing more yet
 
 
-def test_tlshd_1_0_client_with_an_r02_key() -> None:
-    # docs/TLS.md section 3, last row: the host offers AES-256-GCM-SHA384 first but computes the
-    # binder of its 48-byte key with SHA-256. The server reads the ClientHello, finds a SHA-256
-    # PSK and allows SHA-256 suites only; the host's preference then gives CHACHA20 (as measured
-    # kernel to kernel). With every suite allowed OpenSSL fails it ("bad extension").
+@pytest.mark.parametrize("target_r02_sha256", [True, False])
+@pytest.mark.parametrize(
+    ("host_r02_sha256", "cipher"),
+    [(True, "TLS_CHACHA20_POLY1305_SHA256"), (False, TLS_AES_256_GCM_SHA384)],
+)
+def test_one_target_serves_r02_hosts_of_either_kind(
+    host_r02_sha256: bool, cipher: str, target_r02_sha256: bool
+) -> None:
+    # docs/TLS.md section 3, last row: a tlshd 1.0.0 host offers AES-256-GCM-SHA384 first but
+    # computes the binder of its 48-byte key with SHA-256 (with every suite allowed OpenSSL
+    # fails it: "bad extension"). The server reads the ClientHello, sees a 32-byte binder and
+    # allows SHA-256 suites only; the host's preference then gives CHACHA20, as measured kernel
+    # to kernel. A TP 8011 host (48-byte binder) gets AES-256-GCM from the same target.
+    key = InterchangeKey.generate(2, os.urandom(48))
+    psk = host_psk(key, H, S, r02_sha256=host_r02_sha256)
+    client = TlsEngine.client(psk, suites=TLSHD_SUITES)
+    server = keyed_server(key, r02_sha256=target_r02_sha256)
+    connect(client, server)
+    assert client.cipher == server.cipher == cipher
+
+
+def test_a_strict_target_says_why_the_suites_do_not_fit() -> None:
     key = InterchangeKey.generate(2, os.urandom(48))
     psk = host_psk(key, H, S, r02_sha256=True)
-    client, server = TlsEngine.client(psk, suites=TLSHD_SUITES), keyed_server(key)
-    connect(client, server)
-    assert server.cipher == "TLS_CHACHA20_POLY1305_SHA256"
-    # A target set up for TP 8011's SHA-384 says what is wrong.
-    client, server = TlsEngine.client(psk, suites=TLSHD_SUITES), keyed_server(key, r02_sha256=False)
+    client = TlsEngine.client(psk, suites=TLSHD_SUITES)
+    server = keyed_server(key, r02_any_suite=False, r02_sha256=False)
     server_error, client_error = fail(client, server)
-    assert "binder is 32 bytes but its PSK is set up for TLS_AES_256_GCM_SHA384" in str(
+    assert (
+        "binder is 32 bytes but its PSK is set up for TLS_AES_256_GCM_SHA384 (see r02_sha256)"
+        in str(server_error)
+    )
+    assert "r02_sha256" in str(client_error)
+    # A 32-byte PSK is never moved to SHA-384.
+    short = TlsPsk(b"NVMe0R01 nqn.h nqn.s", os.urandom(32), TLS_AES_128_GCM_SHA256)
+    client = TlsEngine.client(TlsPsk(short.identity, short.key, TLS_AES_256_GCM_SHA384))
+    server_error, _ = fail(client, TlsEngine.server(lambda _: short))
+    assert "binder is 48 bytes but its PSK is set up for TLS_AES_128_GCM_SHA256 (OpenSSL" in str(
         server_error
     )
-    assert "r02_sha256" in str(server_error) and "r02_sha256" in str(client_error)
 
 
 def test_rfc_client_offering_every_suite_gets_sha384() -> None:
