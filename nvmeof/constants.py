@@ -250,6 +250,24 @@ class DiscoverySubtype(IntEnum):
     CURRENT_DISCOVERY = 3
 
 
+class SecureChannel(IntEnum):
+    """Discovery log entry TREQ bits 1:0 (NVMe over Fabrics spec, Discovery Log Page Entry;
+    nvmet's ``addr_treq``)."""
+
+    NOT_SPECIFIED = 0
+    REQUIRED = 1
+    NOT_REQUIRED = 2
+
+
+class TcpSecurityType(IntEnum):
+    """TSAS byte 0 (SECTYPE) of a TCP discovery log entry (include/linux/nvme.h
+    NVMF_TCP_SECTYPE_*; TP 8011)."""
+
+    NONE = 0
+    TLS12 = 1  # obsolete
+    TLS13 = 2
+
+
 class AenType(IntEnum):
     ERROR = 0
     SMART = 1

@@ -40,6 +40,7 @@ from target.commands.dispatch import CloseQueue, route
 from target.commands.request import Execute, Pending, Reply, Request, fail
 from target.faultpath import FaultInjection
 from target.state import IO_OPCODES
+from tlsstream import TlsStream
 
 if TYPE_CHECKING:
     from nvmeof.auth.controller import QueueAuth
@@ -66,13 +67,23 @@ class QueueConnection(FaultInjection):
     """Serves one queue: implements the handlers' :class:`~target.commands.request.QueueContext`
     and the controller's :class:`~target.controller.QueueHandle`."""
 
-    def __init__(self, state: TargetState, port: Port, stream: trio.SocketStream,
+    def __init__(self, state: TargetState, port: Port, stream: trio.SocketStream | TlsStream,
                  spawn_detached: Callable[..., object] | None = None) -> None:  # fmt: skip
         self.state = state
         #: Starts a task that outlives this connection (ghost writes).
         self.spawn_detached = spawn_detached
         self.port = port
         self.stream = stream
+        # Receives go straight into the framer's buffer: the socket's recv_into on plain TCP
+        # (the hot path, unchanged), the TLS stream's decrypting receive_into on TLS.
+        self._recv_into = (stream.receive_into if isinstance(stream, TlsStream)
+                           else stream.socket.recv_into)  # fmt: skip
+        #: The TLS PSK identity the host used, None on plaintext.
+        self.tls_identity = (
+            (stream.peer_identity or b"").decode("utf-8", "replace")
+            if isinstance(stream, TlsStream)
+            else None
+        )
         self.qid = -1
         self.controller: Controller | None = None
         self.sqsize = 0
@@ -229,7 +240,7 @@ class QueueConnection(FaultInjection):
         try:
             # Straight into the framer's preallocated buffer: no per-receive allocation.
             buffer = conn.reader.get_buffer()
-            nbytes = await self.stream.socket.recv_into(buffer)
+            nbytes = await self._recv_into(buffer)
         except (OSError, trio.ClosedResourceError):
             return False
         if not nbytes:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -20,6 +21,9 @@ from target.connection import QueueConnection
 from target.control.actions import Operations
 from target.port import Port
 from target.state import TargetState
+
+if TYPE_CHECKING:
+    from tlsstream import TlsStream
 
 log = logging.getLogger("nvmeof.target")
 
@@ -157,8 +161,16 @@ class Target(Operations):
         if not port.enabled:
             await stream.aclose()
             return
+        served: trio.SocketStream | TlsStream = stream
+        if port.tls is not None:
+            from target.tls import secure_channel  # OpenSSL is loaded for TLS ports only
+
+            secured = await secure_channel(self.state, port, stream)
+            if secured is None:
+                return
+            served = secured
         assert self._nursery is not None
-        queue = QueueConnection(self.state, port, stream, self._nursery.start_soon)
+        queue = QueueConnection(self.state, port, served, self._nursery.start_soon)
         serial = next(self._connection_serial)
         if self.pcap_dir is not None:
             queue.capture = ConnectionCapture.open(self.pcap_dir, port.id, stream.socket, serial)

@@ -23,6 +23,8 @@ class Port:
         self.referrals: list[ReferralConfig] = list(cfg.referrals)
         self.inline_data_size = cfg.inline_data_size
         self.strict = cfg.strict
+        #: None, "required" or "allowed" (PortConfig.tls).
+        self.tls = cfg.tls
         self.ana: dict[int, AnaState] = dict(cfg.ana_states)
         self.ana_chgcnt: dict[int, int] = {}
         self.enabled = True

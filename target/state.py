@@ -20,6 +20,8 @@ from nvmeof.constants import (
     AddressFamily,
     AnaState,
     DiscoverySubtype,
+    SecureChannel,
+    TcpSecurityType,
     TransportType,
 )
 from nvmeof.wire.logpages import AnaGroupDescriptor, DiscoveryEntry
@@ -35,7 +37,11 @@ log = logging.getLogger("nvmeof.target")
 MAX_ANA_GROUPS = 128
 #: TREQ: secure channel not required (2); SQ flow control disable supported (bit 2) is not
 #: advertised, so nvme connect-all does not ask for it.
-DISCOVERY_TREQ = 0x2
+DISCOVERY_TREQ = SecureChannel.NOT_REQUIRED
+#: A TLS port's TREQ and TSAS (SECTYPE TLS 1.3 in byte 0), as nvmet reports a port with
+#: addr_tsas = tls1.3 (nvmet_port_init_tsas_tcp).
+_TLS_TREQ = {"required": SecureChannel.REQUIRED, "allowed": SecureChannel.NOT_REQUIRED}
+_TLS_TSAS = bytes([TcpSecurityType.TLS13])
 
 
 #: Upper bounds (seconds) of the command latency histogram buckets (``+Inf`` is implied).
@@ -110,6 +116,8 @@ class TargetState:
         self.keepalive_expirations = 0
         #: Authentication transactions by outcome ("success", "failure"), for metrics.
         self.auth_results: dict[str, int] = {}
+        #: TLS handshakes on TLS ports by result (ok, failed, timeout): target.tls.
+        self.tls_results: dict[str, int] = {}
         self.termreqs_sent = 0
 
     # -- lookups -----------------------------------------------------------------------------
@@ -339,6 +347,7 @@ def _entry(port: Port, nqn: str, local_addr: str) -> DiscoveryEntry:
         addr = local_addr
     return DiscoveryEntry(
         trtype=TransportType.TCP, adrfam=_adrfam(addr), subtype=DiscoverySubtype.NVME,
-        treq=DISCOVERY_TREQ, portid=port.id, cntlid=0xFFFF, asqsz=32, eflags=0,
-        trsvcid=str(port.bound_port), subnqn=nqn, traddr=addr,
+        treq=_TLS_TREQ[port.tls] if port.tls else DISCOVERY_TREQ, portid=port.id, cntlid=0xFFFF,
+        asqsz=32, eflags=0, trsvcid=str(port.bound_port), subnqn=nqn, traddr=addr,
+        tsas=_TLS_TSAS if port.tls else bytes(256),
     )  # fmt: skip

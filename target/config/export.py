@@ -50,6 +50,9 @@ def _export_host(host: HostConfig, show_secrets: bool) -> dict[str, Any]:
                                 ("hash", host.dhchap_hash), ("dhgroup", host.dhchap_dhgroup))
             if value is not None
         }  # fmt: skip
+    if host.tls_key is not None:  # no configfs attribute: nvmet keeps PSKs in a keyring
+        out["nvmeof_emu_tls"] = {"key": _secret(host.tls_key, show_secrets),
+                                 "psk_derivation": host.tls_psk_derivation}  # fmt: skip
     return out
 
 
@@ -79,6 +82,9 @@ def _export_port(port: PortConfig) -> dict[str, Any]:
         out["nvmeof_emu_advertise"] = port.advertise
     if port.strict:
         out["nvmeof_emu_strict"] = True
+    if port.tls is not None:  # configfs addr_tsas / addr_treq
+        out["addr"].update(tsas="tls1.3",
+                           treq="required" if port.tls == "required" else "not required")  # fmt: skip
     return out
 
 
@@ -134,7 +140,7 @@ def export_native(config: TargetConfig, *, show_secrets: bool = False) -> dict[s
     out: dict[str, Any] = {}
     if config.discovery_nqn is not None:
         out["discovery_nqn"] = config.discovery_nqn
-    if any(h.dhchap_key is not None for h in config.hosts):
+    if any(h.dhchap_key is not None or h.tls_key is not None for h in config.hosts):
         out["host"] = [_native_host(h, show_secrets) for h in config.hosts]
     else:
         out["hosts"] = list(config.host_nqns)
@@ -151,6 +157,9 @@ def _native_host(host: HostConfig, show_secrets: bool) -> dict[str, Any]:
             out[name] = _secret(value, show_secrets)
     if host.dhchap_key is not None:
         out.update(dhchap_hash=host.dhchap_hash, dhchap_dhgroup=host.dhchap_dhgroup)
+    if host.tls_key is not None:
+        out.update(tls_key=_secret(host.tls_key, show_secrets),
+                   tls_psk_derivation=host.tls_psk_derivation)  # fmt: skip
     return out
 
 
@@ -189,6 +198,8 @@ def _native_port(port: PortConfig) -> dict[str, Any]:
                strict=port.strict, ana={str(group): state.label for group, state in port.ana_states})  # fmt: skip
     out["referral"] = [{"name": r.name, "addr": r.addr, "port": r.port, "portid": r.portid}
                        for r in port.referrals]  # fmt: skip
+    if port.tls is not None:
+        out["tls"] = port.tls
     return out
 
 

@@ -24,6 +24,10 @@ DHCHAP_DHGROUPS = ("null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "
 #: What an export writes in place of a secret unless asked to show them; applied live, it keeps
 #: the secret the target has; in a file read at start it is an error.
 SECRET_HIDDEN = "(hidden)"
+#: A port's TLS setting (nvmet addr_tsas = tls1.3 with addr_treq required / not required).
+TLS_MODES = ("required", "allowed")
+#: How a host derived its TLS PSK from the interchange key (docs/TLS.md).
+TLS_PSK_DERIVATIONS = ("compat", "rfc8446")
 
 
 class ConfigError(ValueError):
@@ -109,6 +113,10 @@ class PortConfig:
         strict: refuse what the specification forbids even where the Linux target accepts it
             (a conformance checker for hosts); off, refuse exactly what nvmet refuses
             (docs/TOLERANCE.md).
+        tls: None (plain TCP only), ``required`` (TLS 1.3 with a PSK, TP 8011; a plaintext
+            ICReq is closed, as nvmet) or ``allowed`` (TLS or plaintext, told apart by the
+            first byte as nvmet_tcp_try_peek_pdu does). The discovery log says it in TREQ and
+            TSAS.
     """
 
     id: int
@@ -120,6 +128,7 @@ class PortConfig:
     referrals: tuple[ReferralConfig, ...] = ()
     inline_data_size: int = 8192
     strict: bool = False
+    tls: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,11 @@ class HostConfig:
         dhchap_ctrl_key: the controller's secret: set, the target proves itself too
             (bidirectional authentication).
         dhchap_hash / dhchap_dhgroup: what the target offers that host, nvmet's names.
+        tls_key: the host's configured TLS PSK, ``NVMeTLSkey-1:..`` (``nvme gen-tls-key``): a
+            TLS port accepts the host's PSK identities for it (docs/TLS.md).
+        tls_psk_derivation: how the host turns that key into the TLS PSK: ``compat`` (what
+            nvme-cli 2.13 / libnvme 1.13, Debian 13, file in the kernel keyring) or
+            ``rfc8446`` (later libnvme).
     Secrets stay out of ``repr`` (logs, tracebacks).
     """
 
@@ -140,6 +154,8 @@ class HostConfig:
     dhchap_ctrl_key: str | None = field(default=None, repr=False)
     dhchap_hash: str = DHCHAP_HASHES[0]
     dhchap_dhgroup: str = DHCHAP_DHGROUPS[0]
+    tls_key: str | None = field(default=None, repr=False)
+    tls_psk_derivation: str = TLS_PSK_DERIVATIONS[0]
 
     @property
     def authentication(self) -> str:

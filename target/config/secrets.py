@@ -1,6 +1,6 @@
-"""Checks of the DH-HMAC-CHAP secrets a configuration holds (the secrets themselves are parsed
-and used by :mod:`nvmeof.auth`; here only whether a file's value is one, with a one-line
-reason that never repeats the secret)."""
+"""Checks of the secrets a configuration holds: DH-HMAC-CHAP secrets (parsed and used by
+:mod:`nvmeof.auth`) and TLS PSKs (:mod:`nvmeof.tls`); here only whether a file's value is one,
+with a one-line reason that never repeats the secret."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import base64
 import binascii
 import re
 import zlib
+
+from nvmeof.tls.psk import InterchangeKey
 
 _FORMAT = re.compile(r"DHHC-1:(0[0-3]):([A-Za-z0-9+/]+={0,2}):")
 _KEY_LENGTHS = (32, 48, 64)
@@ -29,4 +31,16 @@ def dhchap_secret_problem(value: object) -> str | None:
         return f"a DHHC-1 key is 32, 48 or 64 bytes, this one {len(key)}"
     if zlib.crc32(key).to_bytes(4, "little") != crc:
         return "the DHHC-1 secret's CRC-32 does not match its key (mistyped?)"
+    return None
+
+
+def tls_key_problem(value: object) -> str | None:
+    """Why ``value`` is not an ``NVMeTLSkey-1:<hh>:<base64(key + CRC-32)>:`` PSK, or None."""
+    if not isinstance(value, str):
+        return f"must be an NVMeTLSkey-1 key string, not {type(value).__name__}"
+    try:
+        InterchangeKey.parse(value)
+    except ValueError as exc:
+        reason = str(exc).replace(value, "...")  # never echo the key back
+        return f"not an NVMeTLSkey-1 key (as nvme gen-tls-key writes): {reason}"
     return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -27,11 +27,13 @@ from target.config.model import (
     DHCHAP_DHGROUPS,
     DHCHAP_HASHES,
     SECRET_HIDDEN,
+    TLS_MODES,
+    TLS_PSK_DERIVATIONS,
     ConfigError,
     NamespaceConfig,
     TargetConfig,
 )
-from target.config.secrets import dhchap_secret_problem
+from target.config.secrets import dhchap_secret_problem, tls_key_problem
 from target.control.faults import ACTIONS, QUEUE_KINDS
 
 MAX_NSID = 0xFFFFFFFE
@@ -347,15 +349,21 @@ class _Checker:
                                 "a controller key needs the host's key (dhchap_key)")  # fmt: skip
             self.one_of(f"{path}.dhchap_hash", host.dhchap_hash, DHCHAP_HASHES)
             self.one_of(f"{path}.dhchap_dhgroup", host.dhchap_dhgroup, DHCHAP_DHGROUPS)
+            if host.tls_key is not None:
+                self.secret(f"{path}.tls_key", host.tls_key, tls_key_problem)
+            self.one_of(f"{path}.tls_psk_derivation", host.tls_psk_derivation,
+                        TLS_PSK_DERIVATIONS)  # fmt: skip
 
-    def secret(self, path: str, value: object) -> None:
-        """A DH-HMAC-CHAP secret as nvme-cli's gen-dhchap-key writes it (never echoed back)."""
+    def secret(self, path: str, value: object,
+               problem_of: Callable[[object], str | None] | None = None) -> None:  # fmt: skip
+        """A secret as nvme-cli writes it, never echoed back: DH-HMAC-CHAP (gen-dhchap-key) by
+        default, else what ``problem_of`` checks (a TLS PSK: gen-tls-key)."""
         if value == SECRET_HIDDEN:
             if self.hidden_secrets:
                 return
             raise self.fail(path, "the secret was hidden by an export; export with "
                             "--show-secrets to keep it, or give the key")  # fmt: skip
-        problem = dhchap_secret_problem(value)
+        problem = (problem_of or dhchap_secret_problem)(value)
         if problem:
             raise self.fail(path, problem)
 
@@ -446,6 +454,8 @@ class _Checker:
                 if group in groups:
                     raise self.fail(f"{path}.ana_states[{a_index}]", f"ANA group {group} twice")
                 groups.add(group)
+            if port.tls is not None:
+                self.one_of(f"{path}.tls", port.tls, TLS_MODES)
             size = port.inline_data_size
             self.int_in(f"{path}.inline_data_size", size, 0, MAX_INLINE_DATA_SIZE)
             if size % 16:

@@ -209,15 +209,17 @@ class Operations(ReservationActions, Lifecycle, LiveConfig):
     async def host_add(self, host: str, **dhchap: str | None) -> list[str]:
         """Add a host to the target's host list (nvmetcli ``hosts``), with its DH-HMAC-CHAP
         settings if any (``dhchap_key``, ``dhchap_ctrl_key``, ``dhchap_hash``,
-        ``dhchap_dhgroup``); adding a known host changes nothing."""
+        ``dhchap_dhgroup``) and its TLS PSK (``tls_key``, ``tls_psk_derivation``); adding a
+        known host changes nothing."""
         entry = HostConfig(nqn=host, **{k: v for k, v in dhchap.items() if v is not None})
         return await self.change_config(
             lambda c: c if c.host(host) else replace(c, hosts=(*c.hosts, entry))
         )
 
     async def host_set_key(self, host: str, **dhchap: str | None) -> list[str]:
-        """Change a host's DH-HMAC-CHAP settings (given ones only; an empty string removes a
-        key): new connections use them, live ones keep theirs until they re-authenticate."""
+        """Change a host's DH-HMAC-CHAP or TLS settings (given ones only; an empty string
+        removes a key): new connections use them, live ones keep theirs until they
+        re-authenticate (a TLS connection keeps its session)."""
         changes: dict[str, Any] = {k: (v or None) if k.endswith("_key") else v
                                    for k, v in dhchap.items() if v is not None}  # fmt: skip
 
@@ -396,6 +398,7 @@ class Operations(ReservationActions, Lifecycle, LiveConfig):
                           for r in port.referrals],
             "connections": len(conns),
             "blackholed": sum(1 for c in conns if c.blackholed),
+            "tls": port.tls, "tls_connections": sum(1 for c in conns if c.tls_identity is not None),
         }  # fmt: skip
 
     def status(self) -> dict[str, Any]:
@@ -420,6 +423,7 @@ class Operations(ReservationActions, Lifecycle, LiveConfig):
             "ports": ports, "subsystems": subsystems, "hosts": [h.nqn for h in state.hosts],
             # how each known host authenticates (never its secrets)
             "host_authentication": {h.nqn: h.authentication for h in state.hosts},
+            "host_tls": sorted(h.nqn for h in state.hosts if h.tls_key is not None),
             "discovery_controllers": len(state.discovery_controllers),
             "connections": len(self.connections), "ana_change_count": state.ana_chgcnt,
             "faults": self.fault_list(), "faults_fired": dict(state.faults_fired),

@@ -120,6 +120,7 @@ class ControlClient:
         advertise: str | None = None,
         inline_data_size: int | None = None,
         strict: bool | None = None,
+        tls: str | None = None,
     ) -> PortStatus:
         """Create a port and listen on it (``port`` 0: any free TCP port, answered in
         ``["port"]``)."""
@@ -132,6 +133,7 @@ class ControlClient:
             advertise=advertise,
             inline_data_size=inline_data_size,
             strict=strict,
+            tls=tls,
         )
         return cast(PortStatus, self.request("POST", "/ports", body))
 
@@ -216,19 +218,24 @@ class ControlClient:
 
     def host_add(self, host: str, *, dhchap_key: str | None = None,
                        dhchap_ctrl_key: str | None = None, dhchap_hash: str | None = None,
-                       dhchap_dhgroup: str | None = None) -> list[str]:  # fmt: skip
-        """Add a host to the target's host list, with its DH-HMAC-CHAP settings if any."""
+                       dhchap_dhgroup: str | None = None, tls_key: str | None = None,
+                       tls_psk_derivation: str | None = None) -> list[str]:  # fmt: skip
+        """Add a host to the target's host list, with its DH-HMAC-CHAP settings and TLS PSK
+        (``NVMeTLSkey-1:..``) if any."""
         body = compact(nqn=host, dhchap_key=dhchap_key, dhchap_ctrl_key=dhchap_ctrl_key,
-                       dhchap_hash=dhchap_hash, dhchap_dhgroup=dhchap_dhgroup)  # fmt: skip
+                       dhchap_hash=dhchap_hash, dhchap_dhgroup=dhchap_dhgroup, tls_key=tls_key,
+                       tls_psk_derivation=tls_psk_derivation)  # fmt: skip
         return self._changes("POST", "/hosts", body)
 
     def host_set_key(self, host: str, *, dhchap_key: str | None = None,
                            dhchap_ctrl_key: str | None = None, dhchap_hash: str | None = None,
-                           dhchap_dhgroup: str | None = None) -> list[str]:  # fmt: skip
-        """Rotate a host's DH-HMAC-CHAP settings (those given; "" removes a key): new
-        connections use them, live ones keep theirs until they re-authenticate."""
+                           dhchap_dhgroup: str | None = None, tls_key: str | None = None,
+                           tls_psk_derivation: str | None = None) -> list[str]:  # fmt: skip
+        """Rotate a host's DH-HMAC-CHAP settings or TLS PSK (those given; "" removes a key):
+        new connections use them, live ones keep theirs until they re-authenticate."""
         body = compact(dhchap_key=dhchap_key, dhchap_ctrl_key=dhchap_ctrl_key,
-                       dhchap_hash=dhchap_hash, dhchap_dhgroup=dhchap_dhgroup)  # fmt: skip
+                       dhchap_hash=dhchap_hash, dhchap_dhgroup=dhchap_dhgroup, tls_key=tls_key,
+                       tls_psk_derivation=tls_psk_derivation)  # fmt: skip
         return self._changes("PATCH", f"/hosts/{segment(host)}", body)
 
     def host_remove(self, host: str) -> list[str]:

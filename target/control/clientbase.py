@@ -144,6 +144,8 @@ class PortStatus(TypedDict):
     referrals: list[ReferralInfo]
     connections: int
     blackholed: int
+    tls: str | None  # None, "required" or "allowed"
+    tls_connections: int
 
 
 class ReservationSummary(TypedDict):

@@ -17,8 +17,10 @@ command; the default address is 127.0.0.1:9465)::
     nvmeof-target ctl host add|remove HOST           # the target's host list
     nvmeof-target ctl host set-key HOST [--dhchap-key K] [--dhchap-ctrl-key K]
                                         [--dhchap-hash H] [--dhchap-dhgroup G]
+                                        [--tls-key K] [--tls-psk-derivation D]
     nvmeof-target ctl port add ID [--addr A] [--trsvcid N] [--subsystem NQN]...
                                   [--ana GROUP=STATE]... [--advertise A] [--strict]
+                                  [--tls required|allowed]
     nvmeof-target ctl port remove ID
     nvmeof-target ctl port link|unlink ID NQN
     nvmeof-target ctl port down PORT [--mode reset|close|blackhole|refuse]
@@ -58,7 +60,15 @@ from typing import Any
 import trio
 
 from nvmeof.constants import AnaState
-from target.config import BACKENDS, BLOCK_SIZES, DHCHAP_DHGROUPS, DHCHAP_HASHES, ConfigError
+from target.config import (
+    BACKENDS,
+    BLOCK_SIZES,
+    DHCHAP_DHGROUPS,
+    DHCHAP_HASHES,
+    TLS_MODES,
+    TLS_PSK_DERIVATIONS,
+    ConfigError,
+)
 from target.config.validate import parse_size
 from target.control.actions import PORT_DOWN_MODES
 from target.control.client import ControlClient
@@ -135,7 +145,8 @@ def _host(client: ControlClient, args: argparse.Namespace) -> str:
     if action == "remove":
         return _changes(client.host_remove(args.host))
     settings = {name: getattr(args, name) for name in
-                ("dhchap_key", "dhchap_ctrl_key", "dhchap_hash", "dhchap_dhgroup")}  # fmt: skip
+                ("dhchap_key", "dhchap_ctrl_key", "dhchap_hash", "dhchap_dhgroup", "tls_key",
+                 "tls_psk_derivation")}  # fmt: skip
     if action == "add":
         return _changes(client.host_add(args.host, **settings))
     return _changes(client.host_set_key(args.host, **settings))
@@ -145,7 +156,8 @@ def _port_add(client: ControlClient, args: argparse.Namespace) -> str:
     ana = dict(args.ana or [])
     port = client.port_add(args.id, addr=args.addr, port=args.trsvcid,
                            subsystems=args.subsystem or (), ana=ana or None,
-                           advertise=args.advertise, strict=args.strict or None)  # fmt: skip
+                           advertise=args.advertise, strict=args.strict or None,
+                           tls=args.tls)  # fmt: skip
     return f"port {port['id']} listening on {port['addr']}:{port['port']}"
 
 
@@ -369,7 +381,7 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
         parser.add_argument("nqn", metavar="NQN")
         parser.add_argument("host", metavar="HOSTNQN")
     for name, text in (("add", "add a host to the host list (DH-HMAC-CHAP settings optional)"),
-                       ("set-key", "rotate a host's DH-HMAC-CHAP settings (new connections)"),
+                       ("set-key", "rotate a host's DH-HMAC-CHAP settings or TLS PSK (new connections)"),
                        ("remove", "remove a host NQN from the host list")):  # fmt: skip
         parser = leaf(hosts, name, _host, text)
         parser.add_argument("host", metavar="HOSTNQN")
@@ -380,6 +392,10 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
                                 help="the controller's secret: bidirectional authentication")  # fmt: skip
             parser.add_argument("--dhchap-hash", choices=DHCHAP_HASHES)
             parser.add_argument("--dhchap-dhgroup", choices=DHCHAP_DHGROUPS)
+            parser.add_argument("--tls-key", metavar="NVMeTLSkey-1:..",
+                                help="the host's TLS PSK, for TLS ports ('' removes it)")  # fmt: skip
+            parser.add_argument("--tls-psk-derivation", choices=TLS_PSK_DERIVATIONS,
+                                help="how the host derives its TLS PSK (compat: nvme-cli 2.13)")  # fmt: skip
 
     ports = group("port", "create, remove, link ports; take a path down or up")
     add_port = leaf(ports, "add", _port_add, "create a port and listen on it")
@@ -390,6 +406,8 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
     add_port.add_argument("--ana", type=_ana_pair, action="append", metavar="GROUP=STATE")
     add_port.add_argument("--advertise", metavar="ADDR")
     add_port.add_argument("--strict", action="store_true")
+    add_port.add_argument("--tls", choices=TLS_MODES,
+                          help="TLS 1.3 with a PSK: required, or allowed beside plaintext")  # fmt: skip
     leaf(ports, "remove", _port_remove, "remove a port").add_argument("id", metavar="ID", type=int)
     for name, text in (("link", "expose a subsystem on the port"),
                        ("unlink", "stop exposing a subsystem on the port")):  # fmt: skip

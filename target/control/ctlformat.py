@@ -111,6 +111,8 @@ def format_status(status: dict[str, Any]) -> str:
     for p in status["ports"]:
         conns = f"{p['connections']}" + (f" ({p['blackholed']} blackholed)"
                                          if p["blackholed"] else "")  # fmt: skip
+        if p.get("tls"):
+            conns += f" (TLS {p['tls']}: {p.get('tls_connections', 0)})"
         ana = " ".join(f"{g}={s}" for g, s in p["ana"].items()) or "-"
         rows.append((p["id"], format_endpoint((p["addr"], p["port"])), p["mode"],
                      "yes" if p["listening"] else "no", conns, ana,

@@ -39,6 +39,7 @@ import trio
 from target.config import (
     SECRET_HIDDEN,
     ConfigError,
+    HostConfig,
     NamespaceConfig,
     PortConfig,
     SubsystemConfig,
@@ -292,7 +293,7 @@ def _port_config(port: Port) -> PortConfig:
         id=port.id, addr=port.addr, port=port.bound_port or port.port, advertise=port.advertise,
         subsystems=tuple(port.subsystems), ana_states=tuple(sorted(port.ana.items())),
         referrals=tuple(port.referrals), inline_data_size=port.inline_data_size,
-        strict=port.strict,
+        strict=port.strict, tls=port.tls,
     )  # fmt: skip
 
 
@@ -320,7 +321,7 @@ def _effective(wanted: TargetConfig, current: TargetConfig) -> TargetConfig:
 
 def _discovery_view(config: TargetConfig) -> object:
     """What a discovery log shows of a configuration: when it differs, GENCTR moves."""
-    ports = sorted((p.id, p.addr, p.port, p.advertise, p.subsystems, p.referrals)
+    ports = sorted((p.id, p.addr, p.port, p.advertise, p.subsystems, p.referrals, p.tls or "")
                    for p in config.ports)  # fmt: skip
     hosts = sorted((s.nqn, s.allow_any_host, tuple(sorted(s.allowed_hosts)))
                    for s in config.subsystems)  # fmt: skip
@@ -340,12 +341,16 @@ def _keep_hidden_secrets(wanted: TargetConfig, current: TargetConfig) -> TargetC
         have = current.host(host.nqn)
         keep = {
             name: getattr(have, name)
-            for name in ("dhchap_key", "dhchap_ctrl_key")
+            for name in ("dhchap_key", "dhchap_ctrl_key", "tls_key")
             if getattr(host, name) == SECRET_HIDDEN and have is not None
             and getattr(have, name) is not None
         }  # fmt: skip
         hosts.append(replace(host, **keep) if keep else host)
     return replace(wanted, hosts=tuple(hosts))
+
+
+def _tls_fields(host: HostConfig) -> tuple[str | None, str]:
+    return host.tls_key, host.tls_psk_derivation
 
 
 def _host_changes(current: TargetConfig, wanted: TargetConfig) -> list[str]:
@@ -359,9 +364,12 @@ def _host_changes(current: TargetConfig, wanted: TargetConfig) -> list[str]:
         settings = f"authentication {host.authentication}"
         if host.dhchap_key is not None:
             settings += f", {host.dhchap_hash}, {host.dhchap_dhgroup}"
+        if host.tls_key is not None:
+            settings += f", TLS PSK ({host.tls_psk_derivation})"
         if old is None:
             lines.append(f"host {nqn} added ({settings})")
         elif old != host:
-            lines.append(f"host {nqn} DH-HMAC-CHAP settings changed ({settings})")
+            what = "DH-HMAC-CHAP" if _tls_fields(old) == _tls_fields(host) else "TLS"
+            lines.append(f"host {nqn} {what} settings changed ({settings})")
     lines += [f"host {nqn} removed" for nqn in before if nqn not in after]
     return lines

@@ -16,9 +16,11 @@ Metrics (``port`` is the port ID, ``group`` the ANA group ID):
 - ``nvmeof_target_read_bytes_total`` / ``nvmeof_target_written_bytes_total{subsystem,nsid}``.
 - ``nvmeof_target_command_latency_seconds{port}``: histogram, command arrival to completion.
 - ``nvmeof_target_inflight_commands{port}``, ``nvmeof_target_connections{port}``,
+  ``nvmeof_target_tls_connections{port}``,
   ``nvmeof_target_controllers{subsystem,host}``.
 - ``nvmeof_target_keepalive_expirations_total``, ``nvmeof_target_termreqs_sent_total``,
   ``nvmeof_target_auth_total{result}`` (DH-HMAC-CHAP transactions: success, failure),
+  ``nvmeof_target_tls_handshakes_total{result}`` (TLS ports: ok, failed, timeout),
   ``nvmeof_target_faults_fired_total{action}``, ``nvmeof_target_fault_rules``.
 - ``nvmeof_target_ana_state{port,group,state}`` (1 for the current state, 0 for the others),
   ``nvmeof_target_ana_state_code{port,group}`` (the ANA state value: 1 optimized,
@@ -167,6 +169,10 @@ class TargetCollector(Collector):
         conns = GaugeMetricFamily(
             "nvmeof_target_connections", "Open TCP connections (queues) per port", labels=["port"]
         )
+        secured = GaugeMetricFamily(
+            "nvmeof_target_tls_connections", "Open connections (queues) over TLS per port",
+            labels=["port"],
+        )  # fmt: skip
         inflight = GaugeMetricFamily(
             "nvmeof_target_inflight_commands",
             "Commands received and not yet completed (outstanding AERs excluded)",
@@ -175,8 +181,10 @@ class TargetCollector(Collector):
         for port in ports:
             mine = [c for c in connections if c.port is port]
             conns.add_metric([str(port.id)], len(mine))
+            secured.add_metric([str(port.id)], sum(c.tls_identity is not None for c in mine))
             inflight.add_metric([str(port.id)], sum(c.inflight for c in mine))
         yield conns
+        yield secured
         yield inflight
 
     def _controllers(self) -> Iterator[Metric]:
@@ -215,6 +223,13 @@ class TargetCollector(Collector):
         for result in ("success", "failure"):
             auth.add_metric([result], state.auth_results.get(result, 0))
         yield auth
+        tls = CounterMetricFamily(
+            "nvmeof_target_tls_handshakes", "TLS handshakes on TLS ports, by result",
+            labels=["result"],
+        )  # fmt: skip
+        for result in ("ok", "failed", "timeout"):
+            tls.add_metric([result], state.tls_results.get(result, 0))
+        yield tls
         fired = CounterMetricFamily(
             "nvmeof_target_faults_fired", "Injected faults that fired, by action",
             labels=["action"],

@@ -15,7 +15,7 @@ from nvmeof.constants import AnaState
 from target.config import BACKENDS, BLOCK_SIZES
 from target.control.actions import PORT_DOWN_MODES
 from target.control.faults import ACTIONS, QUEUE_KINDS
-from target.control.routes import CONFIG_FORMATS, DHCHAP_FIELDS, ControlApi, Handler
+from target.control.routes import CONFIG_FORMATS, HOST_FIELDS, ControlApi, Handler
 
 ANA_LABELS = tuple(state.label for state in AnaState)
 
@@ -52,7 +52,7 @@ _SUBSYSTEM_ATTRIBUTES: dict[str, dict[str, Any]] = dict(
 _REFERRAL_BODY = _object(("name", "addr"), name=_STR, addr=_STR, port=_INT, portid=_INT)
 _PORT_BODY = _object(
     ("id",), id=_INT, addr=_STR, port=_INT, advertise=_STR, subsystems=_STRS,
-    inline_data_size=_INT, strict=_BOOL,
+    inline_data_size=_INT, strict=_BOOL, tls={"enum": ["required", "allowed"]},
     ana={"type": "object", "additionalProperties": {"enum": list(ANA_LABELS)}},
     referral={"type": "array", "items": _REFERRAL_BODY},
 )  # fmt: skip
@@ -123,11 +123,11 @@ ROUTES = (
     RouteSpec("POST", "/hosts", ControlApi.host_add,
               "Add a host to the target's host list, with its DH-HMAC-CHAP settings if any "
               "(secrets as nvme gen-dhchap-key writes them)",
-              _object(("nqn",), nqn=_STR, **dict.fromkeys(DHCHAP_FIELDS, _STR)), ok=201),
+              _object(("nqn",), nqn=_STR, **dict.fromkeys(HOST_FIELDS, _STR)), ok=201),
     RouteSpec("PATCH", "/hosts/{host}", ControlApi.host_set_key,
               "Change a host's DH-HMAC-CHAP settings (key rotation): new connections use them, "
               "live ones keep theirs until they re-authenticate; an empty key removes it",
-              _object((), **dict.fromkeys(DHCHAP_FIELDS, _STR))),
+              _object((), **dict.fromkeys(HOST_FIELDS, _STR))),
     RouteSpec("DELETE", "/hosts/{host}", ControlApi.host_remove,
               "Remove a host NQN from the target's host list"),
     # -- ports, ANA

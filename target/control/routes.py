@@ -110,8 +110,9 @@ def _changes(changes: list[str], status: int = 200, **extra: Any) -> JSONRespons
     return JSONResponse({**extra, "changes": changes}, status_code=status)
 
 
-#: A host's DH-HMAC-CHAP settings, as a [[host]] table names them.
-DHCHAP_FIELDS = ("dhchap_key", "dhchap_ctrl_key", "dhchap_hash", "dhchap_dhgroup")
+#: A host's DH-HMAC-CHAP and TLS settings, as a [[host]] table names them.
+HOST_FIELDS = ("dhchap_key", "dhchap_ctrl_key", "dhchap_hash", "dhchap_dhgroup", "tls_key",
+               "tls_psk_derivation")  # fmt: skip
 
 
 @dataclass
@@ -243,14 +244,14 @@ class ControlApi:
         return _changes(await self.target.host_disallow(params["nqn"], params["host"]))
 
     async def host_add(self, request: Request) -> Response:
-        body = await _body(request, ("nqn", *DHCHAP_FIELDS))
-        settings = {name: body.text(name) for name in DHCHAP_FIELDS}
+        body = await _body(request, ("nqn", *HOST_FIELDS))
+        settings = {name: body.text(name) for name in HOST_FIELDS}
         nqn = _required(body.text("nqn"), "nqn")
         return _changes(await self.target.host_add(nqn, **settings), 201)
 
     async def host_set_key(self, request: Request) -> Response:
-        body = await _body(request, DHCHAP_FIELDS)
-        settings = {name: body.text(name) for name in DHCHAP_FIELDS}
+        body = await _body(request, HOST_FIELDS)
+        settings = {name: body.text(name) for name in HOST_FIELDS}
         return _changes(await self.target.host_set_key(request.path_params["host"], **settings))
 
     async def host_remove(self, request: Request) -> Response:

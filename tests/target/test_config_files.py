@@ -501,7 +501,7 @@ NVMET_ERRORS = [
     (f"{P0}.addr.trtype", _DELETE, "ports[0].addr.trtype", "only 'tcp' is supported"),
     (f"{P0}.addr.adrfam", "ipv6", "ports[0].addr.traddr", "not an IPv6 address"),
     (f"{P0}.addr.adrfam", "fc", "ports[0].addr.adrfam", "'ipv4' or 'ipv6'"),
-    (f"{P0}.addr.tsas", "tls1.3", "ports[0].addr.tsas", "TLS is not supported"),
+    (f"{P0}.addr.tsas", "tls1.2", "ports[0].addr.tsas", "must be 'none' or 'tls1.3'"),
     (f"{P0}.addr", _DELETE, "ports[0].addr", "missing"),
     (f"{P0}.addr", "10.0.0.1", "ports[0].addr", "must be a table"),
     (f"{P0}.param.inline_data_size", "lots", "ports[0].param.inline_data_size", "integer"),
