@@ -168,6 +168,7 @@ class TlsStream(trio.abc.Stream):
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this TLS stream")
         self._receiving = True
+        waited = False  # a socket receive is a checkpoint: one per call is what Trio asks
         try:
             while True:
                 try:
@@ -179,10 +180,12 @@ class TlsStream(trio.abc.Stream):
                     await self._send_alert()
                     raise trio.BrokenResourceError(f"TLS: {exc}") from exc
                 if n or self._eof:
-                    await trio.lowlevel.checkpoint()
+                    if not waited:
+                        await trio.lowlevel.checkpoint()
                     return n
                 await self._flush_if_idle()
                 await self._receive_ciphertext()
+                waited = True
         finally:
             self._receiving = False
 
