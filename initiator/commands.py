@@ -68,7 +68,7 @@ async def connect_paths(host: Host, args: argparse.Namespace) -> list[Session]:
     for entry in await host.discover(args.traddr, port):
         if entry.subtype != DiscoverySubtype.NVME or (args.nqn and entry.subnqn != args.nqn):
             continue
-        sessions.append(await host.connect(entry.traddr, int(entry.trsvcid), entry.subnqn))
+        sessions.append(await host.connect_entry(entry))
     if not sessions:
         raise LookupError(f"no subsystem{' ' + args.nqn if args.nqn else ''} discovered at "
                           f"{args.traddr}:{port}")  # fmt: skip

@@ -18,13 +18,27 @@ import trio
 from initiator.controller import ControllerOptions, NamespaceInfo, connect_controller
 from initiator.multipath import MultipathHead, Path
 from initiator.session import Session, SessionState
-from nvmeof.constants import DISCOVERY_NQN, DiscoverySubtype, LogPage
+from nvmeof.constants import (
+    DISCOVERY_NQN,
+    DiscoverySubtype,
+    LogPage,
+    SecureChannel,
+    TcpSecurityType,
+)
 from nvmeof.errors import NvmeofError
 from nvmeof.wire.logpages import DiscoveryEntry, parse_discovery_entries, parse_discovery_header
 
 log = logging.getLogger("nvmeof.initiator")
 
 DISCOVERY_RETRIES = 5
+
+
+def requires_tls(entry: DiscoveryEntry) -> bool:
+    """The entry's port takes TLS 1.3 only: TREQ secure channel required with TSAS SECTYPE
+    TLS 1.3 (nvmet's ``addr_treq=required``, ``addr_tsas=tls1.3``), what libnvme reads to
+    connect such an entry with ``--tls`` (``nvmf_update_tls_concat``)."""
+    return (entry.treq & 0x3 == SecureChannel.REQUIRED
+            and entry.tsas[:1] == bytes([TcpSecurityType.TLS13]))  # fmt: skip
 
 
 class Host:
@@ -50,6 +64,15 @@ class Host:
         await self.nursery.start(session.run)
         self.sessions.append(session)
         return session
+
+    async def connect_entry(self, entry: DiscoveryEntry) -> Session:
+        """Connect a discovery log entry. One whose port requires TLS needs a key: without
+        one, a one-line error says so before anything is sent (the port would only close a
+        plaintext ICReq)."""
+        if requires_tls(entry) and not self.options.tls:
+            raise NvmeofError(f"{entry.subnqn} at {entry.traddr}:{entry.trsvcid}: the discovery "
+                              "log says the port requires TLS: give --tls-key")  # fmt: skip
+        return await self.connect(entry.traddr, int(entry.trsvcid), entry.subnqn)
 
     async def discover(self, addr: str, port: int) -> list[DiscoveryEntry]:
         """Read the discovery log like nvme-cli: header, entries, header again until stable."""
@@ -93,7 +116,7 @@ class Host:
         for entry in await self.discover(addr, port):
             if entry.subtype != DiscoverySubtype.NVME:
                 continue
-            sessions.append(await self.connect(entry.traddr, int(entry.trsvcid), entry.subnqn))
+            sessions.append(await self.connect_entry(entry))
         return sessions
 
     # -- namespaces ------------------------------------------------------------------------------
