@@ -43,8 +43,10 @@ pytestmark = pytest.mark.interop
 
 NQN = "nqn.2026-12.io.nvmeof-emu:tls"
 DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
-HOSTS = {name: f"nqn.2014-08.org.nvmexpress:uuid:0{name.lower()}0{name.lower()}0a0a-1111-2222-3333-444444444444"
-         for name in "ABW"}  # fmt: skip
+HOSTS = {
+    name: f"nqn.2014-08.org.nvmexpress:uuid:0{tag}0{tag}0a0a-1111-2222-3333-444444444444"
+    for name, tag in (("A", "a"), ("B", "b"), ("W", "e"))
+}  # (uuid NQNs: hex digits only, the host ID is taken from them)
 # KA: host A's key; KB: host B's 02 (SHA-384) key; KW: what the target knows for host W, KX:
 # what the guest files for it (the wrong key)
 KEYS = {"KA": tls_interchange_key(1), "KB": tls_interchange_key(2), "KW": tls_interchange_key(1),
@@ -179,8 +181,11 @@ def test_kernel_host_tls_to_our_target(
     for name, subnqn, hh in (("A", NQN, "01"), ("A", DISCOVERY_NQN, "01"), ("B", NQN, "02")):
         assert f"identity=NVMe0R{hh} {HOSTS[name]} {subnqn}" in log, (name, subnqn, tail(log))
     failures = [line for line in log.splitlines() if HANDSHAKE_FAILED in line]
-    # one for the plaintext ICReq to the required port, one for the wrong key
+    # once each, on the required port: the plaintext ICReq, then the wrong key (tlshd's
+    # ClientHello with a binder made from a key the target does not have)
     assert len(failures) == 2, "\n".join(failures) or tail(log)
+    assert all("port=1 " in line for line in failures), failures
+    assert "binder" in failures[1], failures
     for secret in KEYS.values():
         assert secret not in log, "a key in the target's log"
 
