@@ -293,9 +293,10 @@ class TlsEngine:
             data, self._hello = self._hello, bytearray()
         o = self._o
         with o.ffi.from_buffer(data) as pointer:
-            written = o.lib.BIO_write(self._conn._into_ssl, pointer, len(pointer))
-        if written != len(data):  # a memory BIO grows; this is out of memory
-            raise TlsError(f"BIO_write took {written} of {len(data)} bytes")
+            size = len(pointer)
+            written = o.lib.BIO_write(self._conn._into_ssl, pointer, size)
+        if written != size:  # a memory BIO grows: this is out of memory
+            raise TlsError(f"BIO_write took {written} of {size} bytes")
 
     def bytes_to_send(self) -> bytes:
         """Ciphertext waiting for the wire, all of it; b"" if none."""
