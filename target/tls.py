@@ -5,7 +5,8 @@ own TLS engine (:mod:`nvmeof.tls`, :mod:`tlsstream`), so once the handshake is d
 served exactly as on a plaintext port, PDU for PDU (docs/TLS.md):
 
 * ``tls = "required"``: every connection starts with the handshake. A host that sends a
-  plaintext ICReq instead fails it and is closed, as nvmet's tlshd closes it.
+  plaintext ICReq instead is closed without an answer, as nvmet's tlshd closes it (we look at
+  the first byte, so the log can say why).
 * ``tls = "allowed"``: the first byte decides (``nvmet_tcp_try_peek_pdu``): a TLS handshake
   record (0x16) starts the handshake, anything else is served in the clear.
 
@@ -58,16 +59,22 @@ async def secure_channel(state: TargetState, port: Port,
     peer = _peer(stream)
     results = state.tls_results
     with trio.move_on_after(TLS_HANDSHAKE_TIMEOUT):
-        if port.tls == "allowed":
-            try:
-                is_tls = await peek_is_tls(stream)
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                is_tls = None
-            if is_tls is None:
-                await stream.aclose()
-                return None
-            if not is_tls:
-                return stream
+        try:
+            is_tls = await peek_is_tls(stream)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            is_tls = None
+        if is_tls is None:
+            await stream.aclose()
+            return None
+        if not is_tls and port.tls == "allowed":
+            return stream
+        if not is_tls:  # nvmet hands it to tlshd, whose handshake fails: closed, no answer
+            results["failed"] = results.get("failed", 0) + 1
+            log.warning("tls required port=%s peer=%s: the host sent plaintext (an ICReq?), "
+                        "not a TLS ClientHello: closed (does it connect with --tls?)", port.id,
+                        peer)  # fmt: skip
+            await stream.aclose()
+            return None
         try:
             secured = await server_handshake(stream, psk_lookup(state))
         except TlsUnavailable as err:

@@ -126,7 +126,7 @@ async def test_required_port_closes_a_plaintext_icreq(caplog: pytest.LogCaptureF
         await counted(target, "failed", 1)
         assert target.state.tls_results == {"failed": 1}
         assert target.connections == set()
-    assert "tls handshake failed port=1" in caplog.text
+    assert "tls required port=1" in caplog.text and "sent plaintext" in caplog.text
 
 
 async def test_allowed_port_serves_plaintext_and_tls() -> None:
