@@ -8,13 +8,17 @@ preconditioned by a write pass so there is something to verify.
 
 Like fio, the first I/O error ends the run (every job stops issuing; what is in flight
 completes) unless ``continue_on_error``; either way the errors are counted by status.
+
+With ``verify_state_save`` the run records which units had a completed write, and of which
+generation, in a state file (fio's ``verify_state_save``; :mod:`initiator.verify_state`), for a
+later ``--verify-only`` pass after a crash.
 """
 
 from __future__ import annotations
 
 import random
-import struct
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +28,9 @@ import trio
 from initiator.latency import LatencyHistogram
 from initiator.multipath import MultipathHead
 from initiator.ring import Ring, Slot
+from initiator.verify_state import StateSaver, VerifyState, check_block, new_seed, pattern
 
 RW_MODES = ("read", "write", "randread", "randwrite", "randrw")
-_HEADER = struct.Struct("<QIIQ8x")  # block, generation, job, magic; 32 bytes divide any bs
-_MAGIC = 0x6E766D656F662D65  # "nvmeof-e"
 
 
 @dataclass
@@ -42,6 +45,11 @@ class BenchOptions:
     rwmixread: int = 50
     seed: int = 1
     continue_on_error: bool = False
+    #: fio's verify_state_save: the state file (needs ``verify``); "" for none
+    verify_state_save: str = ""
+    verify_state_interval: float = 1.0  # seconds between periodic saves
+    #: the seed in every written block's header (0: a new random one with a state file)
+    verify_seed: int = 0
 
 
 @dataclass
@@ -66,13 +74,16 @@ class BenchResult:
     #: I/Os each path completed during the measured run (preconditioning and the verify
     #: pass left out)
     path_ios: dict[str, int] = field(default_factory=dict)
+    #: the last state saved (``verify_state_save``) and how many saves were made
+    verify_state: VerifyState | None = None
+    verify_state_saves: int = 0
 
 
 class BenchJob:
     """One job: a ring, a region, and the loop that keeps ``iodepth`` commands in flight."""
 
     def __init__(self, head: MultipathHead, opts: BenchOptions, index: int,
-                 result: BenchResult) -> None:  # fmt: skip
+                 result: BenchResult, seed: int = 0) -> None:  # fmt: skip
         if opts.bs % head.block_size:
             raise ValueError(f"bs {opts.bs} is not a multiple of the block size {head.block_size}")
         self.head = head
@@ -88,7 +99,12 @@ class BenchJob:
         self.ring = Ring(head, opts.iodepth)
         self.buffers = [bytearray(opts.bs) for _ in range(opts.iodepth)]
         self.ring.register_buffers(self.buffers)  # type: ignore[arg-type]
-        self.generation = [0] * self.units
+        self.seed = seed  # in every block's header: tells this run's writes from others'
+        # per unit: the generation of the last completed write (0: none) and of the last one
+        # issued (ahead while a write is in flight, or after one failed): the verify state
+        self.generation = array("I", bytes(4 * self.units))
+        self.issued = array("I", bytes(4 * self.units))
+        self.saver: StateSaver | None = None
         self.busy = bytearray(self.units)
         self.random = random.Random(opts.seed + index)
         self.next_seq = 0
@@ -106,21 +122,23 @@ class BenchJob:
         return None
 
     def _fill(self, slot_index: int, unit: int, generation: int) -> None:
-        header = _HEADER.pack(self.base_lba + unit * self.nblocks, generation, self.index, _MAGIC)
-        self.buffers[slot_index][:] = header * (self.opts.bs // _HEADER.size)
+        lba = self.base_lba + unit * self.nblocks
+        self.buffers[slot_index][:] = pattern(lba, generation, self.index, self.seed, self.opts.bs)
 
     def _check(self, slot: Slot, unit: int) -> None:
         expected = self.generation[unit]
         if not expected:
             return  # never written by us: nothing to verify
+        lba = self.base_lba + unit * self.nblocks
         data = self.buffers[slot.index]
-        header = _HEADER.pack(self.base_lba + unit * self.nblocks, expected, self.index, _MAGIC)
-        if data != header * (self.opts.bs // _HEADER.size):
-            self.result.verify_errors += 1
-            if not self.result.first_error:
-                got = _HEADER.unpack_from(data)
-                self.result.first_error = (f"verify failed at LBA {self.base_lba + unit * self.nblocks}: "
-                                           f"expected generation {expected}, found {got[:3]}")  # fmt: skip
+        if data == pattern(lba, expected, self.index, self.seed, self.opts.bs):
+            return
+        self.result.verify_errors += 1
+        if not self.result.first_error:
+            _, problem = check_block(data, lba=lba, job=self.index, seed=self.seed,
+                                     low=expected, high=expected)  # fmt: skip
+            self.result.first_error = (f"verify failed at LBA {lba}: expected generation "
+                                       f"{expected}, {problem}")  # fmt: skip
 
     async def precondition(self) -> None:
         """Write every unit once (not counted), so later reads have data to verify."""
@@ -164,6 +182,7 @@ class BenchJob:
                 lba = self.base_lba + unit * self.nblocks
                 if op == "write":
                     generation = self.generation[unit] + 1
+                    self.issued[unit] = generation
                     if verify or not record:
                         self._fill(slot.index, unit, generation)
                     slot.prep_write(lba, self.nblocks, slot.index)
@@ -194,6 +213,8 @@ class BenchJob:
                     continue
                 if op == "write":
                     self.generation[unit] = cqe.user_data
+                    if self.saver is not None:
+                        self.saver.writes += 1
                 elif verify or not record:
                     self._check(cqe, unit)
                 if record:
@@ -208,8 +229,40 @@ async def run_bench(head: MultipathHead, opts: BenchOptions,
     """Run the workload on ``head``; ``on_tick(elapsed)`` is called about once a second."""
     if opts.rw not in RW_MODES:
         raise ValueError(f"unknown rw {opts.rw!r} (one of {', '.join(RW_MODES)})")
+    if opts.verify_state_save and not opts.verify:
+        raise ValueError("verify_state_save needs verify (the blocks must carry their header)")
     result = BenchResult()
-    jobs = [BenchJob(head, opts, i, result) for i in range(opts.numjobs)]
+    seed = opts.verify_seed or (new_seed() if opts.verify_state_save else 0)
+    jobs = [BenchJob(head, opts, i, result, seed) for i in range(opts.numjobs)]
+    saver = None
+    if opts.verify_state_save:
+        saver = StateSaver(opts.verify_state_save, head, jobs, bs=opts.bs, seed=seed, rw=opts.rw,
+                           interval=opts.verify_state_interval,
+                           path_losses=lambda: head.stats.path_losses)  # fmt: skip
+        for job in jobs:
+            job.saver = saver
+    reason = "interrupted"
+    try:
+        async with trio.open_nursery() as saving:
+            if saver is not None:
+                await saving.start(saver.run)  # the file exists before the first write
+            await _workload(head, opts, jobs, result, on_tick)
+            reason = "error" if result.stopped_on_error else "end"
+            saving.cancel_scope.cancel()
+    finally:
+        # no write is issued after this: the snapshot is exact (final), even when cancelled
+        if saver is not None:
+            result.verify_state = saver.save_final(reason)
+            result.verify_state_saves = saver.saves
+    if opts.verify and opts.rw in ("write", "randwrite"):
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(job.verify_pass)
+    return result
+
+
+async def _workload(head: MultipathHead, opts: BenchOptions, jobs: list[BenchJob],
+                    result: BenchResult, on_tick: Callable[[float], Any] | None) -> None:  # fmt: skip
     if opts.verify and opts.rw in ("read", "randread", "randrw"):
         async with trio.open_nursery() as nursery:
             for job in jobs:
@@ -226,11 +279,6 @@ async def run_bench(head: MultipathHead, opts: BenchOptions,
         result.elapsed = time.monotonic() - started
         nursery.cancel_scope.cancel()
     result.path_ios = {p.label: p.stats.ios - before.get(p.label, 0) for p in head.paths}
-    if opts.verify and opts.rw in ("write", "randwrite"):
-        async with trio.open_nursery() as nursery:
-            for job in jobs:
-                nursery.start_soon(job.verify_pass)
-    return result
 
 
 async def _ticker(on_tick: Callable[[float], Any], started: float, stop_at: float) -> None:

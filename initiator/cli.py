@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--data", metavar="FILE", help="write the data read to FILE")
     bench = sub.add_parser("bench", help="fio-like load over the multipath head")
     _connection_args(bench)
-    bench.add_argument("-N", "--namespace-id", type=int, default=1)
+    bench.add_argument("-N", "--namespace-id", type=int, default=None,
+                       help="default 1 (with --verify-only: the state file's)")  # fmt: skip
     bench.add_argument("--rw", choices=RW_MODES, default="randread")
     bench.add_argument("--bs", type=size_arg, default=4096)
     bench.add_argument("--iodepth", type=int, default=32)
@@ -194,6 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=size_arg, default=64 << 20, help="bytes per job")
     bench.add_argument("--rwmixread", type=int, default=50)
     bench.add_argument("--verify", action="store_true", help="write patterns and check reads")
+    bench.add_argument("--verify-state-save", metavar="FILE",
+                       help="record in FILE which blocks had a completed write and of which "
+                            "generation, for a --verify-only pass after a crash (fio's "
+                            "verify_state_save); saved atomically at the start, every "
+                            "--verify-state-interval, on a lost path and at the end; "
+                            "needs --verify")  # fmt: skip
+    bench.add_argument("--verify-state-interval", type=float, default=1.0, metavar="SECONDS",
+                       help="seconds between periodic saves of --verify-state-save (default 1)")  # fmt: skip
+    bench.add_argument("--verify-only", action="store_true",
+                       help="write nothing: read every block the --verify-state-load FILE "
+                            "claims and check it holds the claimed generation (fio's "
+                            "verify_only); status 1 on any bad block")  # fmt: skip
+    bench.add_argument("--verify-state-load", metavar="FILE",
+                       help="the state a --verify-state-save run left (fio's "
+                            "verify_state_load)")  # fmt: skip
     bench.add_argument("--continue-on-error", action="store_true",
                        help="keep going after an I/O error (fio's continue_on_error); by "
                             "default the first error ends the run")  # fmt: skip
@@ -276,6 +292,16 @@ def _validate(args: argparse.Namespace) -> str | None:
             return "--timeline wants a .html or .png file"
         if args.events and not args.timeline:
             return "--events needs --timeline (the steps are drawn on it)"
+        if args.verify_only and args.verify_state_save:
+            return "--verify-only writes nothing: no --verify-state-save"
+        if args.verify_state_save and not args.verify:
+            return "--verify-state-save needs --verify (the blocks must carry their header)"
+        if args.verify_state_interval <= 0:
+            return "--verify-state-interval must be positive"
+        if args.verify_only and not args.verify_state_load:
+            return "--verify-only needs --verify-state-load FILE (what to verify)"
+        if args.verify_state_load and not args.verify_only:
+            return "--verify-state-load needs --verify-only"
     return None
 
 

@@ -18,6 +18,7 @@ from initiator.host import Host, open_host
 from initiator.multipath import Buckets, MultipathHead
 from initiator.session import Session
 from initiator.timeline import Timeline, read_step_log
+from initiator.verify_state import REPORT_LIMIT, VerifyState, load_state, verify_only
 from nvmeof.constants import DISCOVERY_PORT, IO_PORT, AnaState, Cns, DiscoverySubtype
 from nvmeof.wire.identify import parse_identify_ns
 
@@ -308,6 +309,15 @@ class LiveView:
 
 
 async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
+    state = None
+    if args.verify_only:
+        state = await trio.to_thread.run_sync(load_state, args.verify_state_load)
+        if args.namespace_id not in (None, state.nsid):
+            raise ValueError(f"{args.verify_state_load} is for namespace {state.nsid}, "
+                             f"not {args.namespace_id}")  # fmt: skip
+        args.namespace_id = state.nsid
+    elif args.namespace_id is None:
+        args.namespace_id = 1
     if args.metrics:
         from initiator.metrics import initiator_registry, serve_metrics
 
@@ -316,10 +326,13 @@ async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
         err(f"metrics: http://{addr}:{bound}/metrics")
     await connect_paths(host, args)
     head = pick_head(host, args)
+    if state is not None:
+        return await _verify_only(head, args, state)
     opts = BenchOptions(rw=args.rw, bs=args.bs, iodepth=args.iodepth, numjobs=args.numjobs,
                         runtime=args.runtime, size=args.size, verify=args.verify,
-                        rwmixread=args.rwmixread,
-                        continue_on_error=args.continue_on_error)  # fmt: skip
+                        rwmixread=args.rwmixread, continue_on_error=args.continue_on_error,
+                        verify_state_save=args.verify_state_save or "",
+                        verify_state_interval=args.verify_state_interval)  # fmt: skip
     view = LiveView(head, args.quiet or args.json, total=args.runtime)
     if not args.json:
         err(f"bench: {args.rw} bs={args.bs} iodepth={args.iodepth} numjobs={args.numjobs} "
@@ -342,11 +355,60 @@ async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
         await trio.to_thread.run_sync(timeline.write, args.timeline)
         err(f"timeline: {args.timeline}")
     report = bench_report(head, opts, result)
+    saved = result.verify_state
+    if saved is not None:
+        report["jobs"][0]["verify_state"] = {
+            "file": opts.verify_state_save, "claimed": saved.claimed,
+            "inflight": saved.inflight, "writes": saved.writes, "final": saved.final,
+            "reason": saved.reason, "saves": result.verify_state_saves, "seed": f"{saved.seed:#x}",
+        }  # fmt: skip
+        err(f"verify state: {opts.verify_state_save}: {saved.claimed} blocks claimed, "
+            f"{saved.inflight} with a write in flight (saved at the {saved.reason}, "
+            f"{result.verify_state_saves} saves)")  # fmt: skip
     if args.json:
         dump_json(report)
     else:
         print_report(report)
     return 0 if not result.errors and not result.verify_errors else 1
+
+
+async def _verify_only(head: MultipathHead, args: argparse.Namespace, state: VerifyState) -> int:
+    """``bench --verify-only --verify-state-load FILE``: check every claimed block; one line
+    per bad block on stderr (up to REPORT_LIMIT, then a count), status 1 on any."""
+    if head.subnqn != state.nqn:
+        err(f"verify: note: {args.verify_state_load} was saved on {state.nqn}, verifying "
+            f"{head.subnqn}")  # fmt: skip
+    if not args.json:
+        err(f"verify-only: {args.verify_state_load} (saved {state.saved_at or '?'} at the "
+            f"{state.reason or '?'}, {'final' if state.final else 'not final: newer accepted'}): "
+            f"{state.claimed} blocks claimed in {len(state.jobs)} job(s), {state.inflight} "
+            "with a write in flight")  # fmt: skip
+    out = await verify_only(head, state, iodepth=args.iodepth, on_bad=err)
+    if out.failed > REPORT_LIMIT:
+        err(f"verify: ... and {out.failed - REPORT_LIMIT} more bad blocks not listed")
+    opts = BenchOptions(rw="read", bs=state.bs, iodepth=args.iodepth, numjobs=len(state.jobs),
+                        runtime=0, size=state.jobs[0].units * state.bs if state.jobs else 0,
+                        verify=True)  # fmt: skip
+    result = BenchResult(errors=out.io_errors, verify_errors=out.failed - out.io_errors,
+                         elapsed=out.elapsed,
+                         first_error=out.lines[0] if out.lines else "")  # fmt: skip
+    result.read = Direction(ios=out.ios, bytes=out.bytes, lat=out.lat)
+    report = bench_report(head, opts, result)
+    job = report["jobs"][0]
+    job["jobname"] = "nvmeof-verify-only"
+    job["verify_state"] = {
+        "file": args.verify_state_load, "final": state.final, "reason": state.reason,
+        "saved_at": state.saved_at, "seed": f"{state.seed:#x}", "claimed": out.claimed,
+        "verified": out.verified, "failed": out.failed, "inflight": out.inflight,
+        "newer": out.newer, "io_errors": out.io_errors, "bad_blocks": out.lines,
+    }  # fmt: skip
+    if args.json:
+        dump_json(report)
+    else:
+        print(f"verify: {out.verified} of {out.claimed} claimed blocks verified, {out.failed} bad "
+              f"({out.inflight} had a write in flight, {out.newer} held a newer generation) "
+              f"in {out.elapsed:.2f} s")  # fmt: skip
+    return 1 if out.failed else 0
 
 
 def _direction(d: Direction, elapsed: float) -> dict[str, Any]:

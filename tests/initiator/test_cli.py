@@ -134,6 +134,11 @@ async def test_bench_stops_at_the_first_error_unless_told_to_continue(
         (["bench", "-a", "x", "--bs", "4q"], "not a size"),
         (["bench", "-a", "x", "--timeline", "t.txt"], ".html or .png"),
         (["bench", "-a", "x", "--events", "s.jsonl"], "--events needs --timeline"),
+        (["bench", "-a", "x", "--verify-state-save", "s"], "--verify-state-save needs --verify"),
+        (["bench", "-a", "x", "--verify-only"], "--verify-only needs --verify-state-load"),
+        (["bench", "-a", "x", "--verify-state-load", "s"], "--verify-state-load needs"),
+        (["bench", "-a", "x", "--verify-only", "--verify-state-save", "t"], "writes nothing"),
+        (["bench", "-a", "x", "--verify-state-interval", "0"], "--verify-state-interval"),
         (["frobnicate"], "invalid choice"),
     ],
 )
