@@ -8,9 +8,8 @@ namespace (a sparse file, 128 MiB per cycle), one port advertised as the guest s
 The guest (tests/interop/guest/crash_fio.sh) connects once (keep-alive 2 s, reconnect delay
 1 s, ctrl-loss-tmo 300 s) and runs ``NVMEOF_CRASH_KILLS`` cycles (default 3) in one boot. Each
 cycle: fio writes 4 KiB random blocks with crc32c verify headers into the cycle's own 128 MiB
-slice, never written before, with its own ``--randseed``;
-once the target's written-bytes counter moves (fio is writing), the test waits a random delay
-and SIGKILLs the target, starting it again at once on the same file and ports
+slice, never written before, with its own ``--randseed``; once the target's written-bytes
+counter moves (fio is writing), the test waits a random delay and SIGKILLs the target, starting it again at once on the same file and ports
 (:meth:`~nvmeof_emu.TargetProcess.power_cycle`); the kernel keeps fio's I/O queued and re-sends
 what was in flight once it has reconnected; two seconds later the guest stops fio with SIGTERM
 (fio completes what is in flight and saves its state) and runs ``fio --verify_only
@@ -23,9 +22,9 @@ The delays and fio's seeds come from one seeded RNG: ``NVMEOF_CRASH_SEED`` (else
 one); the seed is printed and in the figures, so a failing schedule can be run again.
 
 Asserted per cycle: writes were reaching the target when it was killed, and at least one of
-fio's writes was outstanding across the kill (its longest completion latency is longer than the
-time from the SIGKILL until the new process listened); a new target process
-started on the same port; the host reconnected (the guest saw its controller live again, and
+fio's writes was outstanding across the kill (its longest completion latency is at least the
+kernel's reconnect delay, 1 s, which any write caught by the kill waits for); a new target
+process started on the same port; the host reconnected (the guest saw its controller live again, and
 the new process has a controller with I/O queues and received writes); the verify-only pass
 exited 0 with fio error 0, no verify failure line, and read back every write of the run but
 at most one queue depth (fio keeps the last ``iodepth`` completions: verification of the
@@ -36,8 +35,8 @@ cycle wrote (its iolog); the test stops the target, puts that block back to what
 before the last cycle, zeros (what a lost acknowledged write leaves in a fresh slice), and
 starts it again; the same verify-only pass must now fail, at that offset.
 
-About 1.5 minutes for 3 kills on bookworm under TCG. Trixie (Linux 6.12, fio 3.39) runs the
-same test.
+One VM boot: about 90 s for 3 kills on bookworm under TCG, 6 minutes for 20. Trixie
+(``LINUXVM_RELEASE=trixie``: Linux 6.12, fio 3.39) passes the same test, 3 kills in 75 s.
 """
 
 from __future__ import annotations
@@ -65,6 +64,7 @@ SLICE_MIB = 128  # per cycle: far more than a cycle writes (fio must not fill it
 RATE_IOPS = 1000  # fio's write cap: under TCG it does ~300; under KVM a cycle would fill its slice
 BS = 4096
 IODEPTH = 16
+RECONNECT_DELAY = 1.0  # s, `nvme connect -c`
 CONNECT_ARGS = "-k 2 -c 1 -l 300"  # keep-alive 2 s, reconnect delay 1 s, ctrl-loss-tmo 300 s
 KILL_DELAY = (0.0, 4.0)  # s after fio's writes reach the target
 BOOT_TIMEOUT = 180.0  # s from `run` until the first cycle's fio starts
@@ -243,9 +243,9 @@ async def test_kernel_fio_verify_state_survives_target_sigkill(
         )
         assert write["error"] == 0, f"cycle {c.n}: fio's writes failed: {write['error']}"
         longest = write["write"]["clat_ns"]["max"] / 1e9
-        assert longest > c.restart, (
+        assert longest >= RECONNECT_DELAY, (
             f"cycle {c.n}: no write was outstanding across the kill: the longest took {longest:.2f}"
-            f" s, the target was gone for {c.restart:.2f} s"
+            f" s, less than the reconnect delay"
         )
         written_ios = write["write"]["io_bytes"] // BS
         verified_ios = verify["read"]["io_bytes"] // BS

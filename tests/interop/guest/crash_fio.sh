@@ -23,7 +23,8 @@
 # older fio block at the same offset from the one it expects. verify.c takes the expected
 # rand_seed from the block's own header unless the job both reads and writes (!td_rw), and
 # verify_only skips the numberio check; the header's offset and crc32c match, so a lost write
-# over a block of an earlier cycle would verify clean (seen: the control passed that way). In
+# over a block of an earlier cycle would verify clean (a first version of this test, whose
+# control put back an earlier cycle's block, passed that way; fio 3.39's verify.c is the same). In
 # a fresh slice a lost write leaves zeros: "bad magic header 0".
 #
 # Why fio rides the outage instead of dying on an I/O error: with fast_io_fail the run would end
