@@ -328,7 +328,7 @@ def stop_target(proc: subprocess.Popen[bytes]) -> int | None:
 @dataclass
 class StreamingVM:
     """``linuxvm run SCRIPT`` as a Trio subprocess, its output read as it comes: lines starting
-    with ``CHAOS-``, ``LIVE-`` or ``RESV-`` are markers a test can wait for (:meth:`wait_marker`)."""
+    with ``CHAOS-``, ``LIVE-``, ``RESV-`` or ``CRASH-`` are markers a test can wait for (:meth:`wait_marker`)."""
 
     argv: list[str]
     log_path: Path
@@ -384,7 +384,7 @@ class StreamingVM:
         if log is not None:
             log.write(line + "\n")
             log.flush()
-            if line.startswith(("CHAOS-", "LIVE-", "RESV-")):
+            if line.startswith(("CHAOS-", "LIVE-", "RESV-", "CRASH-")):
                 self.markers[line.split()[0]] = (trio.current_time(), line)
         if not self.echo:
             return
