@@ -137,7 +137,7 @@ async def test_ctl_ana_set_direct_and_via_change(capsys: pytest.CaptureFixture[s
             assert capsys.readouterr().err == "nvmeof-target: ANA group 0 outside 1..128\n"
 
 
-async def test_ctl_namespaces(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_ctl_namespaces(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with trio.fail_after(15):
         async with live() as env:
             nss = env.target.state.subsystems[DEMO_NQN].namespaces
@@ -155,6 +155,13 @@ async def test_ctl_namespaces(capsys: pytest.CaptureFixture[str]) -> None:
             assert list(nss) == [1]
             assert await ctl(env, "ns", "remove", *base) == 1
             assert capsys.readouterr().err == f"nvmeof-target: {DEMO_NQN} has no namespace 2\n"
+            image = str(tmp_path / "ns3.img")
+            assert await ctl(env, "ns", "add", "--nqn", DEMO_NQN, "--nsid", "3", "--size", "1M",
+                             "--backend", "file", "--path", image, "--sync", "always") == 0  # fmt: skip
+            assert capsys.readouterr().out == (
+                f"namespace add {DEMO_NQN} nsid=3 size={1 << 20} backend=file sync=always\n"
+            )
+            assert nss[3].durability == "sync=always"
 
 
 async def test_ctl_faults(capsys: pytest.CaptureFixture[str]) -> None:
