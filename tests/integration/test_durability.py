@@ -172,7 +172,9 @@ async def test_a_power_cycle_keeps_identifiers_and_flushed_data(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     options = ControllerOptions(io_queues=1, reconnect_delay=0.2, command_timeout=10)
-    with TargetProcess(power_cycle_config(tmp_path), workdir=tmp_path / "run", pcap=False) as target:
+    with TargetProcess(
+        power_cycle_config(tmp_path), workdir=tmp_path / "run", pcap=False
+    ) as target:
         with trio.fail_after(60):
             ctrl = await connect_controller(nursery, *target.ports[1], NQN, options)
             before = await identity(ctrl)
