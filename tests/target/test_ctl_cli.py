@@ -16,7 +16,7 @@ import trio
 
 from initiator.controller import ControllerOptions, connect_controller
 from nvmeof.constants import AnaState
-from target.cli import add_config_faults, main, run_with_control
+from target.cli import add_config_faults, build_parser, main, run_with_control
 from target.config import (
     DEMO_NQN,
     ConfigError,
@@ -29,7 +29,7 @@ from target.config.export import dump_nvmetcli_json
 from target.config.files import load_config
 from target.control.clientbase import format_endpoint
 from target.control.httpapi import serve_control
-from target.daemon import Target
+from target.daemon import DEFAULT_DRAIN_TIMEOUT, Target
 
 HOST = "127.0.0.1"
 CANNOT_REACH = "(is the target running with --control?)"
@@ -237,6 +237,9 @@ def test_ctl_cannot_reach_the_api(capsys: pytest.CaptureFixture[str]) -> None:
         ["ctl", "--control", "off", "status"],
         ["serve", "--control", "localhost"],
         ["serve", "--metrics", "127.0.0.1:70000"],
+        ["serve", "--drain-timeout", "soon"],
+        ["serve", "--drain-timeout", "-1"],
+        ["ctl", "ns", "add", "--nqn", DEMO_NQN, "--nsid", "2", "--sync", "sometimes"],
     ],
 )  # fmt: skip
 def test_bad_arguments_exit_2(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -368,3 +371,8 @@ def test_config_check_warns_about_what_it_accepts_but_ignores(
         f"warning: {path}: subsystems[0].allowed_hosts[1]: {stranger!r} is not in hosts",
         f"{path}: OK (1 warning)",
     ]
+
+
+def test_serve_drain_timeout_option() -> None:
+    assert build_parser().parse_args(["serve"]).drain_timeout == DEFAULT_DRAIN_TIMEOUT
+    assert build_parser().parse_args(["serve", "--drain-timeout", "0.5"]).drain_timeout == 0.5
