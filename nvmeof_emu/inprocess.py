@@ -104,7 +104,9 @@ class InProcessTarget:
         return sorted(self.pcap_dir.glob("*.pcapng")) if self.pcap_dir else []
 
     def stop(self) -> None:
-        """Stop serving (connections close, listeners go; the control API shuts down)."""
+        """Stop serving, gracefully: listeners go, the commands being executed are answered
+        (at most the target's drain timeout), then connections close and the control API shuts
+        down (:meth:`wait_stopped`)."""
         self.target.stop()
 
     async def wait_stopped(self) -> None:

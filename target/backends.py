@@ -3,6 +3,10 @@
 RAM and null backends answer synchronously (``synchronous`` is True), so the connection serves
 them inline without a task per command; the file backend runs its ``pread``/``pwrite`` in a
 worker thread.
+
+Durability (docs/DURABILITY.md): RAM is lost when the target stops and null keeps nothing; the
+file backend's ``sync`` mode says when written data is forced to stable storage. A write's
+``pwrite`` has returned before its completion is sent, in every mode.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ class Backend(Protocol):
     def read_sync(self, offset: int, length: int) -> memoryview | bytes: ...
     def write_sync(self, offset: int, data: memoryview | bytes | bytearray) -> None: ...
     async def read(self, offset: int, length: int) -> memoryview | bytes: ...
-    async def write(self, offset: int, data: memoryview | bytes | bytearray) -> None: ...
+    async def write(self, offset: int, data: memoryview | bytes | bytearray,
+                    fua: bool = False) -> None: ...  # fmt: skip
     async def write_zeroes(self, offset: int, length: int) -> None: ...
     async def flush(self) -> None: ...
     def resize(self, size: int) -> None: ...
@@ -58,8 +63,9 @@ class RamBackend:
     async def read(self, offset: int, length: int) -> memoryview:
         return self.read_sync(offset, length)
 
-    async def write(self, offset: int, data: memoryview | bytes | bytearray) -> None:
-        self.write_sync(offset, data)
+    async def write(self, offset: int, data: memoryview | bytes | bytearray,
+                    fua: bool = False) -> None:  # fmt: skip
+        self.write_sync(offset, data)  # FUA or not: memory is as durable as it gets here
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         step = 1 << 20
@@ -107,7 +113,8 @@ class NullBackend:
     async def read(self, offset: int, length: int) -> memoryview | bytes:
         return self.read_sync(offset, length)
 
-    async def write(self, offset: int, data: memoryview | bytes | bytearray) -> None:
+    async def write(self, offset: int, data: memoryview | bytes | bytearray,
+                    fua: bool = False) -> None:  # fmt: skip
         return None
 
     async def write_zeroes(self, offset: int, length: int) -> None:
@@ -124,13 +131,21 @@ class NullBackend:
 
 
 class FileBackend:
-    """A (sparse) file; created and extended to ``size`` if shorter. Flush is ``fsync``."""
+    """A (sparse) file; created and extended to ``size`` if shorter.
+
+    ``sync`` says when written data is forced to stable storage with ``fdatasync`` (nvmet's
+    Flush is ``vfs_fsync(file, 1)``, a datasync): ``flush`` on a Flush command and after a write
+    with FUA set (nvmet's buffered file backend: FUA is IOCB_DSYNC); ``always`` after every
+    write, write zeroes and deallocate, before its completion; ``none`` never, not even on a
+    Flush (unsafe: for speed tests).
+    """
 
     synchronous = False
 
-    def __init__(self, path: str, size: int) -> None:
+    def __init__(self, path: str, size: int, sync: str = "flush") -> None:
         self.path = path
         self.size = size
+        self.sync = sync
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         self._busy = 0  # I/O running in worker threads
         self._closing = False
@@ -147,11 +162,17 @@ class FileBackend:
             n = os.pwrite(self._fd, view, offset)
             view, offset = view[n:], offset + n
 
+    def _write_durably(self, offset: int, data: memoryview | bytes | bytearray) -> None:
+        self.write_sync(offset, data)
+        os.fdatasync(self._fd)
+
     async def read(self, offset: int, length: int) -> bytes:
         return await self._in_thread(self.read_sync, offset, length)
 
-    async def write(self, offset: int, data: memoryview | bytes | bytearray) -> None:
-        await self._in_thread(self.write_sync, offset, data)
+    async def write(self, offset: int, data: memoryview | bytes | bytearray,
+                    fua: bool = False) -> None:  # fmt: skip
+        durable = self.sync == "always" or (fua and self.sync == "flush")
+        await self._in_thread(self._write_durably if durable else self.write_sync, offset, data)
 
     async def write_zeroes(self, offset: int, length: int) -> None:
         def punch() -> None:
@@ -162,11 +183,14 @@ class FileBackend:
                 n = min(step, end - pos)
                 self.write_sync(pos, zeros[:n])
                 pos += n
+            if self.sync == "always":
+                os.fdatasync(self._fd)
 
         await self._in_thread(punch)
 
     async def flush(self) -> None:
-        await self._in_thread(os.fsync, self._fd)
+        if self.sync != "none":
+            await self._in_thread(os.fdatasync, self._fd)
 
     async def _in_thread(self, work: Callable[..., T], *args: Any) -> T:
         """Run blocking file I/O in a worker thread, counted so that :meth:`close` does not
@@ -195,8 +219,8 @@ class FileBackend:
             os.close(self._fd)
 
 
-def open_backend(kind: str, size: int, path: str | None = None) -> Backend:
-    """Create the backend named in the configuration."""
+def open_backend(kind: str, size: int, path: str | None = None, sync: str = "flush") -> Backend:
+    """Create the backend named in the configuration (``sync``: the file backend's mode)."""
     if kind == "ram":
         return RamBackend(size)
     if kind == "null":
@@ -204,5 +228,5 @@ def open_backend(kind: str, size: int, path: str | None = None) -> Backend:
     if kind == "file":
         if not path:
             raise ValueError("the file backend needs a path")
-        return FileBackend(path, size)
+        return FileBackend(path, size, sync)
     raise ValueError(f"unknown backend {kind!r}")

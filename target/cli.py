@@ -3,7 +3,7 @@
 Commands:
     serve [--config FILE] [--advertise ADDR] [--log-level LEVEL]
           [--control ADDR:PORT|off] [--control-token-file FILE] [--metrics ADDR:PORT|off]
-          [--pcap DIR] [--ready-file FILE]
+          [--pcap DIR] [--ready-file FILE] [--drain-timeout SECONDS]
     config export [--config FILE] [--output FILE] [--show-secrets]   (nvmetcli JSON)
     config check FILE
     ctl ...   (operate a running target: see :mod:`target.control.ctl`)
@@ -43,7 +43,7 @@ from target.control.clientbase import (
 )
 from target.control.ctl import add_ctl_parser, run_ctl
 from target.control.httpapi import DEFAULT_METRICS, serve_control
-from target.daemon import Target
+from target.daemon import DEFAULT_DRAIN_TIMEOUT, Target, log_stop_signal
 from target.ready import ReadyFileError, ready_document, write_ready_file
 
 log = logging.getLogger("nvmeof.target")
@@ -63,6 +63,16 @@ def _address(text: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
     return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < 3600:
+        raise argparse.ArgumentTypeError(f"must be 0 <= seconds < 3600, got {text}")
+    return value
 
 
 def _endpoint(text: str) -> Endpoint | None:
@@ -107,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--pcap",
         metavar="DIR",
         help="write each connection's traffic to DIR as pcapng (for Wireshark's NVMe/TCP)",
+    )
+    serve.add_argument(
+        "--drain-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_DRAIN_TIMEOUT,
+        help="on SIGTERM/SIGINT, how long commands being executed may take to finish and be "
+        f"answered before their connections close (default {DEFAULT_DRAIN_TIMEOUT:g})",
     )
     serve.add_argument(
         "--ready-file",
@@ -157,8 +175,7 @@ async def _stop_on_signal(
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         task_status.started()
         async for signum in signals:
-            log.info("signal %s: shutting down, closing %s connections",
-                     signal.Signals(signum).name, len(target.connections))  # fmt: skip
+            log_stop_signal(target, signum)
             target.stop()
             return
 
@@ -226,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             config = _load(args.config)
             token = _control_token(args)
-            target = Target(config, advertise=args.advertise, pcap_dir=args.pcap)
+            target = Target(config, advertise=args.advertise, pcap_dir=args.pcap,
+                            drain_timeout=args.drain_timeout)  # fmt: skip
             add_config_faults(target, config)
             setup_logging(args.log_level)
             return _serve(args, target, token)

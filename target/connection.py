@@ -22,7 +22,6 @@ import trio
 from nvmeof.constants import (
     AdminOpcode,
     IoOpcode,
-    is_host_to_controller,
 )
 from nvmeof.errors import CommandError, TransportError
 from nvmeof.properties import CSTS_CFS
@@ -38,7 +37,8 @@ from target.backends import BackendClosed
 from target.commands.admin import MAX_TRANSFER
 from target.commands.dispatch import CloseQueue, route
 from target.commands.request import Execute, Pending, Reply, Request, fail
-from target.faultpath import FaultInjection
+from target.drain import QueueDrain
+from target.faultpath import FaultInjection, is_write
 from target.state import IO_OPCODES
 from tlsstream import TlsStream
 
@@ -57,15 +57,17 @@ ICREQ_TIMEOUT = 30.0
 _TRANSIENT_TRANSPORT_ERROR = status_word(StatusCode.TRANSIENT_TR_ERR)
 _INTERNAL_ERROR = status_word(StatusCode.INTERNAL, dnr=True)
 _AER = AdminOpcode.ASYNC_EVENT_REQUEST
+_KEEP_ALIVE = AdminOpcode.KEEP_ALIVE
 _READ = IO_OPCODES + IoOpcode.READ
 _WRITE = IO_OPCODES + IoOpcode.WRITE
 _MOVES_DATA = frozenset({_READ, _WRITE})
 _NO_BATCH = float("nan")  # _batch_at between batches: no request's arrival time is this object
 
 
-class QueueConnection(FaultInjection):
+class QueueConnection(QueueDrain, FaultInjection):
     """Serves one queue: implements the handlers' :class:`~target.commands.request.QueueContext`
-    and the controller's :class:`~target.controller.QueueHandle`."""
+    and the controller's :class:`~target.controller.QueueHandle`. (QueueDrain comes first:
+    FaultInjection only declares what it calls, and must not shadow QueueDrain's methods.)"""
 
     def __init__(self, state: TargetState, port: Port, stream: trio.SocketStream | TlsStream,
                  spawn_detached: Callable[..., object] | None = None) -> None:  # fmt: skip
@@ -203,6 +205,7 @@ class QueueConnection(FaultInjection):
                     nursery.cancel_scope.cancel()
         finally:
             self.ended_at = trio.current_time()
+            self._check_idle()  # a drain waiting on this connection has nothing left to wait for
             self._detach()
             if self.capture is not None:
                 self.capture.close(self.stream.socket, target_closed=bool(self.close_reason))
@@ -298,10 +301,16 @@ class QueueConnection(FaultInjection):
         req.received_at = self._received_at
         if self.sq_flow_control and self.sqsize:
             self._sqhd = (self._sqhd + 1) % self.sqsize
+        if self.draining and not (self.qid == 0 and req.opcode == _KEEP_ALIVE):
+            # A graceful stop: not started, never answered; when the connection closes the
+            # host retries it elsewhere. Keep Alive is answered so the host keeps the
+            # controller while the commands started before finish.
+            self._never_answered()
+            return
         try:
             # nvmet keys a command's data by its TTAG and never checks CIDs for uniqueness.
             prepare, execute = route(self, req)
-            if req.data is None and req.transfer_length and _is_write(req):
+            if req.data is None and req.transfer_length and is_write(req):
                 if self.port.strict:
                     _check_r2t_length(req)  # beyond MDTS (else the 4 MiB cap of dispatch)
                 if prepare is not None and self.port.strict:
@@ -419,6 +428,8 @@ class QueueConnection(FaultInjection):
     def _account(self, req: Request, status: int) -> None:
         """Count a command being completed: latency, status, bytes (plain counters only)."""
         self.completed += 1
+        if self._idle is not None:
+            self._check_idle()
         if req.received_at is not self._batch_at:  # same float object: in this batch
             self.stats.observe(perf_counter() - req.received_at)
             self._batch_base += 1  # timed on its own, not with the batch being served
@@ -502,8 +513,3 @@ def _check_r2t_length(req: Request) -> None:
     """Refuse a data length we would never accept before allocating a buffer for it."""
     if req.transfer_length > MAX_TRANSFER:
         raise fail(StatusCode.INVALID_FIELD, f"{req.transfer_length} bytes exceed MDTS")
-
-
-def _is_write(req: Request) -> bool:
-    opcode = req.opcode
-    return is_host_to_controller(opcode, req.sqe[4] if opcode == AdminOpcode.FABRICS else 0)

@@ -2,6 +2,10 @@
 
 Connections live in the target's nursery, not under their port's listener, so a port can stop
 accepting (``refuse``) while its established connections carry on.
+
+A stop is graceful (docs/DURABILITY.md): the listeners close, the commands being executed
+finish and their completions are sent, at most ``drain_timeout`` seconds; then every connection
+closes. What was acknowledged was done; what was not, the host retries elsewhere.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nvmeof.target")
 
+#: Seconds a graceful stop waits for the commands being executed (``--drain-timeout``).
+DEFAULT_DRAIN_TIMEOUT = 5.0
+
 
 class ListenError(OSError):
     """A port cannot listen; says which port and address ("[Errno 98]" alone does not)."""
@@ -47,12 +54,16 @@ class Target(Operations):
     in the configuration picks a free port: see ``port.bound_port``). The operator actions of
     :class:`~target.control.Operations` (port down/up, ANA changes, namespaces, faults) are
     methods of the target. With ``pcap_dir`` each connection's traffic is captured there
-    (:meth:`capture_to`).
+    (:meth:`capture_to`). :meth:`stop` drains for at most ``drain_timeout`` seconds.
     """
 
     def __init__(self, config: TargetConfig, *, advertise: str | None = None,
-                 pcap_dir: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
+                 pcap_dir: str | os.PathLike[str] | None = None,
+                 drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:  # fmt: skip
         self.state = TargetState(config)
+        self.drain_timeout = drain_timeout
+        self._stop_requested = trio.Event()
+        self._draining = False
         if advertise is not None:
             for port in self.state.ports.values():
                 port.advertise = advertise
@@ -90,18 +101,54 @@ class Target(Operations):
                         await self.open_listener(port)
                     task_status.started(self)
                     # Serve until stop(), even while every port is down and nothing is open.
-                    await trio.sleep_forever()
+                    await self._stop_requested.wait()
+                    await self._drain()
+                    for ctrl in self.state.controllers():
+                        ctrl.close("target shutting down")
+                    for queue in list(self.connections):
+                        queue.close("target shutting down")
+                    nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
             self.state.close()
             log.info("target stopped")
 
     def stop(self) -> None:
-        """Close every controller, connection and listener."""
-        for ctrl in self.state.controllers():
-            ctrl.close("target shutting down")
-        if self._cancel is not None:
-            self._cancel.cancel()
+        """Stop gracefully: accept nothing more, let the commands being executed finish and
+        send their completions (for at most ``drain_timeout`` seconds), then close every
+        controller, connection and listener. Returns at once, accepting no connection and
+        starting no command from then on; ``serve`` returns when done."""
+        self._stop_accepting()
+        self._stop_requested.set()
+
+    def _stop_accepting(self) -> None:
+        self._draining = True
+        for port in list(self.state.ports.values()):
+            self.close_listener(port)
+        for queue in self.connections:
+            queue.draining = True
+
+    async def _drain(self) -> None:
+        """Wait, bounded, until every connection has answered the commands it started. A
+        command still running at the deadline is not answered: its connection closes, and the
+        host retries it on another path or after reconnecting."""
+        self._stop_accepting()  # again: stop() may have come before the ports were open
+        queues = list(self.connections)
+        executing = sum(queue.executing for queue in queues)
+        log.info("draining %s commands connections=%s drain_timeout=%s", executing, len(queues),
+                 self.drain_timeout)  # fmt: skip
+        began = trio.current_time()
+        with trio.move_on_after(self.drain_timeout):
+            async with trio.open_nursery() as nursery:
+                for queue in queues:
+                    nursery.start_soon(queue.drain)
+        left = sum(queue.executing for queue in queues if not queue.ended)
+        if left:
+            log.warning("drain timeout: %s commands still executing after %s s are not "
+                        "answered; their connections close (the host retries them)", left,
+                        self.drain_timeout)  # fmt: skip
+        log.info("stopped after draining %s commands in %.3f s, closing %s connections",
+                 max(0, executing - left), trio.current_time() - began, len(queues))  # fmt: skip
 
     # -- listeners -------------------------------------------------------------------------------
 
@@ -158,7 +205,7 @@ class Target(Operations):
             self._nursery.start_soon(self._handle, port, stream)
 
     async def _handle(self, port: Port, stream: trio.SocketStream) -> None:
-        if not port.enabled:
+        if not port.enabled or self._draining:
             await stream.aclose()
             return
         served: trio.SocketStream | TlsStream = stream
@@ -187,12 +234,16 @@ class Target(Operations):
 
 
 async def run_until_signalled(target: Target) -> None:
-    """Serve ``target`` until SIGINT or SIGTERM, then shut down cleanly."""
+    """Serve ``target`` until SIGINT or SIGTERM, then stop gracefully (:meth:`Target.stop`)."""
     async with trio.open_nursery() as nursery:
         await nursery.start(target.serve)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                log.info("signal %s: shutting down, closing %s connections",
-                         signal.Signals(signum).name, len(target.connections))  # fmt: skip
+                log_stop_signal(target, signum)
                 target.stop()
                 break
+
+
+def log_stop_signal(target: Target, signum: int) -> None:
+    log.info("signal %s: shutting down, draining %s connections (drain timeout %s s)",
+             signal.Signals(signum).name, len(target.connections), target.drain_timeout)  # fmt: skip

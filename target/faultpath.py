@@ -49,6 +49,7 @@ class FaultInjection:
                  corrupt: bool = False) -> None: ...  # fmt: skip
     def _complete(self, req: Request, reply: Reply) -> None: ...
     def _fail(self, req: Request, err: CommandError) -> None: ...
+    def _never_answered(self) -> None: ...
     def reset(self, reason: str) -> None: ...
     def _kick(self) -> None: ...
     async def _flush(self) -> None: ...
@@ -83,13 +84,14 @@ class FaultInjection:
             else:
                 self._tx_resume_at = resume
             return False
-        if action == "ghost-write" and _is_write(req) and self.spawn_detached is not None:
+        if action == "ghost-write" and is_write(req) and self.spawn_detached is not None:
             self.spawn_detached(self._ghost_write, req, execute, rule.delay_ms / 1000)
             return True
         return False  # delay, drop and corruption apply when the command completes
 
     def _complete_with_fault(self, req: Request, reply: Reply, fault: FaultRule) -> bool:
         if fault.action == "drop":
+            self._never_answered()
             return True
         if fault.action == "delay" and self._nursery is not None:
             req.fault = None
@@ -135,6 +137,7 @@ class FaultInjection:
             self._kick()
 
 
-def _is_write(req: Request) -> bool:
+def is_write(req: Request) -> bool:
+    """A command that carries data to the controller (a write, Connect, Property Set...)."""
     opcode = req.opcode
     return is_host_to_controller(opcode, req.sqe[4] if opcode == AdminOpcode.FABRICS else 0)

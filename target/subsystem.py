@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Generic, TypeVar
 
-from target.backends import Backend, open_backend
+from target.backends import Backend, FileBackend, open_backend
 from target.config import NamespaceConfig, SubsystemConfig, derived_ids, derived_serial
 from target.reservation_store import ReservationStore, VolatileStore, store_for
 from target.reservations import Reservations
@@ -25,7 +26,9 @@ class Namespace:
         self.block_size = cfg.block_size
         self.lba_shift = cfg.block_size.bit_length() - 1
         self.backend = (
-            backend if backend is not None else open_backend(cfg.backend, cfg.size, cfg.path)
+            backend
+            if backend is not None
+            else open_backend(cfg.backend, cfg.size, cfg.path, cfg.sync)
         )
         self.nlbas = cfg.size >> self.lba_shift
         ns_uuid, nguid, eui64 = derived_ids(nqn, cfg.nsid)
@@ -42,6 +45,40 @@ class Namespace:
             self.reservation_store = store_for(cfg.backend, cfg.path)
             self.reservations = Reservations(can_persist=self.reservation_store.can_persist)
             self._reload_reservations()
+        self._log_durability(nqn)
+
+    @property
+    def durability(self) -> str:
+        """What survives the target, in a few words (status, logs): ``volatile`` (RAM),
+        ``discarded`` (null), or the file backend's sync mode (``sync=flush``...)."""
+        if self.config.backend == "ram":
+            return "volatile"
+        if self.config.backend == "null":
+            return "discarded"
+        return f"sync={self.config.sync}"
+
+    def _log_durability(self, nqn: str) -> None:
+        """Say once, when the namespace is created, what its data survives: an operator who
+        expects a disk must not learn from a restart that it was RAM."""
+        cfg = self.config
+        where = f"subsystem={nqn} nsid={cfg.nsid} backend={cfg.backend}"
+        if cfg.backend == "ram":
+            log.info("namespace %s volatile: lost when the target stops", where)
+        elif cfg.backend == "null":
+            log.info("namespace %s writes are discarded, reads return zeros", where)
+        elif cfg.sync == "none":
+            log.warning("namespace %s path=%s sync=none: Flush and FUA do not sync, data the "
+                        "host flushed can be lost in a crash or power loss (unsafe, for speed "
+                        "tests)", where, cfg.path)  # fmt: skip
+        else:
+            log.info("namespace %s path=%s sync=%s", where, cfg.path, cfg.sync)
+
+    def set_sync(self, mode: str) -> None:
+        """Change the file backend's sync mode in place (a live change; I/O goes on)."""
+        backend = self.backend
+        if isinstance(backend, FileBackend):
+            backend.sync = mode
+        self.config = replace(self.config, sync=mode)
 
     def _reload_reservations(self) -> None:
         """Registrations made with PTPL on come back after a restart (a power loss)."""

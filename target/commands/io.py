@@ -13,6 +13,7 @@ from nvmeof.constants import NSID_ALL, AnaState, IoOpcode
 from nvmeof.errors import CommandError
 from nvmeof.status import StatusCode, status_word
 from nvmeof.wire.fast import RW_TAIL, RW_TAIL_OFFSET
+from nvmeof.wire.sqe import RW_CONTROL_FUA
 from target.commands.admin import MAX_TRANSFER
 from target.commands.request import (
     LOC_CDW10,
@@ -151,7 +152,10 @@ def execute_write(q: QueueContext, req: Request) -> ExecuteResult:
     if backend.synchronous:
         backend.write_sync(offset, data)
         return _OK
-    return _run(ctrl, ns, _await_ok(backend.write(offset, data)))
+    # Force Unit Access: the write is on stable storage before it completes (nvmet's file
+    # backend turns it into IOCB_DSYNC); the backend's sync mode decides what that costs.
+    fua = bool(RW_TAIL.unpack_from(req.sqe, RW_TAIL_OFFSET)[2] & RW_CONTROL_FUA)
+    return _run(ctrl, ns, _await_ok(backend.write(offset, data, fua)))
 
 
 def execute_compare(q: QueueContext, req: Request) -> ExecuteResult:

@@ -119,6 +119,8 @@ def _export_namespace(ns: NamespaceConfig) -> dict[str, Any]:
         device["nguid"] = str(uuid.UUID(bytes=ns.nguid))
     if ns.eui64 is not None:
         device["eui64"] = ns.eui64.hex()
+    if ns.backend == "file":
+        device["nvmeof_emu_sync"] = ns.sync
     return {"ana": {"grpid": str(ns.ana_group)}, "ana_grpid": ns.ana_group, "device": device,
             "enable": int(ns.enabled), "nsid": ns.nsid,
             "resv": {"enable": int(ns.reservations)}}  # fmt: skip
@@ -180,6 +182,8 @@ def _native_namespace(ns: NamespaceConfig) -> dict[str, Any]:
                            "backend": ns.backend}  # fmt: skip
     if ns.path is not None:
         out["path"] = ns.path
+    if ns.backend == "file":
+        out["sync"] = ns.sync
     if ns.uuid is not None:
         out["uuid"] = str(uuid.UUID(bytes=ns.uuid))
     if ns.nguid is not None:

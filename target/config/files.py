@@ -36,6 +36,8 @@ Native TOML (complete example: ``deploy/target.example.toml``)::
       block_size = 512        # 512 | 4096
       backend = "ram"         # ram | file | null
       path = "/var/lib/nvmeof/ns1.img"   # file backend only (required there)
+      sync = "flush"          # file backend: flush (Flush and FUA writes fdatasync) | always
+                              # (every write) | none (never: unsafe); docs/DURABILITY.md
       uuid = "..."            # optional: UUID string; nguid = 32 and eui64 = 16 hex digits
                               # ("-", ":" tolerated); omitted ids are derived from NQN + NSID
       ana_group = 1           # 1..128
@@ -127,7 +129,7 @@ SUBSYSTEM_KEYS = {"nqn", "serial", "model", "allow_any_host", "allowed_hosts",
                    "max_io_queues", "queue_size", "cntlid_min", "cntlid_max", "max_namespaces",
                    "cqt_ms", "namespace"}  # fmt: skip
 NAMESPACE_KEYS = {"nsid", "size", "block_size", "backend", "path", "uuid", "nguid", "eui64",
-                   "ana_group", "enabled", "reservations"}  # fmt: skip
+                   "ana_group", "enabled", "reservations", "sync"}  # fmt: skip
 PORT_KEYS = {"id", "addr", "port", "advertise", "subsystems", "inline_data_size", "ana",
               "referral", "strict", "tls"}  # fmt: skip
 REFERRAL_KEYS = {"name", "addr", "port", "portid"}
@@ -266,7 +268,7 @@ def native_namespace(t: Table) -> NamespaceConfig:
     put_if_set(kwargs, "size", t.size("size"))
     for name in ("block_size", "ana_group"):
         put_if_set(kwargs, name, t.integer(name))
-    for name in ("backend", "path"):
+    for name in ("backend", "path", "sync"):
         put_if_set(kwargs, name, t.text(name))
     for name, length in ID_LENGTHS.items():
         put_if_set(kwargs, name, _uuid(t, name) if name == "uuid" else t.hex_id(name, length))

@@ -32,7 +32,7 @@ _NVMETCLI_FIELDS = {
     "namespaces": {"enabled": "enable", "ana_group": "ana_grpid", "size": "device.size",
                    "block_size": "device.block_size", "backend": "device.nvmeof_emu_backend",
                    "path": "device.path", "uuid": "device.uuid", "nguid": "device.nguid",
-                   "eui64": "device.eui64"},
+                   "eui64": "device.eui64", "sync": "device.nvmeof_emu_sync"},
     "ports": {"id": "portid", "addr": "addr.traddr", "port": "addr.trsvcid",
               "advertise": "nvmeof_emu_advertise", "inline_data_size": "param.inline_data_size",
               "strict": "nvmeof_emu_strict"},

@@ -16,6 +16,10 @@ from nvmeof.constants import DISCOVERY_PORT, AnaState
 
 DEMO_NQN = "nqn.2026-11.io.nvmeof-emu:demo"
 BACKENDS = ("ram", "file", "null")
+#: When the file backend makes writes durable (docs/DURABILITY.md): ``flush`` (a Flush or a FUA
+#: write syncs, as nvmet's buffered file backend), ``always`` (every write is synced before it
+#: completes) or ``none`` (nothing is ever synced: unsafe, for speed tests).
+SYNC_MODES = ("flush", "always", "none")
 BLOCK_SIZES = (512, 4096)
 #: nvmet's names for the DH-HMAC-CHAP hash functions and DH groups (configfs dhchap_hash and
 #: dhchap_dhgroup; the first of each is nvmet's default for a new host).
@@ -50,6 +54,8 @@ class NamespaceConfig:
         enabled: a disabled namespace is configured but not visible to hosts.
         reservations: serve the reservation commands (nvmet's ``resv_enable``); when off they
             are Invalid Opcode, as on a kernel without reservations (6.12 and older).
+        sync: the file backend's durability, one of :data:`SYNC_MODES` (the others are not
+            durable at all: RAM is lost when the target stops, null discards).
     """
 
     nsid: int
@@ -63,6 +69,7 @@ class NamespaceConfig:
     ana_group: int = 1
     enabled: bool = True
     reservations: bool = True
+    sync: str = "flush"
 
 
 @dataclass(frozen=True)

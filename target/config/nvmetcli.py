@@ -23,7 +23,9 @@ nvmetcli JSON (what ``nvmetcli save`` writes) maps as follows:
   key elsewhere is an error, and so is a value of the wrong type. Enabled ``passthru`` is refused.
 * Extension keys (written by :func:`export_nvmetcli`, so that every representable config round
   trips): ``device.nvmeof_emu_backend`` (ram/file/null), ``device.size``, ``device.block_size``
-  (default 512), ``device.eui64``; on ports ``nvmeof_emu_advertise`` and ``nvmeof_emu_strict``; on subsystems
+  (default 512), ``device.eui64``, ``device.nvmeof_emu_sync`` (the file backend's sync mode,
+  docs/DURABILITY.md; nvmet's nearest is the namespace's ``buffered_io``, which nvmetcli does
+  not save); on ports ``nvmeof_emu_advertise`` and ``nvmeof_emu_strict``; on subsystems
   ``nvmeof_emu_queue_size`` (written only when not the default 128). A RAM namespace is
   written with ``"path": ""``. nvmetcli itself ignores the port and subsystem extension keys and
   reports the ``device`` ones as unknown attributes, skipped.
@@ -149,6 +151,7 @@ def _nvmet_namespace(t: Table) -> NamespaceConfig:
     if backend is None:
         backend = "null" if not path or path.startswith("/dev/nullb") else "file"
     kwargs["backend"] = backend
+    put_if_set(kwargs, "sync", device.text("nvmeof_emu_sync"))
     if path and not (backend == "null" and path.startswith("/dev/nullb")):
         kwargs["path"] = path
     size = device.size("size")

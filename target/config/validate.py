@@ -27,6 +27,7 @@ from target.config.model import (
     DHCHAP_DHGROUPS,
     DHCHAP_HASHES,
     SECRET_HIDDEN,
+    SYNC_MODES,
     TLS_MODES,
     TLS_PSK_DERIVATIONS,
     ConfigError,
@@ -419,6 +420,12 @@ class _Checker:
             value = getattr(ns, flag)
             if not isinstance(value, bool):
                 raise self.fail(f"{path}{flag}", f"must be a boolean, got {describe(value)}")
+        self.one_of(f"{path}sync", ns.sync, SYNC_MODES)
+        if ns.backend != "file" and ns.sync != NamespaceConfig.sync:
+            # RAM is lost when the target stops and null keeps nothing: no mode makes them
+            # durable, so a setting that says otherwise is refused rather than ignored.
+            raise self.fail(f"{path}sync", f"only used by the file backend (backend is "
+                            f"{ns.backend!r}, which is never durable)")  # fmt: skip
 
     def ports(self, config: TargetConfig, nqns: set[str]) -> None:
         ids: dict[int, str] = {}

@@ -248,8 +248,9 @@ class AsyncControlClient:
         return await self._changes("DELETE", f"/hosts/{segment(host)}")
 
     async def ns_add(self, nqn: str, nsid: int, **fields: Any) -> list[str]:
-        """Add a namespace; ``fields``: size (bytes or "64M"), block_size, backend, path, uuid,
-        nguid, eui64, ana_group, enabled, reservations."""
+        """Add a namespace; ``fields``: size (bytes or "64M"), block_size, backend, path, sync
+        (file backend: flush, always, none), uuid, nguid, eui64, ana_group, enabled,
+        reservations."""
         body = {"nsid": nsid, **fields}
         return await self._changes("POST", f"/subsystems/{segment(nqn)}/namespaces", body)
 
@@ -257,7 +258,8 @@ class AsyncControlClient:
         return await self._changes("DELETE", f"/subsystems/{segment(nqn)}/namespaces/{nsid}")
 
     async def ns_update(self, nqn: str, nsid: int, **fields: Any) -> list[str]:
-        """Change a namespace: size, enabled and ana_group in place; other fields replace it."""
+        """Change a namespace: size, enabled, ana_group and sync in place; other fields replace
+        it."""
         path = f"/subsystems/{segment(nqn)}/namespaces/{nsid}"
         return await self._changes("PATCH", path, fields)
 

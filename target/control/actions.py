@@ -411,7 +411,8 @@ class Operations(ReservationActions, Lifecycle, LiveConfig):
                 "nqn": sub.nqn, "serial": sub.serial, "model": sub.model,
                 "allow_any_host": sub.allow_any_host, "allowed_hosts": list(sub.allowed_hosts),
                 "namespaces": [{"nsid": ns.nsid, "size": ns.size, "block_size": ns.block_size,
-                                "backend": ns.config.backend, "ana_group": ns.ana_group,
+                                "backend": ns.config.backend, "durability": ns.durability,
+                                "ana_group": ns.ana_group,
                                 "enabled": ns.enabled, "uuid": str(uuid.UUID(bytes=ns.uuid)),
                                 "reservations": reservation_summary(ns)}
                                for ns in sub.namespaces.values()],

@@ -242,8 +242,9 @@ class ControlClient:
         return self._changes("DELETE", f"/hosts/{segment(host)}")
 
     def ns_add(self, nqn: str, nsid: int, **fields: Any) -> list[str]:
-        """Add a namespace; ``fields``: size (bytes or "64M"), block_size, backend, path, uuid,
-        nguid, eui64, ana_group, enabled, reservations."""
+        """Add a namespace; ``fields``: size (bytes or "64M"), block_size, backend, path, sync
+        (file backend: flush, always, none), uuid, nguid, eui64, ana_group, enabled,
+        reservations."""
         body = {"nsid": nsid, **fields}
         return self._changes("POST", f"/subsystems/{segment(nqn)}/namespaces", body)
 
@@ -251,7 +252,8 @@ class ControlClient:
         return self._changes("DELETE", f"/subsystems/{segment(nqn)}/namespaces/{nsid}")
 
     def ns_update(self, nqn: str, nsid: int, **fields: Any) -> list[str]:
-        """Change a namespace: size, enabled and ana_group in place; other fields replace it."""
+        """Change a namespace: size, enabled, ana_group and sync in place; other fields replace
+        it."""
         path = f"/subsystems/{segment(nqn)}/namespaces/{nsid}"
         return self._changes("PATCH", path, fields)
 

@@ -159,6 +159,8 @@ class NamespaceStatus(TypedDict):
     size: int
     block_size: int
     backend: str
+    #: what the data survives: volatile (RAM), discarded (null), sync=flush|always|none (file)
+    durability: str
     ana_group: int
     enabled: bool
     uuid: str

@@ -31,7 +31,7 @@ command; the default address is 127.0.0.1:9465)::
     nvmeof-target ctl ana forget --port P --group G
     nvmeof-target ctl ns add --nqn NQN --nsid N [--size 64M] [--block-size 4096]
                              [--backend ram|file|null] [--path P] [--ana-group G] [--uuid U]
-                             [--no-reservations]
+                             [--no-reservations] [--sync flush|always|none]
     nvmeof-target ctl ns remove --nqn NQN --nsid N
     nvmeof-target ctl ns resize --nqn NQN --nsid N --size S
     nvmeof-target ctl ns enable|disable --nqn NQN --nsid N
@@ -65,6 +65,7 @@ from target.config import (
     BLOCK_SIZES,
     DHCHAP_DHGROUPS,
     DHCHAP_HASHES,
+    SYNC_MODES,
     TLS_MODES,
     TLS_PSK_DERIVATIONS,
     ConfigError,
@@ -205,7 +206,8 @@ def _ana_forget(client: ControlClient, args: argparse.Namespace) -> str:
 def _ns_add(client: ControlClient, args: argparse.Namespace) -> str:
     fields = compact(size=args.size, block_size=args.block_size, backend=args.backend,
                      path=args.path, ana_group=args.ana_group, uuid=args.uuid,
-                     reservations=False if args.no_reservations else None)  # fmt: skip
+                     reservations=False if args.no_reservations else None,
+                     sync=args.sync)  # fmt: skip
     return _changes(client.ns_add(args.nqn, args.nsid, **fields))
 
 
@@ -458,6 +460,9 @@ def add_ctl_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -
     ns_add.add_argument("--uuid", help="namespace UUID (default: derived from NQN and NSID)")
     ns_add.add_argument("--no-reservations", action="store_true",
                         help="reservation commands are Invalid Opcode (nvmet resv_enable 0)")  # fmt: skip
+    ns_add.add_argument("--sync", choices=SYNC_MODES,
+                        help="file backend: when writes reach stable storage (default flush: on "
+                        "Flush and FUA; always: every write; none: never, unsafe)")  # fmt: skip
     ns_set.add_argument("--ana-group", type=int, required=True)
 
     add_resv_parser(group, leaf)

@@ -120,10 +120,10 @@ def format_status(status: dict[str, Any]) -> str:
     lines = _table(rows)
     for sub in status["subsystems"]:
         lines += ["", f"subsystem {sub['nqn']} (serial {sub['serial']})"]
-        ns_rows: list[Sequence[object]] = [("NSID", "SIZE", "BLOCK", "BACKEND", "ANA GROUP",
-                                            "ENABLED", "RESERVATION")]  # fmt: skip
+        ns_rows: list[Sequence[object]] = [("NSID", "SIZE", "BLOCK", "BACKEND", "DURABILITY",
+                                            "ANA GROUP", "ENABLED", "RESERVATION")]  # fmt: skip
         ns_rows += [(n["nsid"], human_size(n["size"]), n["block_size"], n["backend"],
-                     n["ana_group"], "yes" if n["enabled"] else "no",
+                     n.get("durability", "-"), n["ana_group"], "yes" if n["enabled"] else "no",
                      describe_reservation_summary(n.get("reservations")))
                     for n in sub["namespaces"]]  # fmt: skip
         lines += _table(ns_rows, "  ") if sub["namespaces"] else ["  no namespaces"]

@@ -191,8 +191,9 @@ class LiveConfig:
             old = have_ns.get(nsid)
             if old is None:
                 state.add_namespace(sub.nqn, cfg)
+                sync = f" sync={cfg.sync}" if cfg.backend == "file" else ""
                 done.append(f"namespace add {sub.nqn} nsid={nsid} size={cfg.size} "
-                            f"backend={cfg.backend}")  # fmt: skip
+                            f"backend={cfg.backend}{sync}")  # fmt: skip
             elif old != cfg:
                 self._update_namespace(sub, sub.namespaces[nsid], old, cfg)
                 done.append(f"namespace update {sub.nqn} nsid={nsid} "
@@ -200,10 +201,11 @@ class LiveConfig:
 
     def _update_namespace(self, sub: Subsystem[Controller], ns: Namespace, old: NamespaceConfig,
                           new: NamespaceConfig) -> None:  # fmt: skip
-        """Resize, enable/disable and ANA group changes in place; anything else (backend, block
-        size, identifiers) is a new namespace under the same NSID."""
+        """Resize, enable/disable, ANA group and sync mode changes in place; anything else
+        (backend, block size, identifiers) is a new namespace under the same NSID."""
         state = self.state
-        in_place = replace(old, size=new.size, enabled=new.enabled, ana_group=new.ana_group)
+        in_place = replace(old, size=new.size, enabled=new.enabled, ana_group=new.ana_group,
+                           sync=new.sync)  # fmt: skip
         if in_place != new:
             state.remove_namespace(sub.nqn, ns.nsid)
             state.add_namespace(sub.nqn, new)
@@ -215,6 +217,8 @@ class LiveConfig:
         if new.ana_group != old.ana_group:
             ns.ana_group = new.ana_group
             state.namespace_group_changed(sub)
+        if new.sync != old.sync:
+            ns.set_sync(new.sync)  # nothing a host sees changes: no namespace notice
 
     async def _reconcile_ports(self, current: TargetConfig, wanted: TargetConfig,
                                done: list[str]) -> None:  # fmt: skip

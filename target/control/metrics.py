@@ -90,6 +90,21 @@ def status_name(code: int) -> str:
         return f"{code:#05x}"
 
 
+def _by_name(stats: CommandStats) -> dict[tuple[str, str], int]:
+    """Command counts by (opcode name, status name). The counters are kept by index, admin and
+    I/O opcodes apart, but Fabrics commands (Connect, Property Get, authentication) come on
+    both kinds of queue under one name: summed here, or a scrape holds the series twice."""
+    series: dict[tuple[str, str], int] = {}
+    for index, count in enumerate(list(stats.ok)):
+        if count:
+            key = (opcode_name(index), "success")
+            series[key] = series.get(key, 0) + count
+    for (index, code), count in sorted(stats.errors.items()):
+        key = (opcode_name(index), status_name(code))
+        series[key] = series.get(key, 0) + count
+    return series
+
+
 def histogram_buckets(counts: Iterable[int], le: list[str]) -> list[tuple[str, float]]:
     """Cumulative ``(le, count)`` pairs from per-bucket counts (the last bucket is +Inf)."""
     buckets: list[tuple[str, float]] = []
@@ -133,12 +148,8 @@ class TargetCollector(Collector):
         for port in ports:
             label = str(port.id)
             stats = stats_by_port.get(port.id) or CommandStats()
-            ok = list(stats.ok)
-            for index, count in enumerate(ok):
-                if count:
-                    commands.add_metric([label, opcode_name(index), "success"], count)
-            for (index, code), count in sorted(stats.errors.items()):
-                commands.add_metric([label, opcode_name(index), status_name(code)], count)
+            for (opcode, status), count in _by_name(stats).items():
+                commands.add_metric([label, opcode, status], count)
             latency.add_metric([label], histogram_buckets(list(stats.latency), _LE),
                                stats.latency_sum)  # fmt: skip
         yield commands

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nvmeof.constants import AnaState
-from target.config import BACKENDS, BLOCK_SIZES
+from target.config import BACKENDS, BLOCK_SIZES, SYNC_MODES
 from target.control.actions import PORT_DOWN_MODES
 from target.control.faults import ACTIONS, QUEUE_KINDS
 from target.control.routes import CONFIG_FORMATS, HOST_FIELDS, ControlApi, Handler
@@ -42,7 +42,7 @@ _FAULT_BODY = _object(
 _NAMESPACE_FIELDS: dict[str, dict[str, Any]] = dict(
     size=_SIZE, block_size={"enum": list(BLOCK_SIZES)}, backend={"enum": list(BACKENDS)},
     path=_STR, uuid=_STR, nguid=_STR, eui64=_STR, ana_group=_INT, enabled=_BOOL,
-    reservations=_BOOL,
+    reservations=_BOOL, sync={"enum": list(SYNC_MODES)},
 )  # fmt: skip
 _NAMESPACE_BODY = _object(("nsid",), nsid=_INT, **_NAMESPACE_FIELDS)
 _SUBSYSTEM_ATTRIBUTES: dict[str, dict[str, Any]] = dict(

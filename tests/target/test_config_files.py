@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from nvmeof.constants import DISCOVERY_NQN, AnaState
 from target.config import (
     DEMO_NQN,
+    SYNC_MODES,
     ConfigError,
     NamespaceConfig,
     PortConfig,
@@ -88,6 +89,8 @@ def to_toml(config: TargetConfig) -> str:
                       f"ana_group = {ns.ana_group}", f"enabled = {str(ns.enabled).lower()}"]  # fmt: skip
             if ns.path is not None:
                 lines.append(f"path = {_q(ns.path)}")
+            if ns.sync != "flush":
+                lines.append(f"sync = {_q(ns.sync)}")
             if ns.uuid is not None:
                 lines.append(f'uuid = "{uuid.UUID(bytes=ns.uuid)}"')
             if ns.nguid is not None:
@@ -116,7 +119,7 @@ RICH = TargetConfig(
                 NamespaceConfig(nsid=1, size=8 << 20, block_size=4096, backend="file",
                                 path="/srv/a.img", uuid=bytes(range(1, 17)),
                                 nguid=bytes(range(16, 32)), eui64=bytes(range(1, 9)),
-                                ana_group=2, enabled=False),
+                                ana_group=2, enabled=False, sync="always"),
                 NamespaceConfig(nsid=7, size=1 << 30, backend="null"),
             ),
         ),
@@ -237,6 +240,9 @@ NATIVE_ERRORS = [
     (f"{NS}.eui64", "00" * 8, "subsystem[0].namespace[0].eui64", "all zeros"),
     (f"{NS}.ana_group", 129, "subsystem[0].namespace[0].ana_group", "1..128"),
     (f"{NS}.enabled", 1, "subsystem[0].namespace[0].enabled", "must be a boolean"),
+    (f"{NS}.sync", "sometimes", "subsystem[0].namespace[0].sync", "must be one of flush, always, none"),
+    (f"{NS}.sync", True, "subsystem[0].namespace[0].sync", "must be a string"),
+    (f"{NS}.sync", "always", "subsystem[0].namespace[0].sync", "only used by the file backend"),
     (f"{NS}.sizee", 1, "subsystem[0].namespace[0].sizee", "unknown key"),
     ("subsystem.0.namepsace", [], "subsystem[0].namepsace", "unknown key"),
     ("subsystem.0.nqn", "nqn.with space", "subsystem[0].nqn", "without spaces"),
@@ -597,6 +603,7 @@ def namespaces(draw: st.DrawFn) -> tuple[NamespaceConfig, ...]:
         out.append(NamespaceConfig(
             nsid=nsid, size=block_size * draw(st.integers(1, 1 << 30)), block_size=block_size,
             backend=backend, path=f"/srv/ns{nsid}.img" if backend == "file" else None,
+            sync=draw(st.sampled_from(SYNC_MODES)) if backend == "file" else "flush",
             uuid=draw(IDS), nguid=draw(IDS),
             eui64=draw(st.none() | st.binary(min_size=8, max_size=8).filter(any)),
             ana_group=draw(st.integers(1, 128)), enabled=draw(st.booleans()),
@@ -667,6 +674,7 @@ KEYS = st.sampled_from(sorted({
     "attr", "device", "enable", "ana_grpid", "ana_groups", "grpid", "state", "param",
     "referrals", "trtype", "traddr", "trsvcid", "adrfam", "tsas", "qid_max", "passthru",
     "nvmeof_emu_backend", "nvmeof_emu_advertise", "nvmeof_emu_queue_size", "dhchap", "1",
+    "sync", "nvmeof_emu_sync",
 })) | st.text(max_size=6)  # fmt: skip
 SCALARS = (
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12)
@@ -772,3 +780,29 @@ def test_unique_discovery_nqn_in_both_formats(tmp_path: Path) -> None:
     assert config.discovery_nqn == unique
     assert export_nvmetcli(config)["discovery"] == {"discovery_nqn": unique}
     assert "discovery" not in export_nvmetcli(load_config(EXAMPLE))
+
+
+def test_sync_mode_in_both_formats(tmp_path: Path) -> None:
+    toml_file = tmp_path / "sync.toml"
+    toml_file.write_text('[[subsystem]]\nnqn = "nqn.2026-11.io.test:s"\n[[subsystem.namespace]]\n'
+                         'nsid = 1\nbackend = "file"\npath = "/srv/s.img"\nsync = "none"\n')  # fmt: skip
+    config = load_config(toml_file)
+    assert config.subsystems[0].namespaces[0].sync == "none"
+    device = export_nvmetcli(config)["subsystems"][0]["namespaces"][0]["device"]
+    assert device["nvmeof_emu_sync"] == "none"
+    assert load_nvmetcli(export_nvmetcli(config), "x.json") == config
+    assert 'sync = "none"' in dump_native_toml(config)
+    # a RAM namespace has no sync mode to write; the default one reads back
+    ram = load_config(EXAMPLE)
+    assert all("nvmeof_emu_sync" not in ns["device"]
+               for ns in export_nvmetcli(ram)["subsystems"][0]["namespaces"])  # fmt: skip
+    assert "sync" not in dump_native_toml(ram)
+
+
+def test_nvmetcli_sync_errors_name_the_field() -> None:
+    doc = {"subsystems": [{"nqn": "nqn.2026-11.io.test:s", "namespaces": [
+        {"nsid": 1, "enable": 1, "device": {"path": "", "nvmeof_emu_backend": "ram",
+                                            "size": 1 << 20, "nvmeof_emu_sync": "always"}}]}]}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^x\.json: subsystems\[0\]\.namespaces\[0\]\.device"
+                       r"\.nvmeof_emu_sync: only used by the file backend"):  # fmt: skip
+        load_nvmetcli(doc, "x.json")

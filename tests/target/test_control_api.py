@@ -136,7 +136,8 @@ async def test_status_lists_ports_subsystems_controllers_and_ana() -> None:
             (sub,) = body["subsystems"]
             assert sub["nqn"] == DEMO_NQN
             assert sub["namespaces"][0] == {"nsid": 1, "size": 16 << 20, "block_size": 512,
-                                            "backend": "ram", "ana_group": 1, "enabled": True,
+                                            "backend": "ram", "durability": "volatile",
+                                            "ana_group": 1, "enabled": True,
                                             "uuid": str(uuid.UUID(bytes=derived_ids(DEMO_NQN, 1)[0])),
                                             "reservations": {"type": 0, "registrants": 0,
                                                              "generation": 0}}  # fmt: skip

@@ -16,7 +16,7 @@ import trio
 
 from initiator.controller import ControllerOptions, connect_controller
 from nvmeof.constants import AnaState
-from target.cli import add_config_faults, main, run_with_control
+from target.cli import add_config_faults, build_parser, main, run_with_control
 from target.config import (
     DEMO_NQN,
     ConfigError,
@@ -29,7 +29,7 @@ from target.config.export import dump_nvmetcli_json
 from target.config.files import load_config
 from target.control.clientbase import format_endpoint
 from target.control.httpapi import serve_control
-from target.daemon import Target
+from target.daemon import DEFAULT_DRAIN_TIMEOUT, Target
 
 HOST = "127.0.0.1"
 CANNOT_REACH = "(is the target running with --control?)"
@@ -137,7 +137,7 @@ async def test_ctl_ana_set_direct_and_via_change(capsys: pytest.CaptureFixture[s
             assert capsys.readouterr().err == "nvmeof-target: ANA group 0 outside 1..128\n"
 
 
-async def test_ctl_namespaces(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_ctl_namespaces(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     with trio.fail_after(15):
         async with live() as env:
             nss = env.target.state.subsystems[DEMO_NQN].namespaces
@@ -155,6 +155,13 @@ async def test_ctl_namespaces(capsys: pytest.CaptureFixture[str]) -> None:
             assert list(nss) == [1]
             assert await ctl(env, "ns", "remove", *base) == 1
             assert capsys.readouterr().err == f"nvmeof-target: {DEMO_NQN} has no namespace 2\n"
+            image = str(tmp_path / "ns3.img")
+            assert await ctl(env, "ns", "add", "--nqn", DEMO_NQN, "--nsid", "3", "--size", "1M",
+                             "--backend", "file", "--path", image, "--sync", "always") == 0  # fmt: skip
+            assert capsys.readouterr().out == (
+                f"namespace add {DEMO_NQN} nsid=3 size={1 << 20} backend=file sync=always\n"
+            )
+            assert nss[3].durability == "sync=always"
 
 
 async def test_ctl_faults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -230,6 +237,9 @@ def test_ctl_cannot_reach_the_api(capsys: pytest.CaptureFixture[str]) -> None:
         ["ctl", "--control", "off", "status"],
         ["serve", "--control", "localhost"],
         ["serve", "--metrics", "127.0.0.1:70000"],
+        ["serve", "--drain-timeout", "soon"],
+        ["serve", "--drain-timeout", "-1"],
+        ["ctl", "ns", "add", "--nqn", DEMO_NQN, "--nsid", "2", "--sync", "sometimes"],
     ],
 )  # fmt: skip
 def test_bad_arguments_exit_2(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -361,3 +371,8 @@ def test_config_check_warns_about_what_it_accepts_but_ignores(
         f"warning: {path}: subsystems[0].allowed_hosts[1]: {stranger!r} is not in hosts",
         f"{path}: OK (1 warning)",
     ]
+
+
+def test_serve_drain_timeout_option() -> None:
+    assert build_parser().parse_args(["serve"]).drain_timeout == DEFAULT_DRAIN_TIMEOUT
+    assert build_parser().parse_args(["serve", "--drain-timeout", "0.5"]).drain_timeout == 0.5

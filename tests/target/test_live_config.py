@@ -384,3 +384,25 @@ NVMETCLI_EXAMPLES = {
                                  svc="none", tr="fc")),
     )
 }  # fmt: skip
+
+
+async def test_file_namespace_sync_mode_added_shown_and_changed_in_place(tmp_path: Path) -> None:
+    image = str(tmp_path / "live.img")
+    with trio.fail_after(20):
+        async with live() as env:
+            await env.client.ns_add(DEMO_NQN, 2, size="1M", backend="file", path=image,
+                                    sync="always")  # fmt: skip
+            backend = env.target.state.subsystems[DEMO_NQN].namespaces[2].backend
+            status = await env.client.status()
+            durability = {n["nsid"]: n["durability"] for n in status["subsystems"][0]["namespaces"]}
+            assert durability == {1: "volatile", 2: "sync=always"}
+            changes = await env.client.ns_update(DEMO_NQN, 2, sync="none")
+            assert changes == [f"namespace update {DEMO_NQN} nsid=2 sync='none'"]
+            ns = env.target.state.subsystems[DEMO_NQN].namespaces[2]
+            assert ns.backend is backend and ns.durability == "sync=none"  # same open file
+            exported = await env.client.config_export("toml")
+            assert 'sync = "none"' in exported
+            with pytest.raises(ControlApiError, match=r"sync: only used by the file backend"):
+                await env.client.ns_add(DEMO_NQN, 3, size="1M", sync="always")
+            with pytest.raises(ControlApiError, match=r"sync: must be one of flush, always, none"):
+                await env.client.ns_update(DEMO_NQN, 2, sync="later")
