@@ -14,7 +14,7 @@ from typing import cast
 import pytest
 import trio
 import trio.testing
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from initiator import commands
 from initiator.cli import build_parser
@@ -148,6 +148,13 @@ async def test_failover_requeue_and_per_path_counters(target: Target) -> None:
         assert value("nvmeof_initiator_path_state", **one, state="live") == 1
         assert value("nvmeof_initiator_controller_state", path=first, subsystem=NQN,
                      state="live") == 1  # fmt: skip
+        # a loss per path, their sum per head: two families, two names (one name twice is
+        # invalid exposition text, which Prometheus refuses)
+        losses = [value("nvmeof_initiator_path_lost_total", **labels) or 0 for labels in (one, two)]
+        assert losses[0] >= 1 and value("nvmeof_initiator_path_losses_total", **ns) == sum(losses)
+        text = generate_latest(registry).decode()
+        types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+        assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
 
 
 # -- the failover-time histogram, deterministically ----------------------------------------------------
