@@ -35,8 +35,9 @@ refilled shuffled when empty:
 - ``ns``: namespace 3 (neither namespace under I/O) added, grown, removed (a cycle over the run);
 - ``discover``: ``nvmeof discover`` on the discovery port (a discovery controller that must go);
 
-and, at planned points (once in the short run, about every 150 s in longer ones), a target
-restart on the same files and ports: ``power-cycle`` (SIGKILL, as the crash tests) first, then
+and, at planned points (once in the short run, once per 300 s in longer ones, all within the
+first 60 % of the run so that the last target process is a long-lived one), a target restart on
+the same files and ports: ``power-cycle`` (SIGKILL, as the crash tests) first, then
 alternating with a graceful ``restart`` (SIGTERM). One fault at a time; after each one the test
 waits until both hosts have a controller with I/O queues on both ports again (bounded), so a
 path is always usable except during a restart, which both hosts ride through (they queue I/O
@@ -200,9 +201,12 @@ def plan(seed: int, seconds: float) -> list[Fault]:
     bookworm under TCG: the rest is plain I/O); a step that would end after ``seconds`` is not
     planned."""
     rng = random.Random(seed)
-    restarts = max(1, round(seconds / 150))
-    span = seconds / restarts
-    restart_at = [span * (i + rng.uniform(0.3, 0.6)) for i in range(restarts)]
+    # Restarts: one per 300 s (at least one), all in the first 60 % of the run, so that the
+    # last target process lives through the rest: the RSS bound means something over a long
+    # run only for a long-lived process.
+    restarts = max(1, round(seconds / 300))
+    span = seconds * 0.6 / restarts
+    restart_at = [span * (i + rng.uniform(0.5, 1.0)) for i in range(restarts)]
     faults: list[Fault] = []
     bag: list[str] = []
     ns3: list[str] = []  # namespace 3's sizes so far while it exists (the plan follows it)
