@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo cqt-demo test lint interop differential bench clean
+.PHONY: demo cqt-demo test lint interop soak differential bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -25,6 +25,13 @@ test: $(STAMP)
 
 interop: $(STAMP)
 	$(BIN)/python -m pytest -q -m interop tests/interop
+
+# The soak: the kernel host and our initiator together under every fault for 30 minutes (not
+# CI; `make interop` runs the same test for 150 s). SOAK_SECONDS and SOAK_SEED override.
+SOAK_SECONDS ?= 1800
+soak: $(STAMP)
+	NVMEOF_SOAK_SECONDS=$(SOAK_SECONDS) $(if $(SOAK_SEED),NVMEOF_SOAK_SEED=$(SOAK_SEED)) \
+	  $(BIN)/python -m pytest -q -s -m interop tests/interop/test_kernel_soak.py
 
 # The same host bytes to the Linux target (nvmet, in ../shared/linuxvm) and to ours, both kernel
 # releases, seeded: docs/TOLERANCE.md. SEED and COUNT (mutation cases) can be overridden.

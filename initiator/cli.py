@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--metrics", type=path_arg, metavar="ADDR:PORT",
                        help="serve Prometheus metrics on http://ADDR:PORT/metrics while it runs")  # fmt: skip
+    bench.add_argument("--metrics-linger", type=float, default=0.0, metavar="SECONDS",
+                       help="with --metrics: once the report is out, keep serving the final "
+                            "values for SECONDS (a scraper gets them; stderr says when)")  # fmt: skip
     add_resv_parsers(sub, _connection_args)
     gen = sub.add_parser("gen-dhchap-key", help="a DH-HMAC-CHAP secret, like nvme-cli's")
     gen.add_argument("-l", "--key-length", type=int, choices=(32, 48, 64),

@@ -369,7 +369,18 @@ async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
         dump_json(report)
     else:
         print_report(report)
+    await _linger(args)
     return 0 if not result.errors and not result.verify_errors else 1
+
+
+async def _linger(args: argparse.Namespace) -> None:
+    """``--metrics-linger``: the run is over and reported; the metrics listener keeps serving
+    its final values a while, so a scraper can compare them with the report."""
+    if not (args.metrics and args.metrics_linger > 0):
+        return
+    sys.stdout.flush()
+    err(f"metrics: final values served for {args.metrics_linger:g} s")
+    await trio.sleep(args.metrics_linger)
 
 
 async def _verify_only(head: MultipathHead, args: argparse.Namespace, state: VerifyState) -> int:

@@ -15,7 +15,7 @@ Metrics (``path`` is the controller's ``addr:port``):
 - per path ``{path,subsystem,nsid}``: ``nvmeof_initiator_path_ios_total``,
   ``_path_bytes_total``, ``_path_errors_total``, ``_path_failovers_total`` (commands that left
   the path on an error), ``_path_retries_total``, ``_path_lost_total`` (times the path stopped
-  being usable), ``_path_inflight``,
+  being usable; the head's sum is ``_path_losses_total``), ``_path_inflight``,
   ``_path_state{...,state}`` (1 for the controller's state: new, live, connecting, deleted),
   ``_path_ana_state{...,state}`` (1 for the path's ANA state), ``_path_ana_state_code``,
   ``_path_io_latency_seconds`` (histogram: sent on the path to completed);
@@ -81,7 +81,8 @@ _PATH_COUNTERS = (
     ("path_errors", "errors", "I/Os completed on the path with an error status"),
     ("path_failovers", "failovers", "Commands that left the path because of an error"),
     ("path_retries", "retries", "Same-path retries on the path"),
-    # not "path_losses": that is the head's sum over its paths, with other labels
+    # not "path_losses": that is the head's counter (a second family of one name is invalid
+    # exposition text, and a sum over the name would count every loss twice)
     ("path_lost", "losses", "Times the path stopped being usable"),
 )
 

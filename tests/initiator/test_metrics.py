@@ -14,7 +14,7 @@ from typing import cast
 import pytest
 import trio
 import trio.testing
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from initiator import commands
 from initiator.cli import build_parser
@@ -148,6 +148,13 @@ async def test_failover_requeue_and_per_path_counters(target: Target) -> None:
         assert value("nvmeof_initiator_path_state", **one, state="live") == 1
         assert value("nvmeof_initiator_controller_state", path=first, subsystem=NQN,
                      state="live") == 1  # fmt: skip
+        # a loss per path, their sum per head: two families, two names (one name twice is
+        # invalid exposition text, which Prometheus refuses)
+        losses = [value("nvmeof_initiator_path_lost_total", **labels) or 0 for labels in (one, two)]
+        assert losses[0] >= 1 and value("nvmeof_initiator_path_losses_total", **ns) == sum(losses)
+        text = generate_latest(registry).decode()
+        types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+        assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
 
 
 # -- the failover-time histogram, deterministically ----------------------------------------------------
@@ -294,3 +301,47 @@ async def test_bench_serves_metrics_while_it_runs(target: Target,
     assert report["paths"][0]["ios"] > 0
     with pytest.raises(OSError, match="connect"):  # the listener went away with the bench
         await http(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+
+
+async def test_bench_metrics_linger_serves_the_final_values(
+    target: Target, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--metrics-linger``: after the report, the listener still answers, with the values the
+    report has (a soak compares the two: every requeue accounted for)."""
+    port = free_port()
+    path = f"{HOST}:{target.ports[1].bound_port}"
+    args = build_parser().parse_args([
+        "bench", "--path", path, "-n", NQN, "--rw", "randwrite", "--runtime", "0.5",
+        "--iodepth", "4", "--size", "256k", "--json", "--metrics", f"{HOST}:{port}",
+        "--metrics-linger", "1.5",
+    ])  # fmt: skip
+    result: list[int] = []
+    finished = trio.Event()
+    scrapes: list[tuple[float, str]] = []  # (time, body) of every answer
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+
+            async def bench() -> None:
+                result.append(await commands.run(args))
+                finished.set()
+
+            nursery.start_soon(bench)
+            while not finished.is_set():
+                try:
+                    _, _, body = await http(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+                except OSError:  # not listening yet, or gone
+                    pass
+                else:
+                    scrapes.append((trio.current_time(), body.decode()))
+                await trio.sleep(0.05)
+    assert result == [0]
+    out, errors = capsys.readouterr()
+    report = json.loads(out)
+    assert "metrics: final values served for 1.5 s" in errors
+    ios = report["paths"][0]["ios"]
+    sample = f'nvmeof_initiator_path_ios_total{{nsid="1",path="{path}",subsystem="{NQN}"}}'
+    last = [line for line in scrapes[-1][1].splitlines() if line.startswith(sample)]
+    assert ios > 0 and last == [f"{sample} {float(ios)}"]
+    # the final value was there for most of the linger, not just at the last moment
+    final = [t for t, body in scrapes if f"{sample} {float(ios)}" in body]
+    assert final[-1] - final[0] >= 1.0
