@@ -107,7 +107,7 @@ def wait_listening(port: int, proc: Probed) -> None:
             time.sleep(0.05)
 
 
-def start_target(ports: list[int], alloccount: str) -> tuple[Probed, Path]:
+def start_target(ports: list[int], alloccount: str, snapshots: bool = True) -> tuple[Probed, Path]:
     config = Path(tempfile.mkdtemp()) / "bench.toml"
     lines = [
         f'[[subsystem]]\nnqn = "{NQN}"\nmax_io_queues = 4\nqueue_size = 128\n',
@@ -118,7 +118,8 @@ def start_target(ports: list[int], alloccount: str) -> tuple[Probed, Path]:
                      'ana = { 1 = "optimized" }\n')  # fmt: skip
     config.write_text("\n".join(lines))
     proc = Probed(["-m", "target", "serve", "--config", str(config), "--log-level", "warning",
-                   "--control", "off", "--metrics", "off"], alloccount, cwd=ROOT)  # fmt: skip
+                   "--control", "off", "--metrics", "off"], alloccount, snapshots,
+                  cwd=ROOT)  # fmt: skip
     for port in ports:
         wait_listening(port, proc)
     return proc, config

@@ -141,22 +141,29 @@ def start_from_env() -> None:
 
 
 class Probed:
-    """A child process run through ``bench/probed.py``, and the pipe to its snapshots."""
+    """A child process run through ``bench/probed.py``, and the pipe to its snapshots (none
+    with ``snapshots`` False: then nothing runs beside the program, as for a profile)."""
 
-    def __init__(self, argv: Sequence[str], alloccount: str, **popen: Any) -> None:
-        child_read, self._write = os.pipe()
-        self._read, child_write = os.pipe()
+    def __init__(self, argv: Sequence[str], alloccount: str, snapshots: bool = True,
+                 **popen: Any) -> None:  # fmt: skip
         env = dict(popen.pop("env", os.environ))
-        env[PIPE_ENV] = f"{child_read},{child_write}"
         env[ALLOC_ENV] = alloccount
+        passed: tuple[int, ...] = ()
+        if snapshots:
+            child_read, self._write = os.pipe()
+            self._read, child_write = os.pipe()
+            env[PIPE_ENV] = f"{child_read},{child_write}"
+            passed = (child_read, child_write)
         self.proc = subprocess.Popen([sys.executable, str(HERE / "probed.py"), *argv],
-                                     pass_fds=(child_read, child_write), env=env, **popen)  # fmt: skip
-        os.close(child_read)
-        os.close(child_write)
-        self._replies = os.fdopen(self._read, "rb", buffering=0)
+                                     pass_fds=passed, env=env, **popen)  # fmt: skip
+        for fd in passed:
+            os.close(fd)
+        self._replies = os.fdopen(self._read, "rb", buffering=0) if snapshots else None
         self.pid = self.proc.pid
 
     def snapshot(self, timeout: float = 10.0) -> dict[str, Any]:
+        if self._replies is None:
+            raise RuntimeError("started without snapshots")
         os.write(self._write, b"s\n")
         ready, _, _ = select.select([self._replies], [], [], timeout)
         if not ready:
@@ -175,8 +182,9 @@ class Probed:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        os.close(self._write)
-        self._replies.close()
+        if self._replies is not None:
+            os.close(self._write)
+            self._replies.close()
 
 
 class Local:

@@ -51,10 +51,19 @@ def function(frame: str) -> str:
     return f"{name} ({short})" if short else name
 
 
+#: the project's packages (py-spy names files relative to their sys.path entry)
+PACKAGES = ("target", "initiator", "nvmeof", "tlsstream", "logfmt")
+
+
 def ours(frame: str) -> bool:
     """A frame of the project's code (the wings and the protocol core, not the bench)."""
-    path = frame.partition(" (")[2]
-    return path.startswith(str(ROOT)) and not path.startswith(str(ROOT / "bench"))
+    path = frame.partition(" (")[2].removeprefix(str(ROOT) + "/")
+    return path.split("/", 1)[0] in PACKAGES
+
+
+def entry(frame: str) -> bool:
+    """The programs' entry points (in every sample: nothing to learn from their share)."""
+    return "/cli.py:" in frame or "/__main__.py:" in frame
 
 
 def top(stacks: Counter[tuple[str, ...]], n: int = 15) -> tuple[list[tuple[str, float]],
@@ -67,7 +76,7 @@ def top(stacks: Counter[tuple[str, ...]], n: int = 15) -> tuple[list[tuple[str, 
     for stack, count in stacks.items():
         if stack:
             own[function(stack[-1])] += count
-        for name in {function(f) for f in stack if ours(f)}:
+        for name in {function(f) for f in stack if ours(f) and not entry(f)}:
             below[name] += count
     return ([(k, v / total) for k, v in own.most_common(n)],
             [(k, v / total) for k, v in below.most_common(n)])  # fmt: skip
@@ -125,9 +134,10 @@ def summary(name: str, stacks: Counter[tuple[str, ...]]) -> list[str]:
 
 
 def record(spy: str, pid: int, seconds: float, rate: int, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy on a running process: collapsed stacks, without pausing it (--nonblocking)."""
+    """py-spy on a running process: collapsed stacks (each sample pauses it for a moment, so
+    the stacks are whole)."""
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                             "--rate", str(rate), "--nonblocking", "--format", "raw", "-o",
+                             "--rate", str(rate), "--format", "raw", "-o",
                              str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
 
 
@@ -148,7 +158,7 @@ def main() -> int:
 
     OUT.mkdir(exist_ok=True)
     port = free_port()
-    target, config = start_target([port], "")
+    target, config = start_target([port], "", snapshots=False)
     host = subprocess.Popen([sys.executable, "-m", "initiator.cli", "bench", "--path",
                              f"127.0.0.1:{port}", "-n", NQN, "--rw", args.rw, "--bs", args.bs,
                              "--iodepth", args.iodepth, "--engine", args.engine, "--size", "256M",
