@@ -16,7 +16,8 @@ path, so that pair's throughput and CPU figures are not used. Writes bench-resul
 and bench-results/bench.md. Figures, not assertions.
 
 Environment: ``BENCH_RUNTIME`` (seconds per run, 3), ``BENCH_REPEAT`` (3), ``BENCH_SYSCALLS=0``
-(no perf pair), ``BENCH_CASES`` (comma-separated parts of case names to run).
+(no perf pair), ``BENCH_ALLOCS=0`` (no allocation counter), ``BENCH_CASES`` (comma-separated
+parts of case names to run).
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def pair(a: float | None, b: float | None, digits: int = 1) -> str:
 def main() -> int:
     out_dir = ROOT / "bench-results"
     out_dir.mkdir(exist_ok=True)
-    alloccount = build_alloccount()
+    alloccount = build_alloccount() if os.environ.get("BENCH_ALLOCS", "1") != "0" else ""
     install_alloccount(alloccount)
     global SYSCALLS
     if SYSCALLS and not perf_works():

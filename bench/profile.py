@@ -108,7 +108,7 @@ def flame_svg(stacks: Counter[tuple[str, ...]], title: str, width: int = 1200) -
                 hue = zlib.crc32(frame.encode()) % 60
                 label = html.escape(frame)
                 share = 100 * counts[id(child)] / total
-                text = label if w > 7 * len(label) else label[: max(0, int(w / 7) - 2)]
+                text = html.escape(frame if w > 7 * len(frame) else frame[: max(0, int(w / 7) - 2)])
                 rects.append(
                     f"<g><title>{label} ({share:.1f}%)</title>"
                     f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 1}" '

@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -179,4 +180,11 @@ def test_profile_summary() -> None:
     # time below: the project's functions only
     assert below == [("_flush (target/connection.py)", 0.8)]
     svg = flame_svg(Counter(stacks), "t")
-    assert svg.startswith("<svg") and "(10 samples)" in svg and "80.0%" in svg
+    assert "(10 samples)" in svg and "80.0%" in svg
+    assert ElementTree.fromstring(svg).tag.endswith("svg")
+
+
+def test_flame_graph_cuts_names_before_escaping_them() -> None:
+    narrow = Counter({("_make_simple_sock_method_wrapper.<locals>.wrapper (trio/_socket.py:1)",): 1,
+                      ("run (trio/_core/_run.py:1)",): 99})  # fmt: skip
+    ElementTree.fromstring(flame_svg(narrow, "t", width=300))  # well-formed
