@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo cqt-demo test lint interop soak differential bench clean
+.PHONY: demo cqt-demo test lint interop soak differential bench profile clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
@@ -52,3 +52,8 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python bench/matrix.py
 	$(BIN)/python bench/recovery.py
+
+# py-spy on the target and the host at 4K random read QD32 (README, "Performance").
+profile: $(STAMP)
+	test -x $(BIN)/py-spy || $(BIN)/python -m pip install -q py-spy
+	$(BIN)/python bench/profile.py

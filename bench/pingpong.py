@@ -4,7 +4,8 @@ Two processes on loopback, no protocol logic at all: the client sends fixed-size
 (a 72-byte command capsule, plus in-capsule data for writes) keeping ``depth`` in flight and
 batching what is ready into one send; the server answers each with fixed-size responses
 (24-byte headers, plus the data for reads). This is what Python + Trio + this machine allow;
-``bench/matrix.py`` reports our stack as a ratio of it.
+``bench/matrix.py`` reports our stack as a ratio of it, and measures both processes the same
+way (``bench/probe.py``: run through ``bench/probed.py``, the client reports its round trips).
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from pathlib import Path
 
 import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.probe import COUNTERS
 
 HEADER = 24
 CAPSULE = 72
@@ -52,6 +58,7 @@ async def client(port: int, request: int, response: int, depth: int, seconds: fl
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     req = bytes(request)
     done = 0
+    COUNTERS["ops"] = lambda: done  # read by the bench's snapshots (bench/probe.py)
     received = 0
     await stream.send_all(req * depth)
     inflight = depth

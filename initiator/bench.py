@@ -1,10 +1,18 @@
 """``nvmeof bench``: a fio-like load generator over a multipath namespace head.
 
 Each job owns one ring (``iodepth`` slots, each with a registered buffer) and a region of the
-namespace (``size`` bytes at ``job * size``). With ``verify``, every written block carries a
-header (block address, write generation, job) repeated over the block, and every read checks
-it; blocks with a write in flight are never read at the same time. Read workloads are
-preconditioned by a write pass so there is something to verify.
+namespace: ``size`` bytes from ``offset + job * offset_increment`` (fio's ``offset`` and
+``offset_increment``; the increment defaults to ``size``, so jobs sit back to back, where fio's
+default 0 would overlap them). Two benches on one namespace stay apart with ``offset``.
+
+With ``verify``, every written block carries a header (block address, write generation, job)
+repeated over the block, and every read checks it; blocks with a write in flight are never read
+at the same time. Read workloads are preconditioned by a write pass so there is something to
+verify.
+
+With ``engine`` "passthrough" the same reads and writes go through the ring's raw-command API
+(:meth:`Slot.prep_cmd`, 64-byte NVM Read/Write commands, like fio's ``io_uring_cmd`` engine on
+``/dev/ngXnY``) instead of ``prep_read``/``prep_write``; verify works the same.
 
 Like fio, the first I/O error ends the run (every job stops issuing; what is in flight
 completes) unless ``continue_on_error``; either way the errors are counted by status.
@@ -16,7 +24,9 @@ later ``--verify-only`` pass after a crash.
 
 from __future__ import annotations
 
+import itertools
 import random
+import struct
 import time
 from array import array
 from collections.abc import Callable
@@ -29,8 +39,14 @@ from initiator.latency import LatencyHistogram
 from initiator.multipath import MultipathHead
 from initiator.ring import Ring, Slot
 from initiator.verify_state import StateSaver, VerifyState, check_block, new_seed, pattern
+from nvmeof.constants import SQE_SIZE, IoOpcode
 
 RW_MODES = ("read", "write", "randread", "randwrite", "randrw")
+#: block: ``prep_read``/``prep_write``; passthrough: raw 64-byte commands through ``prep_cmd``
+ENGINES = ("block", "passthrough")
+#: SLBA (CDW10-11) and NLB (CDW12, 0's based) of an NVM Read or Write command
+_SLBA_NLB = struct.Struct("<QI")
+_SLBA_OFFSET = 40
 
 
 @dataclass
@@ -50,6 +66,37 @@ class BenchOptions:
     verify_state_interval: float = 1.0  # seconds between periodic saves
     #: the seed in every written block's header (0: a new random one with a state file)
     verify_seed: int = 0
+    #: fio's offset: the first job's region starts there (bytes)
+    offset: int = 0
+    #: fio's offset_increment: job N starts at offset + N * offset_increment (None: ``size``)
+    offset_increment: int | None = None
+    engine: str = "block"
+
+
+def job_region(opts: BenchOptions, index: int, block_size: int, capacity: int) -> tuple[int, int]:
+    """Job ``index``'s region as (first byte, units of ``bs``): from ``offset + index *
+    offset_increment`` (fio), ``size`` bytes long or up to the end of the namespace."""
+    increment = opts.size if opts.offset_increment is None else opts.offset_increment
+    if opts.offset < 0 or increment < 0:
+        raise ValueError("offset and offset_increment cannot be negative")
+    for name, value in (("offset", opts.offset), ("offset_increment", increment)):
+        if value % block_size:
+            raise ValueError(f"{name} {value} is not a multiple of the block size {block_size}")
+    start = opts.offset + index * increment
+    if capacity - start < opts.bs:
+        raise ValueError(f"job {index}: region at byte {start} is beyond the namespace "
+                         f"({capacity} bytes)")  # fmt: skip
+    return start, max(1, min(opts.size, capacity - start) // opts.bs)
+
+
+def overlapping_jobs(opts: BenchOptions, block_size: int, capacity: int) -> tuple[int, int] | None:
+    """Two jobs whose regions overlap (with ``verify`` each would see the other's writes as
+    corruption), or None."""
+    regions = sorted((*job_region(opts, i, block_size, capacity), i) for i in range(opts.numjobs))
+    for (start, units, i), (next_start, _, j) in itertools.pairwise(regions):
+        if next_start < start + units * opts.bs:
+            return i, j
+    return None
 
 
 @dataclass
@@ -91,14 +138,16 @@ class BenchJob:
         self.index = index
         self.result = result
         self.nblocks = opts.bs // head.block_size
-        capacity = head.nlbas * head.block_size
-        self.units = max(1, min(opts.size, capacity - index * opts.size) // opts.bs)
-        if index * opts.size + self.units * opts.bs > capacity:
-            raise ValueError(f"job {index}: region beyond the namespace ({capacity} bytes)")
-        self.base_lba = index * opts.size // head.block_size
+        start, self.units = job_region(opts, index, head.block_size, head.nlbas * head.block_size)
+        self.base_lba = start // head.block_size
         self.ring = Ring(head, opts.iodepth)
         self.buffers = [bytearray(opts.bs) for _ in range(opts.iodepth)]
         self.ring.register_buffers(self.buffers)  # type: ignore[arg-type]
+        #: passthrough: one raw command per slot, NSID set once; opcode, SLBA and NLB per I/O
+        self.passthrough = opts.engine == "passthrough"
+        self.commands = [bytearray(SQE_SIZE) for _ in range(opts.iodepth)]
+        for command in self.commands:
+            command[4:8] = head.nsid_bytes
         self.seed = seed  # in every block's header: tells this run's writes from others'
         # per unit: the generation of the last completed write (0: none) and of the last one
         # issued (ahead while a write is in flight, or after one failed): the verify state
@@ -120,6 +169,13 @@ class BenchJob:
             if not self.busy[unit]:
                 return unit
         return None
+
+    def _command(self, slot_index: int, opcode: int, lba: int) -> bytearray:
+        """The raw NVM Read or Write command for a passthrough I/O (the ring copies it)."""
+        command = self.commands[slot_index]
+        command[0] = opcode
+        _SLBA_NLB.pack_into(command, _SLBA_OFFSET, lba, self.nblocks - 1)
+        return command
 
     def _fill(self, slot_index: int, unit: int, generation: int) -> None:
         lba = self.base_lba + unit * self.nblocks
@@ -185,8 +241,15 @@ class BenchJob:
                     self.issued[unit] = generation
                     if verify or not record:
                         self._fill(slot.index, unit, generation)
-                    slot.prep_write(lba, self.nblocks, slot.index)
+                    if self.passthrough:
+                        slot.prep_cmd(self._command(slot.index, IoOpcode.WRITE, lba),
+                                      data_out=slot.index)  # fmt: skip
+                    else:
+                        slot.prep_write(lba, self.nblocks, slot.index)
                     slot.user_data = generation
+                elif self.passthrough:
+                    slot.prep_cmd(self._command(slot.index, IoOpcode.READ, lba),
+                                  data_in=slot.index)  # fmt: skip
                 else:
                     slot.prep_read(lba, self.nblocks, slot.index)
                 self.busy[unit] = 1
@@ -231,6 +294,13 @@ async def run_bench(head: MultipathHead, opts: BenchOptions,
         raise ValueError(f"unknown rw {opts.rw!r} (one of {', '.join(RW_MODES)})")
     if opts.verify_state_save and not opts.verify:
         raise ValueError("verify_state_save needs verify (the blocks must carry their header)")
+    if opts.engine not in ENGINES:
+        raise ValueError(f"unknown engine {opts.engine!r} (one of {', '.join(ENGINES)})")
+    if opts.verify and opts.numjobs > 1:
+        clash = overlapping_jobs(opts, head.block_size, head.nlbas * head.block_size)
+        if clash is not None:
+            raise ValueError(f"jobs {clash[0]} and {clash[1]} overlap: with verify each job "
+                             "needs a region of its own (offset_increment >= size)")  # fmt: skip
     result = BenchResult()
     seed = opts.verify_seed or (new_seed() if opts.verify_state_save else 0)
     jobs = [BenchJob(head, opts, i, result, seed) for i in range(opts.numjobs)]

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from initiator.bench import RW_MODES
+from initiator.bench import ENGINES, RW_MODES
 from initiator.policy import IOPOLICIES
 from initiator.resv_cli import add_resv_parsers
 from logfmt import first_leaf, reader_went_away, setup_logging
@@ -39,6 +39,14 @@ class _Parser(argparse.ArgumentParser):
 
 def size_arg(text: str) -> int:
     """``4096``, ``4k``, ``1M``, ``256MiB`` -> bytes (binary units)."""
+    value = offset_arg(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
+
+
+def offset_arg(text: str) -> int:
+    """A size that may be 0 (an offset)."""
     raw = text.strip().lower().removesuffix("ib").removesuffix("b")
     unit = raw[-1:] if raw[-1:] in _UNITS else ""
     number = raw[: len(raw) - len(unit)]
@@ -46,8 +54,8 @@ def size_arg(text: str) -> int:
         value = int(number) * _UNITS[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative: {text!r}")
     return value
 
 
@@ -193,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--numjobs", type=int, default=1)
     bench.add_argument("--runtime", type=float, default=10.0, metavar="SECONDS")
     bench.add_argument("--size", type=size_arg, default=64 << 20, help="bytes per job")
+    bench.add_argument("--offset", type=offset_arg, default=0,
+                       help="where job 0's region starts, in bytes (fio's offset; default 0)")  # fmt: skip
+    bench.add_argument("--offset-increment", "--offset_increment", dest="offset_increment",
+                       type=offset_arg, default=None, metavar="BYTES",
+                       help="job N starts at offset + N * this (fio's offset_increment); "
+                            "default --size: jobs back to back (fio's default 0 overlaps them, "
+                            "which --verify refuses)")  # fmt: skip
+    bench.add_argument("--engine", choices=ENGINES, default="block",
+                       help="block: the ring's prep_read/prep_write; passthrough: raw 64-byte "
+                            "NVM Read/Write commands through prep_cmd (fio's io_uring_cmd)")  # fmt: skip
     bench.add_argument("--rwmixread", type=int, default=50)
     bench.add_argument("--verify", action="store_true", help="write patterns and check reads")
     bench.add_argument("--verify-state-save", metavar="FILE",

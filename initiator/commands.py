@@ -332,10 +332,12 @@ async def cmd_bench(host: Host, args: argparse.Namespace) -> int:
                         runtime=args.runtime, size=args.size, verify=args.verify,
                         rwmixread=args.rwmixread, continue_on_error=args.continue_on_error,
                         verify_state_save=args.verify_state_save or "",
-                        verify_state_interval=args.verify_state_interval)  # fmt: skip
+                        verify_state_interval=args.verify_state_interval, offset=args.offset,
+                        offset_increment=args.offset_increment, engine=args.engine)  # fmt: skip
     view = LiveView(head, args.quiet or args.json, total=args.runtime)
     if not args.json:
         err(f"bench: {args.rw} bs={args.bs} iodepth={args.iodepth} numjobs={args.numjobs} "
+            f"engine={args.engine} offset={args.offset} "
             f"runtime={args.runtime:g}s over {len(head.paths)} paths, iopolicy {head.iopolicy}")  # fmt: skip
     timeline = Timeline(head) if args.timeline else None
     async with trio.open_nursery() as sampler:
@@ -451,7 +453,11 @@ def bench_report(head: MultipathHead, opts: BenchOptions, result: BenchResult) -
             "stopped_on_error": result.stopped_on_error, "elapsed": round(result.elapsed, 3),
             "job options": {"rw": opts.rw, "bs": str(opts.bs), "iodepth": str(opts.iodepth),
                             "numjobs": str(opts.numjobs), "runtime": str(opts.runtime),
-                            "size": str(opts.size), "verify": "1" if opts.verify else "0"},
+                            "size": str(opts.size), "verify": "1" if opts.verify else "0",
+                            "offset": str(opts.offset),
+                            "offset_increment": str(opts.size if opts.offset_increment is None
+                                                    else opts.offset_increment),
+                            "ioengine": opts.engine},
             "read": _direction(result.read, result.elapsed),
             "write": _direction(result.write, result.elapsed),
         }],
