@@ -245,9 +245,12 @@ def test_fio_randrw_verify_two_jobs(runs: Runs, interop_figures: Callable[[str],
         assert result["job_runtime"] >= RANDRW_RUNTIME * 1000 * 0.95, result["job_runtime"]
         read, written = result["read"]["io_bytes"], result["write"]["io_bytes"]
         assert written > 0
-        # Reads = the workload's own (rwmixread=50: about as many as writes) + the verify
-        # reads (every write but the last < verify_backlog ones): so verification did happen.
-        assert read >= 1.5 * written, f"read {read} B, written {written} B: too few verify reads"
+        # Reads = the workload's own + the verify reads (every write but the last <
+        # verify_backlog ones), so reads beyond the writes show verification happened. Not a
+        # fixed 2:1: fio 3.33 counts verify reads as read issues (backend.c io_issues) when it
+        # balances rwmixread=50 (io_u.c set_rwmix_bytes), and the mix also switches by time, so
+        # the ratio depends on speed: >= 1.5 on an idle machine, 1.26-1.46 measured under load.
+        assert read >= 1.1 * written, f"read {read} B, written {written} B: too few verify reads"
 
 
 @pytest.mark.parametrize(
