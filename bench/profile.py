@@ -8,7 +8,7 @@ stack with its sample count, for any flame graph tool), ``profile-*.svg`` (flame
 from them) and ``profile.md`` (the top functions by own time and by time below them, in % of
 the samples). Without py-spy: ``pip install py-spy``.
 
-    python bench/profile.py [--rw randread] [--bs 4096] [--iodepth 32] [--seconds 8]
+    python bench/profile.py [--rw randread] [--bs 4096] [--iodepth 32] [--seconds 8] [--gil]
                             [--engine block|passthrough] [--rate 100]
 """
 
@@ -133,12 +133,14 @@ def summary(name: str, stacks: Counter[tuple[str, ...]]) -> list[str]:
     return [*lines, ""]
 
 
-def record(spy: str, pid: int, seconds: float, rate: int, out: Path) -> subprocess.Popen[bytes]:
+def record(spy: str, pid: int, seconds: float, rate: int, out: Path,
+           gil: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
     """py-spy on a running process: collapsed stacks (each sample pauses it for a moment, so
     the stacks are whole)."""
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
                              "--rate", str(rate), "--format", "raw", "-o",
-                             str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+                             str(out), *(["--gil"] if gil else [])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
 
 
 def main() -> int:
@@ -149,6 +151,9 @@ def main() -> int:
     parser.add_argument("--engine", default="block")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
+    parser.add_argument("--gil", action="store_true",
+                        help="only samples holding the GIL: Python code, without the time in "
+                             "syscalls and epoll_wait")  # fmt: skip
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
@@ -166,7 +171,8 @@ def main() -> int:
                             stdout=subprocess.DEVNULL)  # fmt: skip
     try:
         time.sleep(2.0)  # connected, in its steady state
-        spies = {side: record(spy, pid, args.seconds, args.rate, OUT / f"profile-{side}.txt")
+        spies = {side: record(spy, pid, args.seconds, args.rate, OUT / f"profile-{side}.txt",
+                              args.gil)
                  for side, pid in (("target", target.pid), ("host", host.pid))}  # fmt: skip
         for side, proc in spies.items():
             _, err = proc.communicate(timeout=args.seconds + 60)
@@ -181,6 +187,8 @@ def main() -> int:
         target.close()
         config.unlink(missing_ok=True)
     what = f"{args.rw} bs={args.bs} QD{args.iodepth} engine={args.engine}"
+    if args.gil:
+        what += ", samples holding the GIL only"
     report = [f"## py-spy, {what}, {args.seconds:g} s at {args.rate} Hz, idle left out", ""]
     for side in ("target", "host"):
         stacks = parse_collapsed((OUT / f"profile-{side}.txt").read_text())
