@@ -14,7 +14,8 @@ Rules of this module:
   reads it) and digest flags that were not negotiated are ignored (docs/TOLERANCE.md).
 - A data digest mismatch is not fatal here: the PDU is returned with ``data_digest_ok`` False and
   the receiver fails only that command (what the Linux host does, docs/PROTOCOL.md §7.3).
-- Bytes live in one fixed, preallocated buffer (``recv_into`` friendly). The views a :class:`Pdu`
+- Bytes live in one preallocated buffer (``recv_into`` friendly), 64 KiB at first, grown only
+  while larger PDUs arrive (up to room for two of the largest legal ones). The views a :class:`Pdu`
   holds are valid until the next :meth:`PduReader.get_buffer`, :meth:`PduReader.feed` or
   :meth:`PduReader.commit`: copy what you keep.
 """
@@ -73,6 +74,14 @@ _OFF_TYPE, _OFF_FLAGS, _OFF_HLEN, _OFF_PDO, _OFF_PLEN = 0, 1, 2, 3, 4
 _DIGEST = 4
 #: Most bytes :meth:`PduReader.feed` will hold unframed.
 MAX_FEED_BUFFER = 64 << 20
+#: A reader's receive buffer at first. It grows (doubling, see :meth:`PduReader.get_buffer`)
+#: only while PDUs larger than its free space arrive: a connection that never sees one keeps
+#: 64 KiB, where allocating (and zeroing, so resident) room for the largest legal PDU at once
+#: cost every host queue 2 MiB, again at every reconnect (the soak's host RSS grew with each
+#: reconnect burst, as freed megabyte blocks stayed in the C heap).
+INITIAL_BUFFER = 65536
+#: Less free than this after compaction, and :meth:`PduReader.get_buffer` grows the buffer.
+MIN_FREE = 16384
 
 
 class Pdu:
@@ -116,8 +125,10 @@ class PduReader:
         #: Header shapes (type, flags, hlen, pdo as one u32) already validated: (header digest,
         #: fixed plen or 0 for data PDUs, data digest bytes). Skips re-checking every PDU.
         self._known: dict[int, tuple[bool, int, int]] = {}
-        # Room for the largest legal PDU (header 128 + digests + data) and one more read.
-        self._size = max(65536, 2 * (max_data + 256))
+        # Room for the largest legal PDU (header 128 + digests + data) and one more read, at
+        # most: the buffer starts at INITIAL_BUFFER and grows while larger PDUs arrive.
+        self._max_size = max(INITIAL_BUFFER, 2 * (max_data + 256))
+        self._size = INITIAL_BUFFER
         self._buf = bytearray(self._size)
         self._view = memoryview(self._buf)
         self._start = 0  # first unconsumed byte
@@ -144,8 +155,14 @@ class PduReader:
     # -- input -------------------------------------------------------------------------------
 
     def get_buffer(self) -> memoryview:
-        """Free space to ``recv_into``; follow with :meth:`commit` of the byte count."""
+        """Free space to ``recv_into``; follow with :meth:`commit` of the byte count.
+
+        With less than :data:`MIN_FREE` bytes free (a PDU larger than the buffer is arriving)
+        the buffer is replaced by one twice the size, up to room for two of the largest legal
+        PDUs (views handed out earlier keep the old one alive)."""
         self._compact()
+        if self._size - self._end < MIN_FREE and self._size < self._max_size:
+            self._replace(min(self._max_size, 2 * self._size))
         return self._view[self._end :]
 
     def commit(self, nbytes: int) -> None:
@@ -166,12 +183,15 @@ class PduReader:
             needed = self._end + total
             if needed > MAX_FEED_BUFFER:
                 raise TransportError(Fes.DATA_TRANSFER_LIMIT_EXCEEDED, "receive buffer full")
-            self._size = max(needed, 2 * self._size)
-            bigger = bytearray(self._size)
-            bigger[: self._end] = self._view[: self._end]
-            self._buf, self._view = bigger, memoryview(bigger)
+            self._replace(max(needed, 2 * self._size))
         self._view[self._end : self._end + total] = data
         self._end += total
+
+    def _replace(self, size: int) -> None:
+        """A new buffer of ``size`` bytes holding what is pending (compacted first)."""
+        bigger = bytearray(size)
+        bigger[: self._end] = self._view[: self._end]
+        self._buf, self._view, self._size = bigger, memoryview(bigger), size
 
     @property
     def buffered(self) -> int:

@@ -1,6 +1,7 @@
 """The soak (issue 13): the Linux kernel's NVMe/TCP host and our initiator on one target,
 together, under every fault the target can inject, for ``NVMEOF_SOAK_SECONDS`` of faults
-(default 150: about 3 minutes on bookworm under TCG, the CI version; ``make soak`` runs 1800).
+(default 150: about 3 minutes 15 s on bookworm under TCG, the CI version; ``make soak`` runs
+1800).
 
 The target is a daemon (``nvmeof_emu.TargetProcess``): one subsystem with two file-backed
 namespaces in ANA group 1, port 1 (group 1 optimized) and port 2 (non-optimized) advertised

@@ -8,7 +8,7 @@ import pytest
 
 from nvmeof.constants import FatalErrorStatus as Fes, PduType
 from nvmeof.errors import TransportError
-from nvmeof.tcp.framing import CONTROLLER_RECEIVES, HOST_RECEIVES, Pdu, PduReader
+from nvmeof.tcp.framing import CONTROLLER_RECEIVES, HOST_RECEIVES, INITIAL_BUFFER, Pdu, PduReader
 from tests.pairs import build_pdu, cqe_psh, data_psh, digest, sqe
 
 Snapshot = tuple[int, int, int, bytes, bytes, bool]
@@ -452,3 +452,24 @@ def test_valid_stream_in_256k_chunks_is_framed() -> None:
         r.feed(stream[pos : pos + 256 * 1024])
         got.extend(drain(r))
     assert len(got) == 8
+
+
+def test_buffer_starts_small_and_grows_only_for_large_pdus() -> None:
+    # A host queue accepts C2HData of up to 1 MiB; allocating (and zeroing) room for two of
+    # those up front cost every queue 2 MiB of RSS at every (re)connect.
+    c2h = PduType.C2H_DATA
+    r = reader(HOST_RECEIVES, max_data=1 << 20)
+    assert len(r.get_buffer()) == INITIAL_BUFFER
+    small = b"".join(build_pdu(c2h, data_psh(i, 0, 0, 4096), bytes([i]) * 4096)  # type: ignore[arg-type]
+                     for i in range(200))  # fmt: skip
+    assert len(feed_recv_into(r, small, chunk=65536)) == 200
+    assert len(r.get_buffer()) == INITIAL_BUFFER  # 4 KiB reads never grew it
+    big = bytes(range(256)) * 4096  # 1 MiB, framed through recv_into as it arrives
+    raw = build_pdu(c2h, data_psh(1, 0, 0, len(big)), big)  # type: ignore[arg-type]
+    before = r.get_buffer()
+    (p,) = feed_recv_into(r, raw + small[:100], chunk=65536)
+    assert p[4] == big
+    assert r.buffered == 100  # the next PDU's start waits, copied into the larger buffer
+    assert INITIAL_BUFFER < len(r.get_buffer()) + r.buffered <= 2 * ((1 << 20) + 256)
+    assert before.obj is not r.get_buffer().obj  # a new buffer; the old view stays valid
+    assert len(feed_recv_into(r, small[100:], chunk=65536)) == 200
