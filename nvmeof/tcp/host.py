@@ -55,15 +55,28 @@ class HostState(Enum):
     TERMINATED = "terminated"
 
 
+# An enum member looked up on its class costs ~0.2 us in CPython 3.11 (EnumType.__getattr__):
+# the per-command code compares against these module constants instead.
+_ESTABLISHED = HostState.ESTABLISHED
+_TERMINATED = HostState.TERMINATED
+#: SQE byte 9 (flags): PSDT 01b, SGLs, as nvme_tcp_setup_cmd_pdu sets it.
+_PSDT_SGL = 0x40
+
+
 class _Outstanding:
-    """Data bookkeeping of one outstanding command."""
+    """Data bookkeeping of one outstanding command, and the buffer its capsule is built in.
 
-    __slots__ = ("digest_ok", "read", "received", "sent", "write")
+    Records are reused (the connection keeps a pool of them): one per outstanding command, so
+    a queue of fixed depth allocates nothing per command once its records exist."""
 
-    def __init__(self, write: memoryview | None, read: memoryview | None, sent: int) -> None:
-        self.write = write
-        self.read = read
-        self.sent = sent  # write bytes already sent (in-capsule or by H2CData)
+    __slots__ = ("capsule", "digest_ok", "flush", "read", "received", "sent", "write")
+
+    def __init__(self, capsule_size: int) -> None:
+        self.capsule = bytearray(capsule_size)  # CH + SQE (+ header digest)
+        self.flush = -1  # the data_to_send() call that will hand the capsule out
+        self.write: memoryview | None = None
+        self.read: memoryview | None = None
+        self.sent = 0  # write bytes already sent (in-capsule or by H2CData)
         self.received = 0  # read bytes received
         self.digest_ok = True
 
@@ -91,6 +104,10 @@ class HostConnection:
         self._h2c_align = 4
         self._out: list[bytes | bytearray | memoryview] = []
         self._cmds: dict[int, _Outstanding] = {}
+        self._pool: list[_Outstanding] = []  # records of completed commands, for reuse
+        self._flushes = 0  # data_to_send() calls so far
+        #: What :meth:`next_completion` returns for a completion: one object, refilled.
+        self._completion = ResponseReceived(0, 0, 0, 0, 0, 0)
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -146,7 +163,7 @@ class HostConnection:
         Raises:
             TransportError: fatal protocol error; the connection must be closed.
         """
-        if self.state is HostState.TERMINATED:
+        if self.state is _TERMINATED:
             return None
         try:
             while True:
@@ -157,10 +174,97 @@ class HostConnection:
                 if event is not None:
                     return event
         except TransportError as err:
-            if not self.terminated:
-                self.state = HostState.TERMINATED
-                self._out.append(build_term_req(PDU_H2C_TERM_REQ, err))
+            self._terminate(err)
             raise
+
+    def next_completion(self) -> Event | None:
+        """:meth:`next_event` for the data path: the same PDUs, checks, errors and events, but
+        every completion comes back in one :class:`ResponseReceived` object, refilled on each
+        call (read it before calling again).
+
+        What an established queue receives for nearly every I/O is handled inline: a C2HData
+        that lands exactly where its read expects it, a CapsuleResp for an outstanding
+        command. Anything else, and every PDU that breaks a rule, goes to the handlers of
+        :meth:`next_event`, so the checks and the errors raised are the same ones.
+
+        Raises:
+            TransportError: fatal protocol error; the connection must be closed.
+        """
+        if self.state is not _ESTABLISHED:
+            return self.next_event()
+        next_pdu = self.reader.next_pdu
+        cmds = self._cmds
+        pool = self._pool
+        try:
+            while True:
+                pdu = next_pdu()
+                if pdu is None:
+                    return None
+                kind = pdu.type
+                if kind == PDU_C2H_DATA:
+                    _, flags, _, _, _, cid, _, datao, datal = DATA_PDU.unpack_from(pdu.header)
+                    cmd = cmds.get(cid)
+                    end = datao + datal
+                    if (
+                        cmd is None
+                        or (read := cmd.read) is None
+                        or datao != cmd.received
+                        or datal != len(pdu.data)
+                        or end > len(read)
+                        or (flags & FLAG_SUCCESS and (not flags & FLAG_LAST_PDU
+                                                      or end != len(read)))
+                    ):  # fmt: skip
+                        event = self._handle(pdu)  # raises the error it breaks
+                        if event is not None:
+                            return event
+                        continue
+                    read[datao:end] = pdu.data
+                    cmd.received = end
+                    if not pdu.data_digest_ok:
+                        cmd.digest_ok = False
+                    if not flags & FLAG_SUCCESS:
+                        continue
+                    del cmds[cid]
+                    cmd.write = cmd.read = None  # as _recycle, inlined
+                    pool.append(cmd)
+                    done = self._completion
+                    done.cid = cid
+                    done.status = 0 if cmd.digest_ok else _DATA_XFER_ERROR
+                    done.dw0 = done.dw1 = done.sqhd = done.sqid = 0
+                    return done
+                if kind == PDU_CAPSULE_RESP:
+                    _, _, _, _, _, dw0, dw1, sqhd, sqid, cid, status = CAPSULE_RESP.unpack_from(
+                        pdu.header
+                    )
+                    cmd = cmds.get(cid)
+                    if cmd is None or (status & 0xFFFE == 0 and cmd.read is not None
+                                       and cmd.received != len(cmd.read)):  # fmt: skip
+                        return self._handle(pdu)  # raises
+                    del cmds[cid]
+                    cmd.write = cmd.read = None  # as _recycle, inlined
+                    pool.append(cmd)
+                    if not cmd.digest_ok and status == 0:
+                        status = _DATA_XFER_ERROR
+                    done = self._completion
+                    done.cid = cid
+                    done.status = status
+                    done.dw0 = dw0
+                    done.dw1 = dw1
+                    done.sqhd = sqhd
+                    done.sqid = sqid
+                    return done
+                event = self._handle(pdu)
+                if event is not None:
+                    return event
+        except TransportError as err:
+            self._terminate(err)
+            raise
+
+    def _terminate(self, err: TransportError) -> None:
+        """A fatal error: queue the H2CTermReq (once) and stop processing input."""
+        if not self.terminated:
+            self.state = HostState.TERMINATED
+            self._out.append(build_term_req(PDU_H2C_TERM_REQ, err))
 
     def _handle(self, pdu: Pdu) -> Event | None:
         kind = pdu.type
@@ -198,6 +302,7 @@ class HostConnection:
                                  f"{cmd.received} of {len(cmd.read)} bytes",
                                  header=bytes(pdu.header))  # fmt: skip
         del self._cmds[cid]
+        self._recycle(cmd)
         if not cmd.digest_ok and status == 0:
             status = _DATA_XFER_ERROR
         return ResponseReceived(cid, status, dw0, dw1, sqhd, sqid)
@@ -227,6 +332,7 @@ class HostConnection:
             raise TransportError(Fes.PDU_SEQUENCE_ERROR, f"short successful read for CID {cid}",
                                  header=raw)  # fmt: skip
         del self._cmds[cid]
+        self._recycle(cmd)
         return ResponseReceived(cid, 0 if cmd.digest_ok else _DATA_XFER_ERROR, 0, 0, 0, 0)
 
     def _handle_r2t(self, pdu: Pdu) -> None:
@@ -260,51 +366,74 @@ class HostConnection:
         fits ``in_capsule_limit``, otherwise it waits for R2T. A ``read_buffer`` receives the
         C2HData. The caller must keep both buffers alive and unchanged until completion.
         """
-        if self.state is not HostState.ESTABLISHED:
+        if self.state is not _ESTABLISHED:
             raise LocalProtocolError(f"connection is {self.state.value}")
         if len(sqe) != SQE_SIZE:
             raise ValueError("an SQE is 64 bytes")
         if cid is None:
             cid = sqe[2] | (sqe[3] << 8)
-        if cid in self._cmds:
+        cmds = self._cmds
+        if cid in cmds:
             raise LocalProtocolError(f"CID {cid} is already outstanding")
-        capsule = bytearray(72)
+        write = _bytes_view(write_data) if write_data is not None else None
+        read = _bytes_view(read_buffer) if read_buffer is not None else None
+        hd = 4 if self.header_digest else 0
+        cmd = self._new_record(72 + hd)
+        capsule = cmd.capsule
         capsule[8:72] = sqe
         capsule[10] = cid & 0xFF
         capsule[11] = cid >> 8
-        capsule[9] = (capsule[9] & 0x3F) | 0x40  # PSDT 01b: SGLs, as nvme_tcp_setup_cmd_pdu sets
-        write = _bytes_view(write_data) if write_data is not None else None
-        read = _bytes_view(read_buffer) if read_buffer is not None else None
-        inline = write is not None and 0 < len(write) <= in_capsule_limit
-        if inline:
-            assert write is not None
-            SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, len(write), SGL_IN_CAPSULE)
-        else:
-            length = len(write) if write is not None else len(read) if read is not None else 0
-            SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, length, SGL_TRANSPORT)
-        hd = 4 if self.header_digest else 0
+        capsule[9] = (capsule[9] & 0x3F) | _PSDT_SGL  # as nvme_tcp_setup_cmd_pdu sets it
         flags = FLAG_HDGSTF if hd else 0
-        if inline:
-            assert write is not None
+        out = self._out
+        if write is not None and 0 < len(write) <= in_capsule_limit:
+            SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, len(write), SGL_IN_CAPSULE)
             dd = 4 if self.data_digest else 0
             pdo = -(-(72 + hd) // self._h2c_align) * self._h2c_align
             flags |= FLAG_DDGSTF if dd else 0
             CH.pack_into(capsule, 0, PDU_CAPSULE_CMD, flags, 72, pdo, pdo + len(write) + dd)
             self._append_header(capsule, hd)
             if pdo > 72 + hd:
-                self._out.append(bytes(pdo - 72 - hd))
-            self._out.append(write)
+                out.append(bytes(pdo - 72 - hd))
+            out.append(write)
             if dd:
-                self._out.append(crc32c(write).to_bytes(4, "little"))
+                out.append(crc32c(write).to_bytes(4, "little"))
+            cmd.sent = len(write)
         else:
+            length = len(write) if write is not None else len(read) if read is not None else 0
+            SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, length, SGL_TRANSPORT)
             CH.pack_into(capsule, 0, PDU_CAPSULE_CMD, flags, 72, 0, 72 + hd)
             self._append_header(capsule, hd)
-        self._cmds[cid] = _Outstanding(write, read, len(write) if inline and write else 0)
+            cmd.sent = 0
+        cmd.write = write
+        cmd.read = read
+        cmd.received = 0
+        cmd.digest_ok = True
+        cmd.flush = self._flushes
+        cmds[cid] = cmd
         return cid
 
+    def _new_record(self, capsule_size: int) -> _Outstanding:
+        """A record for a new command: a completed command's, or a new one."""
+        if not self._pool:
+            return _Outstanding(capsule_size)
+        cmd = self._pool.pop()
+        if cmd.flush == self._flushes:
+            # Its capsule is still queued, not yet handed out by data_to_send(): the command
+            # was answered before it was sent (a broken target). Never rewrite queued bytes.
+            cmd.capsule = bytearray(capsule_size)
+        return cmd
+
+    def _recycle(self, cmd: _Outstanding) -> None:
+        """Keep a completed command's record for reuse, without the caller's buffers (held, a
+        view of a bytearray would keep it from being resized)."""
+        cmd.write = cmd.read = None
+        self._pool.append(cmd)
+
     def _append_header(self, header: bytearray, hd: int) -> None:
+        """Queue a PDU header whose last ``hd`` bytes are room for its header digest."""
         if hd:
-            header += crc32c(header).to_bytes(4, "little")
+            header[-4:] = crc32c(memoryview(header)[:-4]).to_bytes(4, "little")
         self._out.append(header)
 
     def _send_h2c_data(
@@ -320,8 +449,9 @@ class HostConnection:
             flags = (FLAG_HDGSTF if hd else 0) | (FLAG_DDGSTF if dd else 0)
             if offset + n == end:
                 flags |= FLAG_LAST_PDU
-            hdr = bytearray(DATA_PDU.pack(PDU_H2C_DATA, flags, 24, pdo, pdo + n + dd, cid, ttag,
-                                          offset, n))  # fmt: skip
+            hdr = bytearray(24 + hd)
+            DATA_PDU.pack_into(hdr, 0, PDU_H2C_DATA, flags, 24, pdo, pdo + n + dd, cid, ttag,
+                               offset, n)  # fmt: skip
             self._append_header(hdr, hd)
             if pdo > 24 + hd:
                 self._out.append(bytes(pdo - 24 - hd))
@@ -338,6 +468,9 @@ class HostConnection:
         return cids
 
     def data_to_send(self) -> list[bytes | bytearray | memoryview]:
+        """Everything queued to send, in order. Send (or copy) it before feeding more input:
+        a command's capsule buffer is reused for a later command once it completed."""
+        self._flushes += 1
         out, self._out = self._out, []
         return out
 
