@@ -156,17 +156,31 @@ class BenchJob:
         self.saver: StateSaver | None = None
         self.busy = bytearray(self.units)
         self.random = random.Random(opts.seed + index)
+        self._unit_bits = self.units.bit_length()
         self.next_seq = 0
         self.stop_at = 0.0
+        #: What each slot (by index) is doing: "read" or "write", on which unit ("" if idle).
+        self.slot_op = [""] * opts.iodepth
+        self.slot_unit = [0] * opts.iodepth
 
     def _pick(self, sequential: bool) -> int | None:
-        for _ in range(8):
+        """A unit with no I/O in flight (eight tries), or None."""
+        busy = self.busy
+        units = self.units
+        tries = 8
+        while tries:
+            tries -= 1
             if sequential:
                 unit = self.next_seq
-                self.next_seq = (self.next_seq + 1) % self.units
+                self.next_seq = (unit + 1) % units
             else:
-                unit = self.random.randrange(self.units)
-            if not self.busy[unit]:
+                # self.random.randrange(units) without its three calls: the very steps of
+                # Random._randbelow_with_getrandbits, so the same seed picks the same units
+                getrandbits = self.random.getrandbits
+                unit = getrandbits(self._unit_bits)
+                while unit >= units:
+                    unit = getrandbits(self._unit_bits)
+            if not busy[unit]:
                 return unit
         return None
 
@@ -198,35 +212,49 @@ class BenchJob:
 
     async def precondition(self) -> None:
         """Write every unit once (not counted), so later reads have data to verify."""
-        await self._run(lambda: "write", sequential=True, count=self.units, record=False)
+        await self._run("write", sequential=True, count=self.units, record=False)
 
     async def run(self, stop_at: float) -> None:
         mode = self.opts.rw
         mix = self.opts.rwmixread
         sequential = mode in ("read", "write")
+        choose: Callable[[], str] | str
         if mode in ("read", "randread"):
-            choose: Callable[[], str] = lambda: "read"  # noqa: E731
+            choose = "read"
         elif mode in ("write", "randwrite"):
-            choose = lambda: "write"  # noqa: E731
+            choose = "write"
         else:
             choose = lambda: "read" if self.random.randrange(100) < mix else "write"  # noqa: E731
         await self._run(choose, sequential=sequential, stop_at=stop_at)
 
     async def verify_pass(self) -> None:
         """Read back and check every unit written (after a write workload)."""
-        await self._run(lambda: "read", sequential=True, count=self.units, record=False)
+        await self._run("read", sequential=True, count=self.units, record=False)
 
-    async def _run(self, choose: Callable[[], str], *, sequential: bool, stop_at: float = 0.0,
-                   count: int = 0, record: bool = True) -> None:  # fmt: skip
+    async def _run(self, choose: Callable[[], str] | str, *, sequential: bool,
+                   stop_at: float = 0.0, count: int = 0, record: bool = True) -> None:  # fmt: skip
+        """Keep the ring full until ``count`` I/Os were issued or ``stop_at`` (time.monotonic)
+        has passed. ``choose`` is the operation of every I/O, or what picks it for each."""
         ring = self.ring
         result = self.result
         verify = self.opts.verify
+        fixed = choose if isinstance(choose, str) else ""  # then no call per I/O
+        choose_op = choose if not isinstance(choose, str) else lambda: fixed
+        slot_op = self.slot_op
+        slot_unit = self.slot_unit
+        busy = self.busy
         issued = 0
-        pending: dict[int, tuple[str, int]] = {}
+        outstanding = 0
         while True:
-            now = time.monotonic()
-            more = (issued < count if count else now < stop_at) and not result.stopped_on_error
-            while more and ring.ready == 0:
+            # Once per wake-up, not per I/O: a time-limited run may overshoot by one refill.
+            more = (issued < count if count else time.monotonic() < stop_at) and not (
+                result.stopped_on_error
+            )
+            # ring.ready can only change here through ring.submit() (a slot failed at once
+            # for want of a path), after which the refill stops: checked once.
+            if ring.ready:
+                more = False
+            while more:
                 slot = ring.get_sqe()
                 if slot is None:
                     break
@@ -234,7 +262,7 @@ class BenchJob:
                 if unit is None:
                     ring.submit()  # returns the unprepared slot to the free list
                     break
-                op = choose()
+                op = fixed or choose_op()
                 lba = self.base_lba + unit * self.nblocks
                 if op == "write":
                     generation = self.generation[unit] + 1
@@ -252,20 +280,25 @@ class BenchJob:
                                   data_in=slot.index)  # fmt: skip
                 else:
                     slot.prep_read(lba, self.nblocks, slot.index)
-                self.busy[unit] = 1
-                pending[slot.index] = (op, unit)
+                busy[unit] = 1
+                slot_op[slot.index] = op
+                slot_unit[slot.index] = unit
+                outstanding += 1
                 issued += 1
-                more = (issued < count if count else time.monotonic() < stop_at) and not (
-                    result.stopped_on_error
-                )
-            if not pending:
+                if count:
+                    more = issued < count
+            if not outstanding:
                 return
             await ring.submit_and_wait(1)
             now_trio = trio.current_time()
             for cqe in ring.completions():
-                op, unit = pending.pop(cqe.index)
-                self.busy[unit] = 0
-                if not cqe.ok:
+                index = cqe.index
+                op = slot_op[index]
+                unit = slot_unit[index]
+                slot_op[index] = ""
+                outstanding -= 1
+                busy[unit] = 0
+                if cqe.status_word & 0xFFFE:  # not cqe.ok
                     result.errors += 1
                     name = str(cqe.status)
                     result.errors_by_status[name] = result.errors_by_status.get(name, 0) + 1

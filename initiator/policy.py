@@ -29,6 +29,17 @@ class Disposition(Enum):
     FAILOVER = "failover"  # requeue on the head: another (or the same, later) usable path
 
 
+#: Module constants for the per-I/O code: an enum member looked up on its class costs ~0.2 us
+#: in CPython 3.11, and ``AnaState.usable`` (a property comparing against two of them) ~0.7 us.
+COMPLETE = Disposition.COMPLETE
+_RETRY = Disposition.RETRY
+_FAILOVER = Disposition.FAILOVER
+_OPTIMIZED = AnaState.OPTIMIZED
+_NON_OPTIMIZED = AnaState.NON_OPTIMIZED
+#: The ANA states a host may send I/O in (what ``AnaState.usable`` says).
+USABLE_ANA_STATES = frozenset(state for state in AnaState if state.usable)
+
+
 def decide_disposition(
     status_word: int, *, retries: int, path_alive: bool = True, max_retries: int = MAX_RETRIES
 ) -> Disposition:
@@ -42,14 +53,14 @@ def decide_disposition(
         max_retries: the retry budget (failovers do not consume it).
     """
     if status_word & 0xFFFE == 0:
-        return Disposition.COMPLETE
+        return COMPLETE
     # Same order as nvme_decide_disposition: DNR and the retry budget first ...
     if status_word & DNR_BIT or retries >= max_retries:
-        return Disposition.COMPLETE
+        return COMPLETE
     # ... then path errors (SCT 3, including the host's 0x370/0x371) and dead queues fail over.
     if (status_word >> 9) & 0x7 == Sct.PATH or not path_alive:
-        return Disposition.FAILOVER
-    return Disposition.RETRY
+        return _FAILOVER
+    return _RETRY
 
 
 def retry_delay(status_word: int, crdt_100ms: Sequence[int]) -> float:
@@ -74,11 +85,11 @@ class PathView(Protocol):
 
 
 def _optimized(path: PathView) -> bool:
-    return path.usable and path.ana_state == AnaState.OPTIMIZED
+    return path.usable and path.ana_state == _OPTIMIZED
 
 
 def _non_optimized(path: PathView) -> bool:
-    return path.usable and path.ana_state == AnaState.NON_OPTIMIZED
+    return path.usable and path.ana_state == _NON_OPTIMIZED
 
 
 def select_numa(paths: Sequence[PathView], current: int | None) -> int | None:

@@ -302,7 +302,8 @@ class HostQueue:
                         self._established.set()
                     elif isinstance(event, TermReqReceived):
                         raise PeerClosed(f"target sent C2HTermReq FES {event.fes:#x}")
-                self._wake_writer()  # H2CData answering R2Ts, resubmissions
+                if conn.has_output:  # H2CData answering R2Ts (a resubmission wakes it itself)
+                    self._wake_writer()
         except (QueueClosed, TransportError, OSError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as err:  # fmt: skip
             self._fail(err)

@@ -87,6 +87,10 @@ class SessionState(Enum):
     DELETED = "deleted"
 
 
+#: For the per-I/O checks (``live``): an enum member looked up on its class costs ~0.2 us.
+SESSION_LIVE = SessionState.LIVE
+
+
 class Session:
     """One controller of the host, kept connected.
 
@@ -131,7 +135,7 @@ class Session:
 
     @property
     def live(self) -> bool:
-        return self.state is SessionState.LIVE
+        return self.state is SESSION_LIVE
 
     @property
     def may_recover(self) -> bool:
@@ -151,7 +155,7 @@ class Session:
     @property
     def io_queues(self) -> list[HostQueue]:
         assoc = self.assoc
-        return assoc.io_queues if assoc is not None and self.live else []
+        return assoc.io_queues if assoc is not None and self.state is SESSION_LIVE else []
 
     @property
     def max_transfer(self) -> int:

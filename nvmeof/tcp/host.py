@@ -475,6 +475,11 @@ class HostConnection:
         return out
 
     @property
+    def has_output(self) -> bool:
+        """Whether :meth:`data_to_send` has anything."""
+        return bool(self._out)
+
+    @property
     def terminated(self) -> bool:
         return self.state is HostState.TERMINATED
 

@@ -190,7 +190,7 @@ def test_every_single_broken_answer_gives_the_same_transcript(
                 if field == "duplicate":
                     pdus.insert(index, dict(pdu))
                 elif field in ("offset", "length", "datal"):
-                    if not pdu["kind"] == 0:
+                    if pdu["kind"] != 0:
                         continue
                     pdu[field] += value
                 else:
