@@ -315,7 +315,7 @@ class MultipathHead(ReservationCommands):
             slot.status_word = status
             slot.dw0 = dw0
             slot.dw1 = dw1
-            slot.path_label = path.label
+            slot.path_label = path.session.label  # path.label, without the property call
             slot.ring.post(slot)
         elif disposition is Disposition.RETRY:
             slot.retries += 1

@@ -210,10 +210,9 @@ class HostConnection:
                         or (read := cmd.read) is None
                         or datao != cmd.received
                         or datal != len(pdu.data)
-                        or end > len(read)
-                        or (flags & FLAG_SUCCESS and (not flags & FLAG_LAST_PDU
-                                                      or end != len(read)))
-                    ):  # fmt: skip
+                        or end > (size := len(read))
+                        or (flags & FLAG_SUCCESS and (not flags & FLAG_LAST_PDU or end != size))
+                    ):
                         event = self._handle(pdu)  # raises the error it breaks
                         if event is not None:
                             return event
@@ -378,7 +377,11 @@ class HostConnection:
         write = _bytes_view(write_data) if write_data is not None else None
         read = _bytes_view(read_buffer) if read_buffer is not None else None
         hd = 4 if self.header_digest else 0
-        cmd = self._new_record(72 + hd)
+        pool = self._pool
+        if pool and pool[-1].flush != self._flushes:
+            cmd = pool.pop()  # _new_record's usual case, without the call
+        else:
+            cmd = self._new_record(72 + hd)
         capsule = cmd.capsule
         capsule[8:72] = sqe
         capsule[10] = cid & 0xFF
@@ -403,7 +406,10 @@ class HostConnection:
             length = len(write) if write is not None else len(read) if read is not None else 0
             SGL.pack_into(capsule, 8 + SGL_OFFSET, 0, length, SGL_TRANSPORT)
             CH.pack_into(capsule, 0, PDU_CAPSULE_CMD, flags, 72, 0, 72 + hd)
-            self._append_header(capsule, hd)
+            if hd:
+                self._append_header(capsule, hd)
+            else:
+                out.append(capsule)  # _append_header without a digest, without the call
             cmd.sent = 0
         cmd.write = write
         cmd.read = read
