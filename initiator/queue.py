@@ -11,7 +11,10 @@ host-synthesized status Host Aborted Command (0x371), as the Linux host does.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -108,9 +111,12 @@ class HostQueue:
         #: Reads into a buffer, returns the byte count (0 at EOF): the socket's own
         #: ``recv_into`` for plain TCP, the TLS stream's decrypting one otherwise.
         self._recv_into: Callable[[memoryview], Awaitable[int]]
+        #: Plain TCP: the socket (a second descriptor of it) written to at once by _flush.
+        self._sender: socket.socket | None = None
         if isinstance(stream, trio.SocketStream):
             self._recv_into = stream.socket.recv_into
             self.tls_cipher: str | None = None
+            self._sender = socket.socket(fileno=os.dup(stream.socket.fileno()))
         else:
             self._recv_into = stream.receive_into
             self.tls_cipher = stream.cipher
@@ -266,13 +272,42 @@ class HostQueue:
             await self._flush()
 
     async def _flush(self) -> None:
-        async with self._send_lock:
+        """Send everything the connection queued. Plain TCP: in one ``send`` straight away when
+        the socket takes it all (the usual case); the stream's send_all only for what is left.
+        Through the lock and send_all, trio yields to the scheduler twice per flush, with
+        nothing to wait for: each costs a pass of the run loop."""
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # free: taken without a checkpoint
+        except trio.WouldBlock:
+            await lock.acquire()  # another flush is sending: after it, in order
+        try:
             buffers = self.conn.data_to_send()
             if buffers:
+                data = b"".join(buffers)
                 try:
-                    await self.stream.send_all(b"".join(buffers))
+                    sent = self._send_now(data)
+                    if sent < len(data):
+                        await self.stream.send_all(memoryview(data)[sent:])
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
                     self._fail(err)
+        finally:
+            lock.release()
+
+    def _send_now(self, data: bytes) -> int:
+        """How much of ``data`` one non-blocking ``send`` took (0 for TLS or a full socket).
+        Errors become what trio's SocketStream.send_all raises for them."""
+        sender = self._sender
+        if sender is None or self._closed:
+            return 0
+        try:
+            return sender.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:  # as trio's _translate_socket_errors_to_stream_errors
+            if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                raise trio.ClosedResourceError("this socket was already closed") from None
+            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
 
     async def _reader(self) -> None:
         conn = self.conn
@@ -341,5 +376,7 @@ class HostQueue:
     async def aclose(self) -> None:
         """Close the connection; outstanding commands complete as aborted."""
         self._fail(QueueClosed("closed by the host"))
+        if self._sender is not None:
+            self._sender.close()  # the second descriptor: the stream's close ends the connection
         with trio.CancelScope(shield=True):
             await self.stream.aclose()

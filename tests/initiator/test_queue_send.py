@@ -1,0 +1,87 @@
+"""HostQueue._flush over plain TCP: one immediate ``send``, the stream's send_all for whatever the
+socket did not take, in order; failures as trio's SocketStream reports them."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from initiator.queue import HostQueue
+from nvmeof.tcp.events import ConnectionEstablished
+from nvmeof.tcp.host import HostConnection
+from tests.pairs import icresp, join, sqe
+
+BIG = 4 << 20  # far more than a socket buffer holds
+
+
+def established_queue(sock: trio.socket.SocketType) -> HostQueue:
+    queue = HostQueue(trio.SocketStream(sock), qid=1, depth=4)
+    conn = queue.conn
+    conn.initiate()
+    conn.data_to_send()
+    conn.receive_data(icresp())
+    assert isinstance(conn.next_event(), ConnectionEstablished)
+    return queue
+
+
+def queue_commands(conn: HostConnection, data: bytes) -> None:
+    conn.send_command(sqe(0x01, 1, nsid=1), write_data=data, in_capsule_limit=BIG)
+    conn.send_command(sqe(0x00, 2, nsid=1))
+
+
+async def test_a_flush_larger_than_the_socket_takes_arrives_whole_and_in_order() -> None:
+    a, b = trio.socket.socketpair()
+    queue = established_queue(a)
+    data = bytes(range(256)) * (BIG // 256)
+    reference = established_queue(trio.socket.socket())  # never sends: only builds the bytes
+    queue_commands(reference.conn, data)
+    expected = join(reference.conn.data_to_send())
+    queue_commands(queue.conn, data)
+    taken: list[int] = []
+    send_now = queue._send_now
+
+    def recording_send_now(data: bytes) -> int:
+        taken.append(send_now(data))
+        return taken[-1]
+
+    queue._send_now = recording_send_now  # type: ignore[method-assign]
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(expected):
+            received.extend(await b.recv(1 << 20))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_all)
+        await queue._flush()
+    assert bytes(received) == expected
+    assert len(taken) == 1 and 0 < taken[0] < len(expected)  # the rest went by send_all
+    assert queue.error is None
+    await queue.aclose()
+    await reference.aclose()
+    b.close()
+
+
+async def test_a_send_to_a_reset_connection_fails_the_queue_like_trio() -> None:
+    a, b = trio.socket.socketpair()
+    queue = established_queue(a)
+    b.close()
+    queue.conn.send_command(sqe(0x00, 1, nsid=1))
+    await queue._flush()
+    assert queue.closed
+    assert isinstance(queue.error, trio.BrokenResourceError)  # what SocketStream.send_all raises
+    assert isinstance(queue.error.__cause__, OSError)
+    await queue.aclose()
+
+
+async def test_closing_the_queue_closes_the_second_descriptor() -> None:
+    a, b = trio.socket.socketpair()
+    queue = established_queue(a)
+    sender = queue._sender
+    assert sender is not None
+    await queue.aclose()
+    assert sender.fileno() == -1
+    with pytest.raises(trio.ClosedResourceError):
+        await queue.stream.send_all(b"x")
+    assert await b.recv(16) == b""  # the peer sees the connection end: no descriptor left open
+    b.close()
