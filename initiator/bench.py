@@ -243,6 +243,8 @@ class BenchJob:
         slot_op = self.slot_op
         slot_unit = self.slot_unit
         busy = self.busy
+        base_lba, nblocks, passthrough = self.base_lba, self.nblocks, self.passthrough
+        bs = self.opts.bs
         issued = 0
         outstanding = 0
         while True:
@@ -263,26 +265,25 @@ class BenchJob:
                     ring.submit()  # returns the unprepared slot to the free list
                     break
                 op = fixed or choose_op()
-                lba = self.base_lba + unit * self.nblocks
+                lba = base_lba + unit * nblocks
+                index = slot.index
                 if op == "write":
                     generation = self.generation[unit] + 1
                     self.issued[unit] = generation
                     if verify or not record:
-                        self._fill(slot.index, unit, generation)
-                    if self.passthrough:
-                        slot.prep_cmd(self._command(slot.index, IoOpcode.WRITE, lba),
-                                      data_out=slot.index)  # fmt: skip
+                        self._fill(index, unit, generation)
+                    if passthrough:
+                        slot.prep_cmd(self._command(index, IoOpcode.WRITE, lba), data_out=index)
                     else:
-                        slot.prep_write(lba, self.nblocks, slot.index)
+                        slot.prep_write(lba, nblocks, index)
                     slot.user_data = generation
-                elif self.passthrough:
-                    slot.prep_cmd(self._command(slot.index, IoOpcode.READ, lba),
-                                  data_in=slot.index)  # fmt: skip
+                elif passthrough:
+                    slot.prep_cmd(self._command(index, IoOpcode.READ, lba), data_in=index)
                 else:
-                    slot.prep_read(lba, self.nblocks, slot.index)
+                    slot.prep_read(lba, nblocks, index)
                 busy[unit] = 1
-                slot_op[slot.index] = op
-                slot_unit[slot.index] = unit
+                slot_op[index] = op
+                slot_unit[index] = unit
                 outstanding += 1
                 issued += 1
                 if count:
@@ -316,7 +317,7 @@ class BenchJob:
                 if record:
                     direction = result.write if op == "write" else result.read
                     direction.ios += 1
-                    direction.bytes += self.opts.bs
+                    direction.bytes += bs
                     direction.lat.record(int((now_trio - cqe.submitted_at) * 1e9))
 
 

@@ -44,6 +44,7 @@ from initiator.policy import (
     Disposition,
     decide_disposition,
     retry_delay,
+    select_numa,
 )
 from initiator.reservations import ReservationCommands
 from initiator.ring import Ring, Slot, SlotState
@@ -60,6 +61,7 @@ log = logging.getLogger("nvmeof.initiator")
 
 _PREPARED = SlotState.PREPARED  # module constants: an enum member on its class costs ~0.2 us
 _INFLIGHT = SlotState.INFLIGHT
+_OPTIMIZED = AnaState.OPTIMIZED
 #: Completion status of I/O that no path can ever serve again.
 NO_PATH_STATUS = status_word(StatusCode.HOST_PATH_ERROR, dnr=True)
 _ANA_CODES = {StatusCode.ANA_PERSISTENT_LOSS, StatusCode.ANA_INACCESSIBLE,
@@ -241,11 +243,23 @@ class MultipathHead(ReservationCommands):
 
     def submit(self, slot: Slot) -> None:
         """Send ``slot`` on the path the I/O policy picks, or park it."""
-        index = self._select(self.paths, self._current)
-        if index is None:
-            self._park(slot, no_path=True)
-            return
-        path = self.paths[index]
+        paths = self.paths
+        index = self._current
+        if (
+            self._select is select_numa
+            and index is not None
+            and index < len(paths)
+            and (path := paths[index]).session.state is SESSION_LIVE
+            and not path.ana_pending
+            and path.ana_state == _OPTIMIZED
+        ):
+            pass  # select_numa's first rule (the cached path, usable and optimized), inline
+        else:
+            index = self._select(paths, index)
+            if index is None:
+                self._park(slot, no_path=True)
+                return
+            path = paths[index]
         self._current = index
         if not path.send(slot):
             self._park(slot, no_path=False)

@@ -374,8 +374,26 @@ class HostConnection:
         cmds = self._cmds
         if cid in cmds:
             raise LocalProtocolError(f"CID {cid} is already outstanding")
-        write = _bytes_view(write_data) if write_data is not None else None
-        read = _bytes_view(read_buffer) if read_buffer is not None else None
+        # _bytes_view, with its usual case (a flat byte view: what ring slots give) inline
+        write = read = None
+        if write_data is not None:
+            if (
+                type(write_data) is memoryview
+                and write_data.format == "B"
+                and write_data.c_contiguous
+            ):
+                write = write_data
+            else:
+                write = _bytes_view(write_data)
+        if read_buffer is not None:
+            if (
+                type(read_buffer) is memoryview
+                and read_buffer.format == "B"
+                and read_buffer.c_contiguous
+            ):
+                read = read_buffer
+            else:
+                read = _bytes_view(read_buffer)
         hd = 4 if self.header_digest else 0
         pool = self._pool
         if pool and pool[-1].flush != self._flushes:

@@ -7,12 +7,16 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from initiator.bench import BenchJob, BenchOptions, BenchResult
 from initiator.latency import _MAJOR, _SUB, LatencyHistogram, _index
 from initiator.multipath import MultipathHead
-from tests.initiator.fakes import BLOCK, fake_ring
+from initiator.policy import select_numa
+from initiator.ring import SlotState
+from initiator.session import SessionState
+from nvmeof.constants import AnaState
+from tests.initiator.fakes import BLOCK, FakeSession, fake_ring, make_rig
 
 
 @pytest.mark.parametrize("units", [1, 2, 3, 7, 1000, 16384, 16385])
@@ -74,3 +78,34 @@ def test_latency_record_buckets_like_index(ns: int) -> None:
     expected = _index(max(ns, 0))
     assert hist.counts[expected] == 1 and sum(hist.counts) == 1
     assert 0 <= expected < _MAJOR * _SUB
+
+
+_LIVE, _OPT, _NON = SessionState.LIVE, AnaState.OPTIMIZED, AnaState.NON_OPTIMIZED
+_PATH_STATE = st.tuples(  # mostly usable paths, so that every rule of select_numa is reached
+    st.sampled_from([_LIVE, _LIVE, _LIVE, *SessionState]),
+    st.sampled_from([False, False, False, True]),
+    st.sampled_from([_OPT, _OPT, _NON, _NON, *AnaState]),
+)
+
+
+@settings(max_examples=300)
+@given(states=st.lists(_PATH_STATE, min_size=1, max_size=3),
+       current=st.one_of(st.none(), st.integers(0, 3)))  # fmt: skip
+async def test_submit_picks_the_path_select_numa_picks(
+    states: list[tuple[SessionState, bool, AnaState]], current: int | None
+) -> None:
+    """The head's inline form of select_numa's first rule (keep the cached path while it is
+    usable and optimized) picks what select_numa picks, whatever the paths' states."""
+    sessions = [FakeSession(f"p{i}", record=False, state=state)
+                for i, (state, _, _) in enumerate(states)]  # fmt: skip
+    rig = make_rig(*sessions, entries=1, nbuffers=1)
+    for path, (_, pending, ana) in zip(rig.paths, states, strict=True):
+        path.ana_pending, path.ana_state = pending, ana
+    rig.head._current = current
+    expected = select_numa(rig.paths, current)
+    slot = rig.read()
+    if expected is None:
+        assert slot.state is not SlotState.INFLIGHT and rig.head._current == current
+    else:
+        assert slot.state is SlotState.INFLIGHT and slot.path is rig.paths[expected]
+        assert rig.head._current == expected
