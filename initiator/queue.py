@@ -111,12 +111,13 @@ class HostQueue:
         #: Reads into a buffer, returns the byte count (0 at EOF): the socket's own
         #: ``recv_into`` for plain TCP, the TLS stream's decrypting one otherwise.
         self._recv_into: Callable[[memoryview], Awaitable[int]]
-        #: Plain TCP: the socket (a second descriptor of it) written to at once by _flush.
-        self._sender: socket.socket | None = None
+        #: Plain TCP: the socket (a second descriptor of it) that _flush writes to at once and
+        #: _receive_into reads from.
+        self._sock: socket.socket | None = None
         if isinstance(stream, trio.SocketStream):
-            self._recv_into = stream.socket.recv_into
+            self._sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
+            self._recv_into = self._receive_into
             self.tls_cipher: str | None = None
-            self._sender = socket.socket(fileno=os.dup(stream.socket.fileno()))
         else:
             self._recv_into = stream.receive_into
             self.tls_cipher = stream.cipher
@@ -297,7 +298,7 @@ class HostQueue:
     def _send_now(self, data: bytes) -> int:
         """How much of ``data`` one non-blocking ``send`` took (0 for TLS or a full socket).
         Errors become what trio's SocketStream.send_all raises for them."""
-        sender = self._sender
+        sender = self._sock
         if sender is None or self._closed:
             return 0
         try:
@@ -308,6 +309,25 @@ class HostQueue:
             if exc.errno in (errno.EBADF, errno.ENOTSOCK):
                 raise trio.ClosedResourceError("this socket was already closed") from None
             raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+
+    async def _receive_into(self, buffer: memoryview) -> int:
+        """trio's ``socket.recv_into`` for plain TCP (the same checkpoints: one if cancelled
+        before, one after a receive that did not have to wait), without its five layers of
+        coroutines and context managers, once per receive batch."""
+        sock = self._sock
+        assert sock is not None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            nbytes = sock.recv_into(buffer)
+        except BlockingIOError:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    return sock.recv_into(buffer)
+                except BlockingIOError:
+                    pass
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return nbytes
 
     async def _reader(self) -> None:
         conn = self.conn
@@ -376,7 +396,10 @@ class HostQueue:
     async def aclose(self) -> None:
         """Close the connection; outstanding commands complete as aborted."""
         self._fail(QueueClosed("closed by the host"))
-        if self._sender is not None:
-            self._sender.close()  # the second descriptor: the stream's close ends the connection
+        if self._sock is not None and self._sock.fileno() != -1:
+            # the second descriptor first (the stream's close then ends the connection), waking
+            # a reader waiting on it, as the stream's close does for its own
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
         with trio.CancelScope(shield=True):
             await self.stream.aclose()

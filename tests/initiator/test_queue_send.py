@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
-from initiator.queue import HostQueue
+from initiator.queue import HostQueue, PeerClosed
+from nvmeof.constants import PduType
 from nvmeof.tcp.events import ConnectionEstablished
 from nvmeof.tcp.host import HostConnection
-from tests.pairs import icresp, join, sqe
+from tests.pairs import build_pdu, cqe_psh, icresp, join, sqe
 
 BIG = 4 << 20  # far more than a socket buffer holds
 
@@ -77,7 +79,7 @@ async def test_a_send_to_a_reset_connection_fails_the_queue_like_trio() -> None:
 async def test_closing_the_queue_closes_the_second_descriptor() -> None:
     a, b = trio.socket.socketpair()
     queue = established_queue(a)
-    sender = queue._sender
+    sender = queue._sock
     assert sender is not None
     await queue.aclose()
     assert sender.fileno() == -1
@@ -85,3 +87,36 @@ async def test_closing_the_queue_closes_the_second_descriptor() -> None:
         await queue.stream.send_all(b"x")
     assert await b.recv(16) == b""  # the peer sees the connection end: no descriptor left open
     b.close()
+
+
+async def test_closing_the_queue_ends_a_reader_waiting_for_data() -> None:
+    """The reader waits on the second descriptor: aclose from another task must wake it (as
+    the stream's own close would), or the queue's tasks never end."""
+    a, b = trio.socket.socketpair()
+    queue = established_queue(a)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue._reader)
+            await trio.testing.wait_all_tasks_blocked()
+            await queue.aclose()
+    assert queue.closed
+    b.close()
+
+
+async def test_the_reader_takes_what_arrives_and_sees_the_end() -> None:
+    a, b = trio.socket.socketpair()
+    queue = established_queue(a)
+    queue.conn.send_command(sqe(0x00, 1, nsid=1))
+    completed: list[tuple[int, int]] = []
+    queue.on_slot_complete = lambda ctx, status, dw0, dw1: completed.append((status, dw0))
+    queue._contexts[1] = object()  # a ring slot's place
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(queue._reader)
+            resp = build_pdu(PduType.CAPSULE_RESP, cqe_psh(1, 0, dw0=0x55))
+            for i in range(len(resp)):  # a byte at a time: every receive is a partial PDU
+                await b.send(resp[i : i + 1])
+                await trio.testing.wait_all_tasks_blocked()
+            assert completed == [(0, 0x55)]
+            b.close()  # EOF
+    assert isinstance(queue.error, PeerClosed)
