@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tracemalloc
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -284,3 +285,43 @@ def test_completed_commands_release_the_callers_buffers() -> None:
     complete(host, 2)
     read.extend(b"x")
     write.extend(b"x")
+
+
+def test_steady_state_reuses_every_per_command_object() -> None:
+    """Thousands of reads at a fixed depth: the same command records, capsule buffers and
+    completion object all along, and no memory kept under nvmeof/ (what a host queue's data
+    path allocates per command is transient: ints, the framer's views)."""
+    depth = 8
+    host = established()
+    buffers = [memoryview(bytearray(512)) for _ in range(depth)]
+    answers = [build_pdu(PduType.C2H_DATA, data_psh(cid, 0, 0, 512), bytes([cid]) * 512,
+                         flags=_SUCCESS_LAST) for cid in range(depth)]  # fmt: skip
+    command = bytearray(rw_sqe(0x02, 0, 1, 0, 1))
+
+    def run(rounds: int) -> None:
+        for _ in range(rounds):
+            for cid in range(depth):
+                host.send_command(command, read_buffer=buffers[cid], cid=cid)
+            host.data_to_send()
+            host.receive_data(b"".join(answers))
+            for cid in range(depth):
+                done = host.next_completion()
+                assert done is host._completion and done.cid == cid and done.status == 0
+            assert host.next_completion() is None
+
+    run(50)
+    records = {id(r): r.capsule for r in host._pool}
+    assert len(records) == depth
+    tracemalloc.start(3)
+    try:
+        before = tracemalloc.take_snapshot()
+        run(500)
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert {id(r): r.capsule for r in host._pool} == records  # same records, same buffers
+    assert all(records[id(r)] is r.capsule for r in host._pool)
+    watched = [tracemalloc.Filter(True, "*/nvmeof/*")]
+    grown = after.filter_traces(watched).compare_to(before.filter_traces(watched), "lineno")
+    assert sum(stat.size_diff for stat in grown) < 1024, grown[:5]
+    assert all(bytes(buf) == bytes([cid]) * 512 for cid, buf in enumerate(buffers))
