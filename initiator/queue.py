@@ -1,8 +1,11 @@
 """One host queue over TCP: the Trio adapter around :class:`~nvmeof.tcp.host.HostConnection`.
 
 Two tasks per queue, in the caller's nursery: a reader that feeds received bytes to the sans-IO
-connection and completes commands inline (a whole receive batch per wake-up), and a writer that
-sends everything queued since it last ran in one ``send_all``. Commands come from two places:
+connection and completes commands inline (a whole receive batch per wake-up, through
+:meth:`~nvmeof.tcp.host.HostConnection.next_completion`), and a writer that sends everything
+queued since it last ran at once. Over plain TCP both use a second descriptor of the socket
+directly (``recv_into``/``send`` with trio's checkpoints, without its per-call layers); TLS
+goes through the stream. Commands come from two places:
 :meth:`HostQueue.submit` (one awaiting caller per command, for admin work) and
 :meth:`HostQueue.send_slot` (ring slots, completed through a callback: no task, no event, no
 allocation per I/O). When the connection dies, every outstanding command completes with the
