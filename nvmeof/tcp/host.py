@@ -41,6 +41,7 @@ from nvmeof.status import StatusCode, status_word
 from nvmeof.tcp.controller import build_term_req
 from nvmeof.tcp.events import ConnectionEstablished, ResponseReceived, TermReqReceived
 from nvmeof.tcp.framing import HOST_RECEIVES, Pdu, PduReader
+from nvmeof.tcp.hostrecord import CommandRecord, bytes_view
 from nvmeof.wire.fast import CAPSULE_RESP, CH, DATA_PDU, R2T, SGL, SGL_OFFSET, TERM_REQ
 
 Event = ConnectionEstablished | ResponseReceived | TermReqReceived
@@ -61,24 +62,6 @@ _ESTABLISHED = HostState.ESTABLISHED
 _TERMINATED = HostState.TERMINATED
 #: SQE byte 9 (flags): PSDT 01b, SGLs, as nvme_tcp_setup_cmd_pdu sets it.
 _PSDT_SGL = 0x40
-
-
-class _Outstanding:
-    """Data bookkeeping of one outstanding command, and the buffer its capsule is built in.
-
-    Records are reused (the connection keeps a pool of them): one per outstanding command, so
-    a queue of fixed depth allocates nothing per command once its records exist."""
-
-    __slots__ = ("capsule", "digest_ok", "flush", "read", "received", "sent", "write")
-
-    def __init__(self, capsule_size: int) -> None:
-        self.capsule = bytearray(capsule_size)  # CH + SQE (+ header digest)
-        self.flush = -1  # the data_to_send() call that will hand the capsule out
-        self.write: memoryview | None = None
-        self.read: memoryview | None = None
-        self.sent = 0  # write bytes already sent (in-capsule or by H2CData)
-        self.received = 0  # read bytes received
-        self.digest_ok = True
 
 
 class HostConnection:
@@ -103,8 +86,8 @@ class HostConnection:
         self.max_h2c_data = 0
         self._h2c_align = 4
         self._out: list[bytes | bytearray | memoryview] = []
-        self._cmds: dict[int, _Outstanding] = {}
-        self._pool: list[_Outstanding] = []  # records of completed commands, for reuse
+        self._cmds: dict[int, CommandRecord] = {}
+        self._pool: list[CommandRecord] = []  # records of completed commands, for reuse
         self._flushes = 0  # data_to_send() calls so far
         #: What :meth:`next_completion` returns for a completion: one object, refilled.
         self._completion = ResponseReceived(0, 0, 0, 0, 0, 0)
@@ -285,7 +268,7 @@ class HostConnection:
             return None
         raise TransportError(Fes.PDU_SEQUENCE_ERROR, "unexpected ICResp", header=bytes(pdu.header))
 
-    def _lookup(self, cid: int, pdu: Pdu) -> _Outstanding:
+    def _lookup(self, cid: int, pdu: Pdu) -> CommandRecord:
         cmd = self._cmds.get(cid)
         if cmd is None:
             raise TransportError(Fes.INVALID_PDU_HEADER_FIELD, f"PDU for unknown CID {cid}",
@@ -374,7 +357,7 @@ class HostConnection:
         cmds = self._cmds
         if cid in cmds:
             raise LocalProtocolError(f"CID {cid} is already outstanding")
-        # _bytes_view, with its usual case (a flat byte view: what ring slots give) inline
+        # bytes_view, with its usual case (a flat byte view: what ring slots give) inline
         write = read = None
         if write_data is not None:
             if (
@@ -384,7 +367,7 @@ class HostConnection:
             ):
                 write = write_data
             else:
-                write = _bytes_view(write_data)
+                write = bytes_view(write_data)
         if read_buffer is not None:
             if (
                 type(read_buffer) is memoryview
@@ -393,7 +376,7 @@ class HostConnection:
             ):
                 read = read_buffer
             else:
-                read = _bytes_view(read_buffer)
+                read = bytes_view(read_buffer)
         hd = 4 if self.header_digest else 0
         pool = self._pool
         if pool and pool[-1].flush != self._flushes:
@@ -437,10 +420,10 @@ class HostConnection:
         cmds[cid] = cmd
         return cid
 
-    def _new_record(self, capsule_size: int) -> _Outstanding:
+    def _new_record(self, capsule_size: int) -> CommandRecord:
         """A record for a new command: a completed command's, or a new one."""
         if not self._pool:
-            return _Outstanding(capsule_size)
+            return CommandRecord(capsule_size)
         cmd = self._pool.pop()
         if cmd.flush == self._flushes:
             # Its capsule is still queued, not yet handed out by data_to_send(): the command
@@ -448,7 +431,7 @@ class HostConnection:
             cmd.capsule = bytearray(capsule_size)
         return cmd
 
-    def _recycle(self, cmd: _Outstanding) -> None:
+    def _recycle(self, cmd: CommandRecord) -> None:
         """Keep a completed command's record for reuse, without the caller's buffers (held, a
         view of a bytearray would keep it from being resized)."""
         cmd.write = cmd.read = None
@@ -510,10 +493,3 @@ class HostConnection:
     @property
     def outstanding(self) -> int:
         return len(self._cmds)
-
-
-def _bytes_view(buffer: bytes | bytearray | memoryview) -> memoryview:
-    """A flat byte view of ``buffer`` (no new view when it already is one: the common case)."""
-    if type(buffer) is memoryview and buffer.format == "B" and buffer.c_contiguous:
-        return buffer
-    return memoryview(buffer).cast("B")
