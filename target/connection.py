@@ -39,6 +39,7 @@ from target.commands.dispatch import CloseQueue, route
 from target.commands.request import Execute, Pending, Reply, Request, fail
 from target.drain import QueueDrain
 from target.faultpath import FaultInjection, is_write
+from target.plainio import PlainIo
 from target.state import IO_OPCODES
 from tlsstream import TlsStream
 
@@ -64,10 +65,10 @@ _MOVES_DATA = frozenset({_READ, _WRITE})
 _NO_BATCH = float("nan")  # _batch_at between batches: no request's arrival time is this object
 
 
-class QueueConnection(QueueDrain, FaultInjection):
+class QueueConnection(QueueDrain, FaultInjection, PlainIo):
     """Serves one queue: implements the handlers' :class:`~target.commands.request.QueueContext`
     and the controller's :class:`~target.controller.QueueHandle`. (QueueDrain comes first:
-    FaultInjection only declares what it calls, and must not shadow QueueDrain's methods.)"""
+    FaultInjection and PlainIo only declare what they call, and must not shadow its methods.)"""
 
     def __init__(self, state: TargetState, port: Port, stream: trio.SocketStream | TlsStream,
                  spawn_detached: Callable[..., object] | None = None) -> None:  # fmt: skip
@@ -253,8 +254,13 @@ class QueueConnection(QueueDrain, FaultInjection):
         self._received_at = self._batch_at = perf_counter()  # when this batch arrived
         self._batch_base = self.completed
         conn.reader.commit(nbytes)
+        plain = self._plain_io_ready()
         try:
-            while (event := conn.next_event()) is not None:
+            while True:
+                if plain:
+                    self._serve_plain_io()  # the common Reads and Writes (target.plainio)
+                if (event := conn.next_event()) is None:
+                    break
                 if not self._on_event(event):
                     return False
                 if self._fatal_reason:  # what was answered before it still goes out
