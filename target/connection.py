@@ -239,7 +239,7 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
         conn = self.conn
         if not self._flowing.is_set():
             await self._flowing.wait()
-        if self._rx_resume_at > trio.current_time():
+        if self._rx_resume_at and self._rx_resume_at > trio.current_time():  # a stall fault
             await trio.sleep_until(self._rx_resume_at)
         try:
             # Straight into the framer's preallocated buffer: no per-receive allocation.
@@ -464,10 +464,18 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
     # -- output ----------------------------------------------------------------------------------
 
     async def _flush(self) -> None:
-        async with self._send_lock:
+        lock = self._send_lock
+        try:
+            # Nearly always free: taken without the schedule point ``async with`` adds (one
+            # more pass of Trio's run loop, and an epoll_wait, per receive batch otherwise).
+            # The send below is the checkpoint.
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if not self._flowing.is_set():
                 await self._flowing.wait()
-            if self._tx_resume_at > trio.current_time():
+            if self._tx_resume_at and self._tx_resume_at > trio.current_time():  # a stall fault
                 await trio.sleep_until(self._tx_resume_at)
             buffers = self.conn.data_to_send()
             if not buffers:
@@ -479,6 +487,8 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.close("send failed")
+        finally:
+            lock.release()
 
     def _kick(self) -> None:
         """Flush soon from a task of our own (called from outside the reader task)."""
