@@ -50,6 +50,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
 
 bench: $(STAMP)
+	$(BIN)/python bench/datapath.py
 	$(BIN)/python bench/matrix.py
 	$(BIN)/python bench/recovery.py
 
