@@ -132,6 +132,7 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
         self._flowing.set()
         self._rx_resume_at = 0.0
         self._tx_resume_at = 0.0
+        self._keepalive_sleep: trio.CancelScope | None = None  # the watcher's, admin queue only
         #: Packet capture of this connection (target.capture), None when not capturing.
         self.capture: ConnectionCapture | None = None
 
@@ -151,6 +152,7 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
             counts = self.state.subsystem_bytes(controller.subsystem.nqn)
             self._read_bytes, self._written_bytes = counts.read, counts.written
         if qid == 0 and self._nursery is not None:
+            controller.keepalive_rearmed = self._rearm_keepalive
             self._nursery.start_soon(self._watch_keepalive, controller)
 
     # -- QueueHandle ---------------------------------------------------------------------------
@@ -181,6 +183,10 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
             self._flowing = trio.Event()
         elif not on:
             self._flowing.set()
+            if self.qid == 0 and self.controller is not None:
+                # The watcher kept the controller alive while nothing was read; the host gets
+                # a whole KATO from now to be heard again.
+                self.controller.touch(trio.current_time())
 
     @property
     def inflight(self) -> int:
@@ -496,6 +502,9 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
             self._nursery.start_soon(self._flush)
 
     async def _watch_keepalive(self, ctrl: Controller) -> None:
+        """End the association when the keep-alive timer runs out. Wakes only at the deadline
+        (a Keep Alive moves it later: looked at then), or when a Set Features moves it earlier
+        (Controller.keepalive_rearmed): an idle controller costs one wake-up per KATO."""
         while not ctrl.closed:
             now = trio.current_time()
             if self.blackholed:
@@ -508,7 +517,13 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
                 self.state.keepalive_expirations += 1
                 ctrl.close("keep-alive timeout")
                 return
-            await trio.sleep_until(min(ctrl.keepalive_deadline, now + 1.0))
+            with trio.CancelScope(deadline=ctrl.keepalive_deadline) as self._keepalive_sleep:
+                await trio.sleep_forever()
+            self._keepalive_sleep = None
+
+    def _rearm_keepalive(self) -> None:
+        if self._keepalive_sleep is not None:
+            self._keepalive_sleep.cancel()
 
     def _detach(self) -> None:
         ctrl = self.controller

@@ -395,6 +395,17 @@ async def test_keep_alive_timer(lb):
         assert alive.cntlid in lb.target.state.subsystems[lb.nqn].controllers
 
 
+async def test_a_shorter_kato_takes_effect_at_once(lb):
+    """The target's watcher sleeps until the keep-alive deadline; Set Features moving the
+    deadline earlier wakes it (the host keeps its 30 s Keep Alive period: silence for 1 s)."""
+    with trio.fail_after(10):
+        ctrl = await lb.connect(1, kato_ms=30000)
+        started = trio.current_time()
+        assert await ctrl.set_features(FeatureId.KATO, 1000) == 1
+        await lb.wait_until(lambda: ctrl.admin.closed, limit=4)
+        assert 0.9 <= trio.current_time() - started < 4
+
+
 async def test_set_kato_zero_disables_keep_alive(lb):
     with trio.fail_after(10):
         ctrl = await lb.connect(1, kato_ms=400)
