@@ -8,11 +8,8 @@ must wait (file I/O) get a task, in this connection's nursery. Sends go through 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -39,6 +36,7 @@ from target.commands.dispatch import CloseQueue, route
 from target.commands.request import Execute, Pending, Reply, Request, fail
 from target.drain import QueueDrain
 from target.faultpath import FaultInjection, is_write
+from target.liveness import Liveness
 from target.plainio import PlainIo
 from target.state import IO_OPCODES
 from tlsstream import TlsStream
@@ -65,10 +63,11 @@ _MOVES_DATA = frozenset({_READ, _WRITE})
 _NO_BATCH = float("nan")  # _batch_at between batches: no request's arrival time is this object
 
 
-class QueueConnection(QueueDrain, FaultInjection, PlainIo):
+class QueueConnection(Liveness, QueueDrain, FaultInjection, PlainIo):
     """Serves one queue: implements the handlers' :class:`~target.commands.request.QueueContext`
-    and the controller's :class:`~target.controller.QueueHandle`. (QueueDrain comes first:
-    FaultInjection and PlainIo only declare what they call, and must not shadow its methods.)"""
+    and the controller's :class:`~target.controller.QueueHandle`. (Liveness implements the
+    ``blackholed`` that QueueDrain only declares, so it comes first; FaultInjection and PlainIo
+    only declare what they call, and must not shadow QueueDrain's methods.)"""
 
     def __init__(self, state: TargetState, port: Port, stream: trio.SocketStream | TlsStream,
                  spawn_detached: Callable[..., object] | None = None) -> None:  # fmt: skip
@@ -170,24 +169,6 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
             self.close_reason = reason
         self._cancel.cancel()
 
-    def reset(self, reason: str) -> None:
-        """Close with a TCP RST instead of a FIN (SO_LINGER 0)."""
-        with contextlib.suppress(OSError):
-            self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                          struct.pack("ii", 1, 0))  # fmt: skip
-        self.close(reason)
-
-    def blackhole(self, on: bool) -> None:
-        """Stop (or resume) reading and answering; the connection itself stays open."""
-        if on and self._flowing.is_set():
-            self._flowing = trio.Event()
-        elif not on:
-            self._flowing.set()
-            if self.qid == 0 and self.controller is not None:
-                # The watcher kept the controller alive while nothing was read; the host gets
-                # a whole KATO from now to be heard again.
-                self.controller.touch(trio.current_time())
-
     @property
     def inflight(self) -> int:
         """Commands received and not completed yet (outstanding AERs left out: they wait by
@@ -195,10 +176,6 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
         ctrl = self.controller
         waiting = ctrl.aen.outstanding if ctrl is not None and self.qid == 0 else 0
         return max(0, self.commands - self.completed - waiting)
-
-    @property
-    def blackholed(self) -> bool:
-        return not self._flowing.is_set()
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -500,30 +477,6 @@ class QueueConnection(QueueDrain, FaultInjection, PlainIo):
         """Flush soon from a task of our own (called from outside the reader task)."""
         if self._nursery is not None:
             self._nursery.start_soon(self._flush)
-
-    async def _watch_keepalive(self, ctrl: Controller) -> None:
-        """End the association when the keep-alive timer runs out. Wakes only at the deadline
-        (a Keep Alive moves it later: looked at then), or when a Set Features moves it earlier
-        (Controller.keepalive_rearmed): an idle controller costs one wake-up per KATO."""
-        while not ctrl.closed:
-            now = trio.current_time()
-            if self.blackholed:
-                # A blackholed path reads nothing, keep-alives included: it is for the host to
-                # notice (its keep-alive timeout), not for us to end the association.
-                ctrl.touch(now)
-            elif ctrl.keepalive_expired(now):
-                log.warning("keep-alive timeout cntlid=%s host=%s kato_ms=%s", ctrl.cntlid,
-                            ctrl.hostnqn, ctrl.kato_ms)  # fmt: skip
-                self.state.keepalive_expirations += 1
-                ctrl.close("keep-alive timeout")
-                return
-            with trio.CancelScope(deadline=ctrl.keepalive_deadline) as self._keepalive_sleep:
-                await trio.sleep_forever()
-            self._keepalive_sleep = None
-
-    def _rearm_keepalive(self) -> None:
-        if self._keepalive_sleep is not None:
-            self._keepalive_sleep.cancel()
 
     def _detach(self) -> None:
         ctrl = self.controller
