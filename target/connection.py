@@ -286,6 +286,8 @@ class QueueConnection(Liveness, QueueDrain, FaultInjection, PlainIo):
 
     def _serve(self, event: CommandReceived) -> None:
         self.commands += 1
+        if self.controller is not None:
+            self.controller.traffic_seen = True  # keep-alive (target.liveness)
         req = Request(event.cid, event.sqe, event.data, event.transfer_length)
         req.received_at = self._received_at
         if self.sq_flow_control and self.sqsize:

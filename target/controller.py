@@ -99,6 +99,11 @@ class Controller:
         #: Called when :meth:`touch` moves the deadline earlier (a shorter KATO, or a first
         #: one): the admin queue's watcher sleeps until the deadline and must wake sooner.
         self.keepalive_rearmed: Callable[[], None] | None = None
+        #: A command arrived on one of this controller's queues since the keep-alive timer was
+        #: last looked at: as nvmet's reset_tbkas (set in nvmet_req_init), any command keeps the
+        #: association alive, so a host busy setting its queues up is not timed out before it
+        #: starts sending Keep Alive (nvme_start_ctrl, after the I/O queues connect).
+        self.traffic_seen = False
         self.closed = False
         self.reservation_log = NotificationLog()
         #: DH-HMAC-CHAP state when the host must authenticate (target.commands.auth).

@@ -57,14 +57,20 @@ class Liveness:
         return not self._flowing.is_set()
 
     async def _watch_keepalive(self, ctrl: Controller) -> None:
-        """End the association when the keep-alive timer runs out. Wakes only at the deadline
-        (a Keep Alive moves it later: looked at then), or when a Set Features moves it earlier
-        (Controller.keepalive_rearmed): an idle controller costs one wake-up per KATO."""
+        """End the association when the keep-alive timer runs out with no command seen on any of
+        the controller's queues since it was armed (nvmet's keep-alive, traffic-based as
+        nvmet_keep_alive_timer). Wakes only at the deadline (a Keep Alive moves it later:
+        looked at then), or when a Set Features moves it earlier (Controller.keepalive_rearmed):
+        an idle controller costs one wake-up per KATO."""
         while not ctrl.closed:
             now = trio.current_time()
             if self.blackholed:
                 # A blackholed path reads nothing, keep-alives included: it is for the host to
                 # notice (its keep-alive timeout), not for us to end the association.
+                ctrl.touch(now)
+            elif ctrl.keepalive_expired(now) and ctrl.traffic_seen:
+                # nvmet_keep_alive_timer: commands seen since the timer was armed re-arm it.
+                ctrl.traffic_seen = False
                 ctrl.touch(now)
             elif ctrl.keepalive_expired(now):
                 log.warning("keep-alive timeout cntlid=%s host=%s kato_ms=%s", ctrl.cntlid,

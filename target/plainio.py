@@ -102,6 +102,7 @@ class PlainIo:
                 return
             conn.consume_plain_rw(size)
             self.commands += 1
+            ctrl.traffic_seen = True  # keep-alive (target.liveness)
             if flow_control:
                 self._sqhd = (self._sqhd + 1) % self.sqsize
             sqhd = self._sqhd if self.sq_flow_control else 0xFFFF

@@ -62,7 +62,8 @@ SGLS_SUPPORTED = 0x00100001  # byte-aligned SGLs, SGL address as offset (in-caps
 CMIC_MULTI_PORT, CMIC_MULTI_CTRL, CMIC_ANA = 1 << 0, 1 << 1, 1 << 3
 LPA_EFFECTS, LPA_EXTENDED = 1 << 1, 1 << 2
 #: CTRATT bit 0: Host IDs are 128 bits (Connect's), so Reservation Report needs EDS; nvmet sets
-#: it too (it also sets TBKAS, traffic-based keep-alive, which we do not implement).
+#: it too. nvmet also sets TBKAS (6); we keep its traffic-based timer (target.liveness) but not
+#: the bit, so a Linux host keeps sending Keep Alive every KATO/2 whatever its I/O.
 CTRATT_HOST_ID_128 = 1 << 0
 TEMPERATURE_K = 308  # a healthy 35 C for SMART
 
