@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -95,6 +96,10 @@ class Controller:
         self.error_count = 0
         self.stats = ControllerStats()
         self.keepalive_deadline = float("inf")
+        #: Called with the new deadline each time :meth:`touch` moves it. For whoever waits on
+        #: the deadline (the admin queue's keep-alive watcher): it can move its timer instead
+        #: of waking up to look, so an idle association costs no wakeup per Keep Alive.
+        self.on_keepalive_moved: Callable[[float], object] | None = None
         self.closed = False
         self.reservation_log = NotificationLog()
         #: DH-HMAC-CHAP state when the host must authenticate (target.commands.auth).
@@ -115,6 +120,8 @@ class Controller:
     def touch(self, now: float) -> None:
         """Restart the keep-alive timer (admin Connect, Keep Alive)."""
         self.keepalive_deadline = now + self.kato_ms / 1000 if self.kato_ms else float("inf")
+        if self.on_keepalive_moved is not None:
+            self.on_keepalive_moved(self.keepalive_deadline)
 
     def keepalive_expired(self, now: float) -> bool:
         return now >= self.keepalive_deadline
