@@ -194,13 +194,17 @@ def summarize(load: Load, results: list[dict[str, Any]], samples: list[Sample],
     if connected_at is None:
         return out
     warm = next((s for s in samples if s.at >= connected_at + load.warmup), None)
-    last = [s for s in samples if first_exit is None or s.at < first_exit]
-    if warm is None or not last or last[-1].at <= warm.at:
+    # every host still running and connected (one that ended its run disconnects at once)
+    running = [s for s in samples if (first_exit is None or s.at < first_exit)
+               and s.connections >= load.expected_connections]  # fmt: skip
+    if warm is None or not running or running[-1].at <= warm.at:
         return out  # the hosts finished before the warm-up did: no window
-    end = last[-1]
+    end = running[-1]
+    window = [s for s in samples if warm.at <= s.at <= end.at]
     out["window"] = {
         "seconds": round(end.at - warm.at, 1), "connections": warm.connections,
         "rss_warm_mib": warm.rss_kib / 1024, "rss_end_mib": end.rss_kib / 1024,
+        "rss_peak_mib": max(s.rss_kib for s in window) / 1024,
         "rss_growth_pct": 100.0 * (end.rss_kib - warm.rss_kib) / warm.rss_kib,
         "target_cpu_pct": core_percent(warm, end),
     }  # fmt: skip
@@ -238,7 +242,8 @@ def load_markdown(run: dict[str, Any]) -> str:
     if window:
         md += [f"| target RSS, warm-up -> end ({window['seconds']:g} s) | "
                f"{window['rss_warm_mib']:.1f} -> {window['rss_end_mib']:.1f} MiB "
-               f"({window['rss_growth_pct']:+.1f}%) | growth < 10% |",
+               f"({window['rss_growth_pct']:+.1f}%; peak {window['rss_peak_mib']:.1f}) "
+               "| growth < 10% |",
                f"| target CPU over the window | {window['target_cpu_pct']:.0f}% of a core | |"]  # fmt: skip
     else:
         md.append("| target RSS and CPU | no window (not every connection came up, or the "
