@@ -8,13 +8,16 @@ ring each, ``--iodepth`` deep; by default one job per queue), verified random re
 
 What it reports (issue 10, item 4; goals in brackets, figures, not assertions):
 
-- per host: IOPS over its run, read and write p99 latency, I/O and verify errors [none];
-- the aggregate IOPS and the fair share, slowest host's IOPS over the fastest's [>= 0.5];
-- the TCP connections the target has (/proc/net/tcp, its port) [hosts x (queues + 1)];
-- the target's RSS after warm-up and at the end of the window [growth < 10%], and its CPU time in
-  % of one core over the window. Warm-up ends ``--warmup`` seconds (a quarter of the run, at
-  least 2 s) after every connection is up; the window ends at the last sample before the first
-  host exits, so it only covers time when every host was running;
+- per host: IOPS and read and write p99 latency over its run (its ``--json`` report), I/O and
+  verify errors [none], reconnects;
+- the window when every host was in its measured run at once (bench/hostproc.py: each host's
+  I/O count read once a second from its ``--metrics`` listener), from ``--warmup`` seconds (a
+  quarter of the run, at least 2 s) after the last host began its run to the first one's end:
+  each host's IOPS in it, their sum and the fair share, the slowest host's over the fastest's
+  [>= 0.5]; the same over each host's whole run beside it;
+- the target's TCP connections on its port (/proc) [hosts x (queues + 1)], its keep-alive
+  timeouts (its log), its RSS at the start and end of the window [growth < 10%] and its CPU time
+  over the window in % of one core;
 - then the idle run (bench/idle.py): ``--idle`` controllers with keep-alive only [< 1% of a core].
 
 Writes bench-results/manyhosts.json and manyhosts.md. Options default from the environment:
@@ -29,17 +32,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.hostproc import HostProcess, common_window, window_rate  # noqa: E402
 from bench.idle import IdleRun, idle_markdown, run_idle  # noqa: E402
 from bench.matrix import free_port  # noqa: E402
 from bench.targetproc import (  # noqa: E402
@@ -53,7 +56,6 @@ from bench.targetproc import (  # noqa: E402
 
 #: time for the hosts to start, connect and precondition, and to report after their run
 SLACK_S = 120.0
-P99 = "99.000000"  # the key of the 99th percentile in the bench's JSON
 
 
 @dataclass
@@ -73,7 +75,7 @@ class Load:
         return self.hosts * (self.queues + 1)
 
 
-def host_argv(load: Load, index: int, port: int) -> list[str]:
+def host_argv(load: Load, index: int, port: int, metrics_port: int) -> list[str]:
     """``nvmeof bench`` for host ``index``: its own host NQN and its own namespace region."""
     region = load.jobs * load.size
     return [sys.executable, "-m", "initiator.cli", "bench", "--path", f"127.0.0.1:{port}",
@@ -82,81 +84,34 @@ def host_argv(load: Load, index: int, port: int) -> list[str]:
             "--iodepth", str(load.iodepth), "--numjobs", str(load.jobs),
             "--runtime", str(load.seconds), "--size", str(load.size),
             "--offset", str(index * region), "--offset-increment", str(load.size),
-            "--verify", "--json", "--quiet"]  # fmt: skip
-
-
-class HostProcess:
-    """One ``nvmeof bench``, its report and its stderr in files of their own (16 pipes would
-    need reading while they run)."""
-
-    def __init__(self, argv: list[str], workdir: Path, index: int) -> None:
-        self.index = index
-        self.stdout: IO[bytes] = open(workdir / f"host{index}.json", "w+b")  # noqa: SIM115
-        self.stderr: IO[bytes] = open(workdir / f"host{index}.err", "w+b")  # noqa: SIM115
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self.stdout,
-                                     stderr=self.stderr)  # fmt: skip
-        self.exited_at: float | None = None
-
-    def poll(self) -> bool:
-        """Whether it has exited (noting when it was first seen so)."""
-        if self.proc.poll() is None:
-            return False
-        if self.exited_at is None:
-            self.exited_at = time.monotonic()
-        return True
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def result(self) -> dict[str, Any]:
-        """Its figures from the fio-style JSON (or why there are none)."""
-        self.stdout.seek(0)
-        self.stderr.seek(0)
-        text, err = self.stdout.read().decode(), self.stderr.read().decode()
-        self.stdout.close()
-        self.stderr.close()
-        out: dict[str, Any] = {"host": self.index, "exit": self.proc.returncode}
-        try:
-            job = json.loads(text)["jobs"][0]
-        except (ValueError, KeyError, IndexError):
-            return {**out, "problem": (err.strip() or text.strip() or "no report")[-500:]}
-        read, write = job["read"], job["write"]
-        elapsed = job["elapsed"]
-        ios = read["total_ios"] + write["total_ios"]
-        return {**out, "ios": ios, "reads": read["total_ios"], "writes": write["total_ios"],
-                "iops": ios / elapsed if elapsed else 0.0, "elapsed_s": elapsed,
-                "read_p99_us": read["lat_ns"]["percentile"][P99] / 1000,
-                "write_p99_us": write["lat_ns"]["percentile"][P99] / 1000,
-                "io_errors": job["io_errors"], "verify_errors": job["verify_errors"],
-                "verified": job["job options"]["verify"] == "1",
-                "first_error": job["first_error"]}  # fmt: skip
+            "--verify", "--json", "--quiet", "--metrics", f"127.0.0.1:{metrics_port}"]  # fmt: skip
 
 
 def run_load(load: Load) -> dict[str, Any]:
-    """Start the target and the hosts, sample the target once a second until every host has
-    exited (bounded by the run time plus :data:`SLACK_S`), and gather the figures."""
+    """Start the target and the hosts; once a second, sample the target and read every host's
+    I/O count, until every host has exited (bounded by the run time plus :data:`SLACK_S`);
+    gather the figures."""
     port = free_port()
     namespace = load.hosts * load.jobs * load.size
-    target, config = start_target(port, namespace_bytes=namespace, max_io_queues=load.queues)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-manyhosts-"))
+    target_log = workdir / "target.err"
+    with target_log.open("wb") as log:
+        target, config = start_target(port, namespace_bytes=namespace, max_io_queues=load.queues,
+                                      stderr=log)  # fmt: skip
     samples: list[Sample] = []
     hosts: list[HostProcess] = []
-    workdir = Path(tempfile.mkdtemp(prefix="bench-manyhosts-"))
-    connected_at: float | None = None
     try:
-        hosts = [HostProcess(host_argv(load, i, port), workdir, i) for i in range(load.hosts)]
+        for index in range(load.hosts):
+            metrics = free_port()
+            hosts.append(
+                HostProcess(host_argv(load, index, port, metrics), workdir, index, metrics)
+            )
         deadline = time.monotonic() + load.seconds + SLACK_S
         while time.monotonic() < deadline:
             now = sample(target, port)
             samples.append(now)
-            if connected_at is None and now.connections >= load.expected_connections:
-                connected_at = now.at
+            for host in hosts:
+                host.scrape()
             exited = [h.poll() for h in hosts]  # each one, to note when it exited
             if all(exited):
                 break
@@ -166,18 +121,31 @@ def run_load(load: Load) -> dict[str, Any]:
         for host in hosts:
             host.stop()
         stop_target(target, config)
-    results = [h.result() for h in hosts]
+    results = [{**h.result(), "series": h.series} for h in hosts]
+    warnings = target_log.read_text(errors="replace").splitlines()
     for file in workdir.iterdir():
         file.unlink()
     workdir.rmdir()
-    first_exit = min((h.exited_at for h in hosts if h.exited_at is not None), default=None)
-    return summarize(load, results, samples, connected_at, first_exit, timed_out)
+    precondition = load.jobs * (load.size // load.bs)
+    window = common_window([h.series for h in hosts], precondition, load.warmup)
+    run = summarize(load, results, samples, window, timed_out)
+    run["target_warnings"] = warnings[-20:]
+    run["keepalive_timeouts"] = sum("keep-alive timeout" in line for line in warnings)
+    if window is not None:
+        rates = [window_rate(h.series, *window) for h in hosts]
+        for result, rate in zip(results, rates, strict=True):
+            result["window_iops"] = rate
+        if all(rate is not None for rate in rates):
+            known = [rate or 0.0 for rate in rates]
+            run["window"]["aggregate_iops"] = sum(known)
+            run["window"]["fair_share"] = min(known) / max(known) if max(known) else 0.0
+    return run
 
 
 def summarize(load: Load, results: list[dict[str, Any]], samples: list[Sample],
-              connected_at: float | None, first_exit: float | None,
-              timed_out: bool) -> dict[str, Any]:  # fmt: skip
-    """The figures of a run: per host, the fair share, the target over the window."""
+              window: tuple[float, float] | None, timed_out: bool) -> dict[str, Any]:  # fmt: skip
+    """The figures of a run: per host, the fair share over the whole runs, the target over the
+    common window (when every host was in its run)."""
     iops = [r.get("iops", 0.0) for r in results]
     p99s = [max(r["read_p99_us"], r["write_p99_us"]) for r in results if "ios" in r]
     out: dict[str, Any] = {
@@ -187,26 +155,22 @@ def summarize(load: Load, results: list[dict[str, Any]], samples: list[Sample],
         "fair_share": min(iops) / max(iops) if iops and max(iops) else 0.0,
         "errors": sum(r.get("io_errors", 0) + r.get("verify_errors", 0) for r in results),
         "failed_hosts": [r["host"] for r in results if r["exit"] != 0 or "problem" in r],
+        "reconnects": sum(r.get("reconnects", 0) for r in results),
         "p99_us_worst": max(p99s, default=None),
         "p99_us_median": statistics.median(p99s) if p99s else None,
         "timed_out": timed_out, "samples": [s.as_dict() for s in samples], "window": None,
     }  # fmt: skip
-    if connected_at is None:
+    inside = [s for s in samples if window is not None and window[0] <= s.at <= window[1]]
+    if len(inside) < 2:
         return out
-    warm = next((s for s in samples if s.at >= connected_at + load.warmup), None)
-    # every host still running and connected (one that ended its run disconnects at once)
-    running = [s for s in samples if (first_exit is None or s.at < first_exit)
-               and s.connections >= load.expected_connections]  # fmt: skip
-    if warm is None or not running or running[-1].at <= warm.at:
-        return out  # the hosts finished before the warm-up did: no window
-    end = running[-1]
-    window = [s for s in samples if warm.at <= s.at <= end.at]
+    warm, end = inside[0], inside[-1]
     out["window"] = {
         "seconds": round(end.at - warm.at, 1), "connections": warm.connections,
         "rss_warm_mib": warm.rss_kib / 1024, "rss_end_mib": end.rss_kib / 1024,
-        "rss_peak_mib": max(s.rss_kib for s in window) / 1024,
+        "rss_peak_mib": max(s.rss_kib for s in inside) / 1024,
         "rss_growth_pct": 100.0 * (end.rss_kib - warm.rss_kib) / warm.rss_kib,
         "target_cpu_pct": core_percent(warm, end),
+        "aggregate_iops": None, "fair_share": None,
     }  # fmt: skip
     return out
 
@@ -220,34 +184,40 @@ def load_markdown(run: dict[str, Any]) -> str:
     md = [f"Many hosts: {load['hosts']} host processes x {load['queues']} I/O queues, "
           f"{load['jobs']} jobs x QD{load['iodepth']} each, {load['rw']} {load['bs']} B "
           f"verified, {load['seconds']:g} s", "",
-          "| host | IOPS | read p99 | write p99 | I/O errors | verify errors | exit |",
-          "|---|---|---|---|---|---|---|"]  # fmt: skip
+          "| host | IOPS in the window | IOPS, whole run | read p99 | write p99 | I/O errors "
+          "| verify errors | reconnects | exit |",
+          "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in run["hosts"]:
         if "problem" in r:
-            md.append(f"| {r['host']} | - | - | - | - | - | {r['exit']}: {r['problem'][:80]} |")
+            md.append(f"| {r['host']} | - | - | - | - | - | - | - "
+                      f"| {r['exit']}: {r['problem'][:80]} |")  # fmt: skip
             continue
-        md.append(f"| {r['host']} | {r['iops']:,.0f} | {r['read_p99_us']:,.0f} us "
+        md.append(f"| {r['host']} | {fmt(r.get('window_iops'))} | {r['iops']:,.0f} "
+                  f"| {r['read_p99_us']:,.0f} us "
                   f"| {r['write_p99_us']:,.0f} us | {r['io_errors']} | {r['verify_errors']} "
-                  f"| {r['exit']} |")  # fmt: skip
+                  f"| {r['reconnects']} | {r['exit']} |")  # fmt: skip
     window = run["window"] or {}
+    shared = ("n/a (no time when every host was in its run)" if not window else
+              f"{fmt(window['aggregate_iops'])} IOPS, fair share "
+              f"{fmt(window['fair_share'], '.2f')} over {window['seconds']:g} s")  # fmt: skip
     md += ["", "| figure | value | goal |", "|---|---|---|",
-           f"| aggregate IOPS | {run['aggregate_iops']:,.0f} | |",
-           f"| fair share (min/max host IOPS) | {run['fair_share']:.2f} | >= 0.5 |",
+           f"| every host in its run at once | {shared} | fair share >= 0.5 |",
+           f"| whole runs (each host's own) | {run['aggregate_iops']:,.0f} IOPS, fair share "
+           f"{run['fair_share']:.2f} | |",
            f"| errors (I/O + verify), failed hosts | {run['errors']}, "
            f"{len(run['failed_hosts'])} | 0, 0 |",
+           f"| reconnects (hosts), keep-alive timeouts (target) | {run['reconnects']}, "
+           f"{run['keepalive_timeouts']} | 0, 0 |",
            f"| p99 latency, worst / median host | {fmt(run['p99_us_worst'])} / "
            f"{fmt(run['p99_us_median'])} us | reported |",
-           f"| TCP connections (after warm-up / most seen) | {window.get('connections', '-')} / "
+           f"| TCP connections (window start / most seen) | {window.get('connections', '-')} / "
            f"{run['max_connections']} | {run['expected_connections']} |"]  # fmt: skip
     if window:
-        md += [f"| target RSS, warm-up -> end ({window['seconds']:g} s) | "
+        md += [f"| target RSS over the window | "
                f"{window['rss_warm_mib']:.1f} -> {window['rss_end_mib']:.1f} MiB "
                f"({window['rss_growth_pct']:+.1f}%; peak {window['rss_peak_mib']:.1f}) "
                "| growth < 10% |",
                f"| target CPU over the window | {window['target_cpu_pct']:.0f}% of a core | |"]  # fmt: skip
-    else:
-        md.append("| target RSS and CPU | no window (not every connection came up, or the "
-                  "hosts ended before the warm-up did) | |")  # fmt: skip
     if run["timed_out"]:
         md.append("\nThe hosts did not all finish in time; the rest were stopped.")
     return "\n".join(md) + "\n"
@@ -268,7 +238,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--iodepth", type=int, default=int(env_default("MANYHOSTS_IODEPTH", 8)), help="per job")
     add("--seconds", type=float, default=env_default("MANYHOSTS_SECONDS", 60))
     add("--warmup", type=float, default=None,
-        help="seconds after every connection is up before the window opens "
+        help="seconds after the last host began its run before the window opens "
         "(default: a quarter of --seconds, at least 2)")  # fmt: skip
     add("--bs", type=int, default=4096)
     add("--rw", default="randrw", choices=("randrw", "randread", "randwrite", "read", "write"))

@@ -3,16 +3,17 @@
 The target runs through bench/probed.py like in the matrix (its CPU time is ``getrusage`` read
 in the process, on request, by a thread that sleeps in ``read()`` in between); the rest comes
 from /proc: resident memory (VmRSS), the main thread's context switches (how often the event
-loop went to sleep and woke) and the established TCP connections on the target's port.
+loop went to sleep and woke) and the target's established TCP connections on its port.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from bench.matrix import wait_listening
 from bench.probe import Probed
@@ -23,10 +24,11 @@ NQN = "nqn.2026-11.io.nvmeof-emu:manyhosts"
 TCP_ESTABLISHED = "01"
 
 
-def start_target(port: int, *, namespace_bytes: int, max_io_queues: int,
-                 queue_size: int = 128) -> tuple[Probed, Path]:  # fmt: skip
+def start_target(port: int, *, namespace_bytes: int, max_io_queues: int, queue_size: int = 128,
+                 stderr: IO[bytes] | None = None) -> tuple[Probed, Path]:  # fmt: skip
     """One subsystem (:data:`NQN`) with one RAM namespace of 4 KiB blocks on ``port``; no
-    control API and no metrics listener, so nothing but the hosts' queues runs in it."""
+    control API and no metrics listener, so nothing but the hosts' queues runs in it. Its log
+    (warnings and up) goes to ``stderr`` (None: ours)."""
     config = Path(tempfile.mkdtemp(prefix="bench-target-")) / "target.toml"
     config.write_text(
         f'[[subsystem]]\nnqn = "{NQN}"\nmax_io_queues = {max_io_queues}\n'
@@ -38,7 +40,7 @@ def start_target(port: int, *, namespace_bytes: int, max_io_queues: int,
     argv = ["-m", "target", "serve", "--config", str(config), "--log-level", "warning",
             "--control", "off", "--metrics", "off"]  # fmt: skip
     # no allocation counter: nothing here is divided by allocator calls
-    proc = Probed(argv, "", cwd=ROOT)
+    proc = Probed(argv, "", cwd=ROOT, stderr=stderr)
     wait_listening(port, proc)
     return proc, config
 
@@ -49,22 +51,46 @@ def stop_target(proc: Probed, config: Path) -> None:
     config.parent.rmdir()
 
 
-def established_connections(port: int) -> int:
-    """TCP connections in ESTABLISHED state whose local port is ``port`` (the target's side of
-    each host queue; the connection that probes whether it listens is long closed)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` has open (its /proc/PID/fd links)."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
         try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
+            link = os.readlink(fd)
+        except OSError:  # closed meanwhile
             continue
-        for line in lines:
-            # sl local_address:port rem_address:port st ...
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16) if len(fields) > 3 else -1
-            if local_port == port and fields[3] == TCP_ESTABLISHED:
-                count += 1
-    return count
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    return inodes
+
+
+def established_connections(pid: int, port: int) -> int:
+    """TCP connections of process ``pid`` in ESTABLISHED state whose local port is ``port``
+    (the target's side of each host queue).
+
+    Counted by socket inode, over two reads of /proc/net/tcp: the kernel writes the table out a
+    chunk at a time, and sockets opened or closed meanwhile (anywhere on the machine) shift the
+    rest, so one read can list a socket twice or miss one. And only the process's own sockets:
+    another process's client socket can have the port's number as its ephemeral port (a
+    listener with SO_REUSEADDR binds over it).
+    """
+    owned = socket_inodes(pid)
+    found: set[str] = set()
+    for _ in range(2):
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                # sl local_address:port rem_address:port st tx:rx tr:when retrnsmt uid timeout inode
+                fields = line.split()
+                if len(fields) < 10 or fields[3] != TCP_ESTABLISHED or fields[9] not in owned:
+                    continue
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    found.add(fields[9])
+    return len(found)
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -99,7 +125,7 @@ def sample(target: Probed, port: int) -> Sample:
     return Sample(at=time.monotonic(), cpu_s=snap["user"] + snap["sys"],
                   rss_kib=status["rss_kib"],
                   switches=status["voluntary"] + status["involuntary"],
-                  connections=established_connections(port))  # fmt: skip
+                  connections=established_connections(target.pid, port))  # fmt: skip
 
 
 def core_percent(first: Sample, last: Sample) -> float:
