@@ -11,7 +11,7 @@ What it reports (issue 10, item 4; goals in brackets, figures, not assertions):
 - per host: IOPS and read and write p99 latency over its run (its ``--json`` report), I/O and
   verify errors [none], reconnects;
 - the window when every host was in its measured run at once (bench/hostproc.py: each host's
-  I/O count read once a second from its ``--metrics`` listener), from ``--warmup`` seconds (a
+  I/O count read every second or two from its ``--metrics`` listener), from ``--warmup`` seconds (a
   quarter of the run, at least 2 s) after the last host began its run to the first one's end:
   each host's IOPS in it, their sum and the fair share, the slowest host's over the fastest's
   [>= 0.5]; the same over each host's whole run beside it;
@@ -29,6 +29,7 @@ Writes bench-results/manyhosts.json and manyhosts.md. Options default from the e
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -88,9 +89,9 @@ def host_argv(load: Load, index: int, port: int, metrics_port: int) -> list[str]
 
 
 def run_load(load: Load) -> dict[str, Any]:
-    """Start the target and the hosts; once a second, sample the target and read every host's
-    I/O count, until every host has exited (bounded by the run time plus :data:`SLACK_S`);
-    gather the figures."""
+    """Start the target and the hosts; sample the target once a second and read every host's
+    I/O count every second or two, until every host has exited (bounded by the run time plus
+    :data:`SLACK_S`); gather the figures."""
     port = free_port()
     namespace = load.hosts * load.jobs * load.size
     workdir = Path(tempfile.mkdtemp(prefix="bench-manyhosts-"))
@@ -107,11 +108,16 @@ def run_load(load: Load) -> dict[str, Any]:
                 HostProcess(host_argv(load, index, port, metrics), workdir, index, metrics)
             )
         deadline = time.monotonic() + load.seconds + SLACK_S
-        while time.monotonic() < deadline:
+        # the hosts' counts every second in a short run, every 2 s in a minute (fewer scrapes)
+        stride = max(1, round(load.seconds / 30))
+        for tick in itertools.count():
+            if time.monotonic() >= deadline:
+                break
             now = sample(target, port)
             samples.append(now)
-            for host in hosts:
-                host.scrape()
+            if tick % stride == 0:
+                for host in hosts:
+                    host.scrape()
             exited = [h.poll() for h in hosts]  # each one, to note when it exited
             if all(exited):
                 break
