@@ -67,6 +67,7 @@ class IdleRun:
     per_controller_us_per_s: float = 0.0  # above the baseline
     host_cpu_pct: float = 0.0  # the host process holding them
     rss_mib: float = 0.0
+    baseline_rss_mib: float = 0.0  # with no controller
     #: the same message rate over as many connections to a bare Trio server (bench/pingpong.py)
     ceiling_cpu_pct: float | None = None
     ceiling_cpu_us_per_message: float | None = None
@@ -206,6 +207,7 @@ def run_idle(controllers: int, *, seconds: float = 20.0, warmup: float = 5.0,
         last = sample(target, port)
         run.baseline_cpu_pct = core_percent(first, last)
         run.baseline_wakeups_per_s = wakeups_per_second(first, last)
+        run.baseline_rss_mib = last.rss_kib / 1024
         held = hold_and_measure(target, port, "hold", controllers, kato_ms, warmup, seconds)
     finally:
         stop_target(target, config)
@@ -276,7 +278,8 @@ def idle_markdown(run: IdleRun) -> str:
           f"| ceiling: bare Trio server, same messages and connections | {ceiling} | |",
           f"| per controller, above the baseline | {run.per_controller_us_per_s:.1f} us/s | |",
           f"| the host process holding them | {run.host_cpu_pct:.2f}% of a core | |",
-          f"| target RSS | {run.rss_mib:.1f} MiB | |"]  # fmt: skip
+          f"| target RSS, no controller -> {run.connected} | {run.baseline_rss_mib:.1f} -> "
+          f"{run.rss_mib:.1f} MiB | |"]  # fmt: skip
     if run.problem:
         md.append(f"\nProblem: {run.problem}")
     return "\n".join(md) + "\n"
