@@ -23,6 +23,7 @@ import select
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,6 +69,10 @@ class IdleRun:
     host_cpu_pct: float = 0.0  # the host process holding them
     rss_mib: float = 0.0
     baseline_rss_mib: float = 0.0  # with no controller
+    #: associations the target ended for want of a Keep Alive (its log): up to the end of the
+    #: window, and in all (the host process shutting its controllers down included)
+    keepalive_timeouts_in_window: int = 0
+    keepalive_timeouts: int = 0
     #: the same message rate over as many connections to a bare Trio server (bench/pingpong.py)
     ceiling_cpu_pct: float | None = None
     ceiling_cpu_us_per_message: float | None = None
@@ -163,13 +168,21 @@ class Held:
     first: Sample | None = None
     last: Sample | None = None
     host_cpu_pct: float = 0.0
+    keepalive_timeouts: int = 0  # in the server's log by the end of the window
     problem: str = ""
 
 
+def keepalive_timeouts(log: Path | None) -> int:
+    """How many keep-alive timeouts the target has logged so far."""
+    if log is None:
+        return 0
+    return log.read_text(errors="replace").count("keep-alive timeout")
+
+
 def hold_and_measure(server: Probed, port: int, role: str, count: int, kato_ms: int,
-                     warmup: float, seconds: float) -> Held:  # fmt: skip
+                     warmup: float, seconds: float, log: Path | None = None) -> Held:  # fmt: skip
     """Start the host process (``role`` hold or ping), wait until it is connected and warm,
-    sample the server over ``seconds``, then stop the host process."""
+    sample the server over ``seconds``, then stop the host process. ``log``: the server's."""
     held = Held()
     argv = [sys.executable, __file__, role, str(port), str(count), str(kato_ms)]
     holder = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -184,6 +197,7 @@ def hold_and_measure(server: Probed, port: int, role: str, count: int, kato_ms: 
         held.first, host_first = sample(server, port), process_cpu_s(holder.pid)
         time.sleep(seconds)
         held.last, host_last = sample(server, port), process_cpu_s(holder.pid)
+        held.keepalive_timeouts = keepalive_timeouts(log)
         elapsed = held.last.at - held.first.at
         held.host_cpu_pct = 100.0 * (host_last - host_first) / elapsed
         if holder.poll() is not None:
@@ -199,7 +213,10 @@ def run_idle(controllers: int, *, seconds: float = 20.0, warmup: float = 5.0,
     ``ceiling``) a bare Trio server with the same messages over as many connections."""
     run = IdleRun(controllers=controllers, kato_ms=kato_ms, seconds=seconds)
     port = free_port()
-    target, config = start_target(port, namespace_bytes=1 << 20, max_io_queues=1)
+    log = Path(tempfile.mkdtemp(prefix="bench-idle-")) / "target.err"
+    with log.open("wb") as stderr:
+        target, config = start_target(port, namespace_bytes=1 << 20, max_io_queues=1,
+                                      stderr=stderr)  # fmt: skip
     try:
         time.sleep(1.0)  # past the start-up
         first = sample(target, port)
@@ -208,10 +225,14 @@ def run_idle(controllers: int, *, seconds: float = 20.0, warmup: float = 5.0,
         run.baseline_cpu_pct = core_percent(first, last)
         run.baseline_wakeups_per_s = wakeups_per_second(first, last)
         run.baseline_rss_mib = last.rss_kib / 1024
-        held = hold_and_measure(target, port, "hold", controllers, kato_ms, warmup, seconds)
+        held = hold_and_measure(target, port, "hold", controllers, kato_ms, warmup, seconds, log)
     finally:
         stop_target(target, config)
+        run.keepalive_timeouts = keepalive_timeouts(log)
+        log.unlink()
+        log.parent.rmdir()
     run.problem, run.connected = held.problem, held.connected
+    run.keepalive_timeouts_in_window = held.keepalive_timeouts
     if held.first is None or held.last is None:
         return run
     run.cpu_pct = core_percent(held.first, held.last)
@@ -279,7 +300,9 @@ def idle_markdown(run: IdleRun) -> str:
           f"| per controller, above the baseline | {run.per_controller_us_per_s:.1f} us/s | |",
           f"| the host process holding them | {run.host_cpu_pct:.2f}% of a core | |",
           f"| target RSS, no controller -> {run.connected} | {run.baseline_rss_mib:.1f} -> "
-          f"{run.rss_mib:.1f} MiB | |"]  # fmt: skip
+          f"{run.rss_mib:.1f} MiB | |",
+          f"| keep-alive timeouts (target), by the window's end / in all | "
+          f"{run.keepalive_timeouts_in_window} / {run.keepalive_timeouts} | 0 |"]  # fmt: skip
     if run.problem:
         md.append(f"\nProblem: {run.problem}")
     return "\n".join(md) + "\n"

@@ -57,3 +57,4 @@ def test_idle_controllers_stay_connected_and_are_measured() -> None:
     # Keep Alives flowed through the window: the target's event loop woke for them
     assert run.cpu_pct > 0 and run.wakeups_per_s > 0 and run.cpu_us_per_keepalive > 0
     assert run.rss_mib > 0
+    assert run.keepalive_timeouts_in_window == 0  # every controller kept alive
