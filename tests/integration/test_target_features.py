@@ -80,6 +80,7 @@ async def test_identify_controller(lb):
             assert ident.cntlid == ctrl.cntlid
             assert ident.subnqn == lb.nqn and ident.cntrltype == 1
             assert ident.cmic & 0b1010 == 0b1010  # multi-controller, ANA reporting
+            assert ident.ctratt == 0x41  # as nvmet: 128-bit Host IDs, traffic-based keep-alive
             assert ident.kas != 0 and ident.sgls & 0x3 != 0 and ident.icdoff == 0
             assert ident.ioccsz >= 4 and ident.ioccsz == (64 + lb.inline(port_id)) // 16
             assert ident.iorcsz >= 1
