@@ -50,8 +50,10 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
 
 bench: $(STAMP)
+	$(BIN)/python bench/datapath.py
 	$(BIN)/python bench/matrix.py
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/manyhosts.py
 
 # py-spy on the target and the host at 4K random read QD32 (README, "Performance").
 profile: $(STAMP)

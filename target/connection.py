@@ -8,11 +8,8 @@ must wait (file I/O) get a task, in this connection's nursery. Sends go through 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -39,6 +36,8 @@ from target.commands.dispatch import CloseQueue, route
 from target.commands.request import Execute, Pending, Reply, Request, fail
 from target.drain import QueueDrain
 from target.faultpath import FaultInjection, is_write
+from target.liveness import Liveness
+from target.plainio import PlainIo
 from target.state import IO_OPCODES
 from tlsstream import TlsStream
 
@@ -64,10 +63,11 @@ _MOVES_DATA = frozenset({_READ, _WRITE})
 _NO_BATCH = float("nan")  # _batch_at between batches: no request's arrival time is this object
 
 
-class QueueConnection(QueueDrain, FaultInjection):
+class QueueConnection(Liveness, QueueDrain, FaultInjection, PlainIo):
     """Serves one queue: implements the handlers' :class:`~target.commands.request.QueueContext`
-    and the controller's :class:`~target.controller.QueueHandle`. (QueueDrain comes first:
-    FaultInjection only declares what it calls, and must not shadow QueueDrain's methods.)"""
+    and the controller's :class:`~target.controller.QueueHandle`. (Liveness implements the
+    ``blackholed`` that QueueDrain only declares, so it comes first; FaultInjection and PlainIo
+    only declare what they call, and must not shadow QueueDrain's methods.)"""
 
     def __init__(self, state: TargetState, port: Port, stream: trio.SocketStream | TlsStream,
                  spawn_detached: Callable[..., object] | None = None) -> None:  # fmt: skip
@@ -131,6 +131,7 @@ class QueueConnection(QueueDrain, FaultInjection):
         self._flowing.set()
         self._rx_resume_at = 0.0
         self._tx_resume_at = 0.0
+        self._keepalive_sleep: trio.CancelScope | None = None  # the watcher's, admin queue only
         #: Packet capture of this connection (target.capture), None when not capturing.
         self.capture: ConnectionCapture | None = None
 
@@ -150,6 +151,7 @@ class QueueConnection(QueueDrain, FaultInjection):
             counts = self.state.subsystem_bytes(controller.subsystem.nqn)
             self._read_bytes, self._written_bytes = counts.read, counts.written
         if qid == 0 and self._nursery is not None:
+            controller.keepalive_rearmed = self._rearm_keepalive
             self._nursery.start_soon(self._watch_keepalive, controller)
 
     # -- QueueHandle ---------------------------------------------------------------------------
@@ -167,20 +169,6 @@ class QueueConnection(QueueDrain, FaultInjection):
             self.close_reason = reason
         self._cancel.cancel()
 
-    def reset(self, reason: str) -> None:
-        """Close with a TCP RST instead of a FIN (SO_LINGER 0)."""
-        with contextlib.suppress(OSError):
-            self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                          struct.pack("ii", 1, 0))  # fmt: skip
-        self.close(reason)
-
-    def blackhole(self, on: bool) -> None:
-        """Stop (or resume) reading and answering; the connection itself stays open."""
-        if on and self._flowing.is_set():
-            self._flowing = trio.Event()
-        elif not on:
-            self._flowing.set()
-
     @property
     def inflight(self) -> int:
         """Commands received and not completed yet (outstanding AERs left out: they wait by
@@ -188,10 +176,6 @@ class QueueConnection(QueueDrain, FaultInjection):
         ctrl = self.controller
         waiting = ctrl.aen.outstanding if ctrl is not None and self.qid == 0 else 0
         return max(0, self.commands - self.completed - waiting)
-
-    @property
-    def blackholed(self) -> bool:
-        return not self._flowing.is_set()
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -238,7 +222,7 @@ class QueueConnection(QueueDrain, FaultInjection):
         conn = self.conn
         if not self._flowing.is_set():
             await self._flowing.wait()
-        if self._rx_resume_at > trio.current_time():
+        if self._rx_resume_at and self._rx_resume_at > trio.current_time():  # a stall fault
             await trio.sleep_until(self._rx_resume_at)
         try:
             # Straight into the framer's preallocated buffer: no per-receive allocation.
@@ -253,8 +237,13 @@ class QueueConnection(QueueDrain, FaultInjection):
         self._received_at = self._batch_at = perf_counter()  # when this batch arrived
         self._batch_base = self.completed
         conn.reader.commit(nbytes)
+        plain = self._plain_io_ready()
         try:
-            while (event := conn.next_event()) is not None:
+            while True:
+                if plain:
+                    self._serve_plain_io()  # the common Reads and Writes (target.plainio)
+                if (event := conn.next_event()) is None:
+                    break
                 if not self._on_event(event):
                     return False
                 if self._fatal_reason:  # what was answered before it still goes out
@@ -297,6 +286,8 @@ class QueueConnection(QueueDrain, FaultInjection):
 
     def _serve(self, event: CommandReceived) -> None:
         self.commands += 1
+        if self.controller is not None:
+            self.controller.traffic_seen = True  # keep-alive (target.liveness)
         req = Request(event.cid, event.sqe, event.data, event.transfer_length)
         req.received_at = self._received_at
         if self.sq_flow_control and self.sqsize:
@@ -458,10 +449,18 @@ class QueueConnection(QueueDrain, FaultInjection):
     # -- output ----------------------------------------------------------------------------------
 
     async def _flush(self) -> None:
-        async with self._send_lock:
+        lock = self._send_lock
+        try:
+            # Nearly always free: taken without the schedule point ``async with`` adds (one
+            # more pass of Trio's run loop, and an epoll_wait, per receive batch otherwise).
+            # The send below is the checkpoint.
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             if not self._flowing.is_set():
                 await self._flowing.wait()
-            if self._tx_resume_at > trio.current_time():
+            if self._tx_resume_at and self._tx_resume_at > trio.current_time():  # a stall fault
                 await trio.sleep_until(self._tx_resume_at)
             buffers = self.conn.data_to_send()
             if not buffers:
@@ -473,26 +472,13 @@ class QueueConnection(QueueDrain, FaultInjection):
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.close("send failed")
+        finally:
+            lock.release()
 
     def _kick(self) -> None:
         """Flush soon from a task of our own (called from outside the reader task)."""
         if self._nursery is not None:
             self._nursery.start_soon(self._flush)
-
-    async def _watch_keepalive(self, ctrl: Controller) -> None:
-        while not ctrl.closed:
-            now = trio.current_time()
-            if self.blackholed:
-                # A blackholed path reads nothing, keep-alives included: it is for the host to
-                # notice (its keep-alive timeout), not for us to end the association.
-                ctrl.touch(now)
-            elif ctrl.keepalive_expired(now):
-                log.warning("keep-alive timeout cntlid=%s host=%s kato_ms=%s", ctrl.cntlid,
-                            ctrl.hostnqn, ctrl.kato_ms)  # fmt: skip
-                self.state.keepalive_expirations += 1
-                ctrl.close("keep-alive timeout")
-                return
-            await trio.sleep_until(min(ctrl.keepalive_deadline, now + 1.0))
 
     def _detach(self) -> None:
         ctrl = self.controller

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -95,6 +96,14 @@ class Controller:
         self.error_count = 0
         self.stats = ControllerStats()
         self.keepalive_deadline = float("inf")
+        #: Called when :meth:`touch` moves the deadline earlier (a shorter KATO, or a first
+        #: one): the admin queue's watcher sleeps until the deadline and must wake sooner.
+        self.keepalive_rearmed: Callable[[], None] | None = None
+        #: A command arrived on one of this controller's queues since the keep-alive timer was
+        #: last looked at: as nvmet's reset_tbkas (set in nvmet_req_init), any command keeps the
+        #: association alive, so a host busy setting its queues up is not timed out before it
+        #: starts sending Keep Alive (nvme_start_ctrl, after the I/O queues connect).
+        self.traffic_seen = False
         self.closed = False
         self.reservation_log = NotificationLog()
         #: DH-HMAC-CHAP state when the host must authenticate (target.commands.auth).
@@ -113,8 +122,12 @@ class Controller:
     # -- keep-alive --------------------------------------------------------------------------
 
     def touch(self, now: float) -> None:
-        """Restart the keep-alive timer (admin Connect, Keep Alive)."""
-        self.keepalive_deadline = now + self.kato_ms / 1000 if self.kato_ms else float("inf")
+        """Restart the keep-alive timer (admin Connect, Keep Alive, Set Features KATO)."""
+        deadline = now + self.kato_ms / 1000 if self.kato_ms else float("inf")
+        earlier = deadline < self.keepalive_deadline
+        self.keepalive_deadline = deadline
+        if earlier and self.keepalive_rearmed is not None:
+            self.keepalive_rearmed()
 
     def keepalive_expired(self, now: float) -> bool:
         return now >= self.keepalive_deadline

@@ -29,6 +29,7 @@ from nvmeof.constants import (
     PDU_ICREQ,
     PDU_ICRESP,
     PDU_R2T,
+    SGL_IN_CAPSULE,
     SGL_TRANSPORT,
     SQE_SIZE,
     AdminOpcode,
@@ -45,7 +46,16 @@ from nvmeof.tcp.events import (
     TermReqReceived,
 )
 from nvmeof.tcp.framing import CONTROLLER_RECEIVES, Pdu, PduReader
-from nvmeof.wire.fast import CAPSULE_RESP, CH, DATA_PDU, R2T, SGL, SGL_OFFSET, TERM_REQ
+from nvmeof.wire.fast import (
+    CAPSULE_RESP,
+    CH,
+    DATA_PDU,
+    R2T,
+    RW_CAPSULE,
+    SGL,
+    SGL_OFFSET,
+    TERM_REQ,
+)
 
 Event = ConnectionEstablished | CommandReceived | DataReceived | TermReqReceived
 
@@ -53,6 +63,13 @@ _ICREQ_PFV_OFFSET = 8
 _ICREQ_HPDA_OFFSET = 10
 _DATA_TTAG_OFFSET = 10
 _DATA_DATAO_OFFSET = 12
+_CAPSULE_HLEN = CH_SIZE + SQE_SIZE
+_READ, _WRITE = 0x02, 0x01  # NVM opcodes
+_PSDT_SGL = 0x40  # SQE flags: SGLs for data (PSDT 01b), no fused operation
+#: What :meth:`ControllerConnection.peek_plain_rw` returns: opcode, cid, nsid, SLBA, NLB (0's
+#: based), control (CDW12 bits 16-31), SGL length, the in-capsule data of a write (None for a
+#: read), and the PDU's size in bytes.
+PlainRw = tuple[int, int, int, int, int, int, int, "memoryview | None", int]
 
 
 class ConnState(Enum):
@@ -109,6 +126,8 @@ class ControllerConnection:
         self._out: list[bytes | memoryview] = []
         self._transfers: dict[int, _H2CTransfer] = {}  # by ttag
         self._next_ttag = 0
+        #: Established, no digests, tolerant: peek_plain_rw may frame capsules itself.
+        self._plain = False
 
     # -- input -------------------------------------------------------------------------------
 
@@ -137,10 +156,50 @@ class ControllerConnection:
             self.terminate(err)
             raise
 
+    def peek_plain_rw(self) -> PlainRw | None:
+        """The next PDU, without consuming it, when it is a complete Read or Write CapsuleCmd in
+        the shape a Linux host sends on an I/O queue; else None (more bytes are needed, or it
+        is anything else: take it with :meth:`next_event`). Call :meth:`consume_plain_rw` with
+        its size once it is served.
+
+        The shape: no digests negotiated and not strict (the connection's setting), CH flags 0,
+        HLEN 72, SQE flags PSDT 01b without fusing; a Read with PDO 0, PLEN 72 and a transport
+        SGL; a Write with its data in the capsule (an offset SGL of 1 to ``max_in_capsule``
+        bytes, PDO 72, PLEN 72 + length). For exactly these :meth:`next_event` would give a
+        :class:`CommandReceived` with the same fields, the data digest good, and consume the
+        same bytes: framing them here only skips the general checks they pass anyway (the
+        test of this equivalence: tests/nvmeof/test_plain_rw.py). The write's data is a view
+        into the receive buffer, valid until the next receive.
+        """
+        if not self._plain:
+            return None
+        view, start, end = self.reader.pending()
+        if end - start < _CAPSULE_HLEN:
+            return None
+        (pdu_type, flags, hlen, pdo, plen, opcode, sqe_flags, cid, nsid, length, sgl_type,
+         slba, nlb, control) = RW_CAPSULE.unpack_from(view, start)  # fmt: skip
+        if pdu_type != PDU_CAPSULE_CMD or flags or hlen != _CAPSULE_HLEN or sqe_flags != _PSDT_SGL:
+            return None
+        if opcode == _READ:
+            if pdo or plen != _CAPSULE_HLEN or sgl_type != SGL_TRANSPORT:
+                return None
+            return opcode, cid, nsid, slba, nlb, control, length, None, _CAPSULE_HLEN
+        if (opcode != _WRITE or sgl_type != SGL_IN_CAPSULE or pdo != _CAPSULE_HLEN
+                or not 0 < length <= self.reader.in_capsule_limit
+                or plen != _CAPSULE_HLEN + length or end - start < plen):  # fmt: skip
+            return None
+        data = view[start + _CAPSULE_HLEN : start + plen]
+        return opcode, cid, nsid, slba, nlb, control, length, data, plen
+
+    def consume_plain_rw(self, size: int) -> None:
+        """Drop the PDU :meth:`peek_plain_rw` returned (its ``size``) from the input."""
+        self.reader.consume(size)
+
     def _handle(self, pdu: Pdu) -> Event | None:
         if pdu.type == PDU_H2C_TERM_REQ:
             _, _, _, _, _, fes, fei = TERM_REQ.unpack_from(pdu.header)
             self.state = ConnState.TERMINATED
+            self._plain = False
             return TermReqReceived(fes, fei)
         if self.state is ConnState.AWAIT_ICREQ:
             if pdu.type != PDU_ICREQ:
@@ -179,6 +238,7 @@ class ControllerConnection:
         self.reader.header_digest = self.header_digest
         self.reader.data_digest = self.data_digest
         self.state = ConnState.ESTABLISHED
+        self._plain = not (self.strict or self.header_digest or self.data_digest)
         return ConnectionEstablished(self.header_digest, self.data_digest, maxr2t + 1)
 
     def _handle_capsule(self, pdu: Pdu) -> Event:
@@ -309,6 +369,7 @@ class ControllerConnection:
         if self.state is ConnState.TERMINATED:
             return
         self.state = ConnState.TERMINATED
+        self._plain = False
         self._out.append(build_term_req(PDU_C2H_TERM_REQ, err))
 
     def data_to_send(self) -> list[bytes | memoryview]:

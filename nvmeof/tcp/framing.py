@@ -193,6 +193,18 @@ class PduReader:
         bigger[: self._end] = self._view[: self._end]
         self._buf, self._view, self._size = bigger, memoryview(bigger), size
 
+    def pending(self) -> tuple[memoryview, int, int]:
+        """A view of the receive buffer and the bounds (start, end) of its unframed bytes: for a caller
+        that frames one common PDU shape itself (:meth:`ControllerConnection.peek_plain_rw`),
+        then :meth:`consume` what it took."""
+        return self._view, self._start, self._end
+
+    def consume(self, nbytes: int) -> None:
+        """Drop ``nbytes`` framed by the caller from the front of :meth:`pending`."""
+        if nbytes < 0 or self._start + nbytes > self._end:
+            raise ValueError("consume beyond the received bytes")
+        self._start += nbytes
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet framed into a PDU."""

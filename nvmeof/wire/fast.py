@@ -33,6 +33,10 @@ RW_TAIL_OFFSET = 40
 #: SGL descriptor (SQE bytes 24-39): addr, length, type.
 SGL = struct.Struct("<QI3xB")
 SGL_OFFSET = 24
+#: A Read or Write CapsuleCmd as the target's plain I/O path reads it, parse only: CH (type,
+#: flags, hlen, pdo, plen), then the SQE's opcode, flags, cid, nsid, SGL length and type, SLBA,
+#: NLB and control (CDW12). ``tests/nvmeof/test_wire_fast.py`` checks it against CAPSULE_CMD.
+RW_CAPSULE = struct.Struct("<BBBBIBBHI24xI3xBQHH")
 #: CID inside the SQE.
 CID = struct.Struct("<H")
 CID_OFFSET = 2

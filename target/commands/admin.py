@@ -61,9 +61,12 @@ ONCS_COMPARE, ONCS_DSM, ONCS_WRITE_ZEROES = 1 << 0, 1 << 2, 1 << 3
 SGLS_SUPPORTED = 0x00100001  # byte-aligned SGLs, SGL address as offset (in-capsule)
 CMIC_MULTI_PORT, CMIC_MULTI_CTRL, CMIC_ANA = 1 << 0, 1 << 1, 1 << 3
 LPA_EFFECTS, LPA_EXTENDED = 1 << 1, 1 << 2
-#: CTRATT bit 0: Host IDs are 128 bits (Connect's), so Reservation Report needs EDS; nvmet sets
-#: it too (it also sets TBKAS, traffic-based keep-alive, which we do not implement).
+#: CTRATT bit 0: Host IDs are 128 bits (Connect's), so Reservation Report needs EDS. Bit 6,
+#: TBKAS: any command restarts the keep-alive timer (target.liveness, as nvmet_keep_alive_timer),
+#: so a Linux host sends Keep Alive only when it has seen no completion for KATO/4
+#: (nvme_keep_alive_work). nvmet sets both (nvmet_execute_identify_ctrl): 0x41.
 CTRATT_HOST_ID_128 = 1 << 0
+CTRATT_TBKAS = 1 << 6
 TEMPERATURE_K = 308  # a healthy 35 C for SMART
 
 _INVALID_FIELD = StatusCode.INVALID_FIELD
@@ -100,7 +103,7 @@ def identify_controller(ctrl: Controller, discovery_nqn: str = DISCOVERY_NQN) ->
         **common, "sn": sub.serial, "mn": sub.model,
         "cmic": CMIC_MULTI_PORT | CMIC_MULTI_CTRL | CMIC_ANA, "cntrltype": ControllerType.IO,
         "lpa": LPA_EFFECTS | LPA_EXTENDED, "kas": KAS_100MS, "wctemp": 343, "cctemp": 373,
-        "ctratt": CTRATT_HOST_ID_128, "anatt": ANATT_S, "anacap": 0x1F, "anagrpmax": MAX_ANA_GROUPS,
+        "ctratt": CTRATT_HOST_ID_128 | CTRATT_TBKAS, "anatt": ANATT_S, "anacap": 0x1F, "anagrpmax": MAX_ANA_GROUPS,
         "nanagrpid": MAX_ANA_GROUPS, "nn": sub.max_namespaces,
         "oncs": ONCS_COMPARE | ONCS_DSM | ONCS_WRITE_ZEROES
                 | (ONCS_RESERVATIONS if sub.has_reservations() else 0), "vwc": 1,

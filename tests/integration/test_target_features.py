@@ -6,8 +6,17 @@ from __future__ import annotations
 import pytest
 import trio
 
-from nvmeof.constants import DISCOVERY_NQN, AdminOpcode, AnaState, Cns, FeatureId, LogPage
+from nvmeof.constants import (
+    DISCOVERY_NQN,
+    AdminOpcode,
+    AnaState,
+    Cns,
+    FabricsType,
+    FeatureId,
+    LogPage,
+)
 from nvmeof.errors import CommandError
+from nvmeof.wire.fabrics import PROPERTY_GET_COMMAND
 from nvmeof.wire.identify import (
     parse_active_ns_list,
     parse_identify_ctrl,
@@ -71,6 +80,7 @@ async def test_identify_controller(lb):
             assert ident.cntlid == ctrl.cntlid
             assert ident.subnqn == lb.nqn and ident.cntrltype == 1
             assert ident.cmic & 0b1010 == 0b1010  # multi-controller, ANA reporting
+            assert ident.ctratt == 0x41  # as nvmet: 128-bit Host IDs, traffic-based keep-alive
             assert ident.kas != 0 and ident.sgls & 0x3 != 0 and ident.icdoff == 0
             assert ident.ioccsz >= 4 and ident.ioccsz == (64 + lb.inline(port_id)) // 16
             assert ident.iorcsz >= 1
@@ -393,6 +403,34 @@ async def test_keep_alive_timer(lb):
         await trio.sleep_until(started + 1.5)  # alive for 2.5 x its KATO
         assert not alive.admin.closed
         assert alive.cntlid in lb.target.state.subsystems[lb.nqn].controllers
+
+
+async def test_any_command_keeps_the_controller_alive(lb):
+    """Traffic-based keep-alive, as nvmet's: commands other than Keep Alive re-arm the timer
+    (a Linux host sends none until its I/O queues are up); silence then ends the association."""
+    get_cap = PROPERTY_GET_COMMAND.build(dict(fctype=FabricsType.PROPERTY_GET, attrib=1,
+                                              offset=0))  # fmt: skip
+    with trio.fail_after(10):
+        queue = await lb.queue(1)
+        assert (await lb.raw_connect(queue, kato=1000)).ok
+        for _ in range(10):  # 2 s of Property Gets, 0.2 s apart: twice the KATO
+            await trio.sleep(0.2)
+            assert (await queue.submit(bytes(get_cap), timeout=5)).ok
+        assert not queue.closed
+        started = trio.current_time()
+        await lb.wait_until(lambda: queue.closed, limit=4)
+        assert 0.9 <= trio.current_time() - started < 3  # KATO, up to twice with the last command
+
+
+async def test_a_shorter_kato_takes_effect_at_once(lb):
+    """The target's watcher sleeps until the keep-alive deadline; Set Features moving the
+    deadline earlier wakes it (the host keeps its 30 s Keep Alive period: silence for 1 s)."""
+    with trio.fail_after(10):
+        ctrl = await lb.connect(1, kato_ms=30000)
+        started = trio.current_time()
+        assert await ctrl.set_features(FeatureId.KATO, 1000) == 1
+        await lb.wait_until(lambda: ctrl.admin.closed, limit=4)
+        assert 0.9 <= trio.current_time() - started < 4
 
 
 async def test_set_kato_zero_disables_keep_alive(lb):

@@ -437,3 +437,34 @@ async def stop_process(proc: trio.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with trio.move_on_after(10):
         await proc.wait()
+
+
+# A Keep Alive the host failed itself while deleting the controller: `nvme disconnect` stops the
+# admin queue (nvme_tcp_teardown_admin_queue) and a keep-alive work item that runs in that window
+# is refused before it is dispatched: nvme_tcp_queue_rq -> nvme_fail_nonready_command ->
+# nvme_host_path_error, BLK_STS_TRANSPORT (4), logged by nvme_keep_alive_end_io (with an RTT of
+# about 2^32 ms, as the request never started). The command never reaches the wire, so no target
+# can cause or prevent it; Linux 6.12 was seen doing it once in CI. Only that status, and only
+# after the same controller's "Removing ctrl" line, is the host's own teardown.
+KEEPALIVE_FAILED = re.compile(r"(nvme\d+): failed nvme_keep_alive_end_io error=(\d+)")
+REMOVING = re.compile(r"(nvme\d+): Removing ctrl: NQN")
+BLK_STS_TRANSPORT = 4
+
+
+def kernel_trouble(
+    kernel_log: str, trouble_pattern: re.Pattern[str]
+) -> tuple[list[str], list[str]]:
+    """The trouble lines of a guest's nvme kernel log, and those that are the host's teardown."""
+    removed: set[str] = set()
+    trouble, teardown = [], []
+    for line in kernel_log.splitlines():
+        if removing := REMOVING.search(line):
+            removed.add(removing[1])
+        if not trouble_pattern.search(line):
+            continue
+        failed = KEEPALIVE_FAILED.search(line)
+        if failed and failed[1] in removed and int(failed[2]) == BLK_STS_TRANSPORT:
+            teardown.append(line)
+        else:
+            trouble.append(line)
+    return trouble, teardown

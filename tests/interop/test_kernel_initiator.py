@@ -26,6 +26,7 @@ from interop_harness import (
     LinuxVM,
     TargetProcess,
     discovery_entries,
+    kernel_trouble,
 )
 
 pytestmark = pytest.mark.interop
@@ -294,10 +295,9 @@ def test_disconnect(runs: Runs, scenario: str) -> None:
 def test_guest_script_and_kernel_log_clean(runs: Runs, scenario: str) -> None:
     run = runs.get(scenario)
     assert run.rc == 0, f"the guest script failed\n{run.context()}"
-    trouble = [
-        line for line in run.step("dmesg-nvme").output.splitlines() if KERNEL_TROUBLE.search(line)
-    ]
-    assert not trouble, "kernel log:\n" + "\n".join(trouble)
+    kernel_log = run.step("dmesg-nvme").output
+    trouble, _teardown = kernel_trouble(kernel_log, KERNEL_TROUBLE)
+    assert not trouble, "kernel log:\n" + "\n".join(trouble) + "\nin full:\n" + kernel_log
 
 
 @pytest.mark.parametrize("scenario", ["plain", "digest"])

@@ -121,8 +121,18 @@ class KernelTarget:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError(
                     f"guest control {command!r}: no reply\n{tail(self.output(), 20)}"
+                    + self.blocked_tasks(command)
                 )
             time.sleep(0.2)
+
+    def blocked_tasks(self, command: str) -> str:
+        """The guest's load and blocked tasks' kernel stacks, after ``command`` had no reply."""
+        if command in ("blocked", "stop") or self.proc.poll() is not None:
+            return ""
+        try:
+            return "\nthe guest's blocked tasks:\n" + self.control("blocked", timeout=15)
+        except AssertionError as err:
+            return f"\nthe guest's blocked tasks: none reported ({err})"
 
     async def acontrol(self, command: str) -> str:
         with trio.fail_after(30):

@@ -110,3 +110,15 @@ def test_property_get_cap_golden() -> None:
     assert built[0] == 0x7F and built[1] == 0x40 and built[2:4] == b"\x02\x00"
     assert built[4] == 0x04 and built[39] == 0x5A and built[40] == 1
     assert built[44:48] == bytes(4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw=st.binary(min_size=72, max_size=72))
+def test_rw_capsule_reads_what_the_capsule_declaration_says(raw: bytes) -> None:
+    """RW_CAPSULE (parse only: it skips fields) agrees with CAPSULE_CMD on every field it has."""
+    c = CAPSULE_CMD.parse(raw)
+    sqe = c.sqe
+    expected = (c.ch.type, c.ch.flags, c.ch.hlen, c.ch.pdo, c.ch.plen, sqe.opcode, sqe.flags,
+                sqe.cid, sqe.nsid, sqe.sgl.length, sqe.sgl.type, sqe.cdw10 | sqe.cdw11 << 32,
+                sqe.cdw12 & 0xFFFF, sqe.cdw12 >> 16)  # fmt: skip
+    assert fast.RW_CAPSULE.unpack_from(raw) == expected

@@ -180,9 +180,16 @@ SAMPLER=$!
 # MSG_NOSIGNAL, so sk_stream_error() raises SIGPIPE in fio: seen in CI when the target removes
 # a subsystem under I/O (fio killed, then a double free in its teardown). Ignored, the send
 # fails with EPIPE, which the host handles as the connection error it is (error recovery).
+# force_async=1: every request is issued from io_uring's worker threads, blocking, so its bios
+# never carry REQ_NOWAIT. Issued inline (the default), a bio is REQ_NOWAIT; when the multipath
+# head requeues it during a path's reconnect and resubmits it from nvme_requeue_work while that
+# path's queue is frozen, __bio_queue_enter (block/blk-core.c) fails it with BLK_STS_AGAIN, and
+# io_rw_should_reissue (io_uring/rw.c) will not reissue from a kworker: fio gets -EAGAIN for a
+# write (seen once in a 30-minute soak on Linux 6.1). Nothing reaches the target: the host ends
+# the I/O itself, as it would against nvmet.
 trap '' PIPE
 echo "CHAOS-FIO-START uptime=$(uptime_s)"
-fio --name=chaos --filename="/dev/$NS1" --ioengine=io_uring --direct=1 \
+fio --name=chaos --filename="/dev/$NS1" --ioengine=io_uring --force_async=1 --direct=1 \
   --rw=randrw --bs=4k --iodepth="$IODEPTH" --numjobs="$NUMJOBS" \
   --size="$REGION" --offset_increment="$REGION" \
   --runtime="$RUNTIME" --time_based --randrepeat=1 \

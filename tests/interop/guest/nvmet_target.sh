@@ -23,6 +23,7 @@
 #   link PORT        ln -s the subsystem into ports/ID/subsystems again (listens again)
 #   state            one line per port: "port ID TRSVCID linked=0|1 ana=STATE"
 #   dmesg            the last nvme/nvmet kernel log lines
+#   blocked          the load and the kernel stacks of blocked tasks (SysRq w), for a hang
 #   stop             tear down and exit
 #
 # Settings (environment; `run -e NAME=VALUE`):
@@ -95,6 +96,13 @@ control() {
     dmesg)
       echo "OK"
       dmesg | grep -i nvme | tail -n 60 ;;
+    blocked)
+      # What hangs: every task in uninterruptible sleep with its kernel stack (SysRq w), and
+      # the load, so a control command with no reply can be told from a starved guest.
+      echo "OK $(cat /proc/loadavg)"
+      echo w > /proc/sysrq-trigger
+      sleep 1
+      dmesg | tail -n 120 ;;
     stop)
       touch "$STOP_FLAG"
       echo "OK stopping" ;;
