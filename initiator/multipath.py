@@ -90,6 +90,8 @@ class Path:
         self.last_good = -math.inf  # the last successful completion on the path
         self.was_usable = False  # as of the head's last look (see MultipathHead.check_paths)
         self.head: MultipathHead | None = None
+        #: The head's list of queues with commands to send (MultipathHead.ring_doorbells).
+        self.doorbells: list[HostQueue] = []
         self._next_queue = 0
 
     @property
@@ -118,15 +120,21 @@ class Path:
         if not count:
             return False
         first = self._next_queue % count
-        if queues[first].send_slot(slot):  # the usual case, without the loop
+        queue = queues[first]
+        if queue.send_slot(slot):  # the usual case, without the loop
             self._next_queue = (first + 1) % count
-            return True
-        for step in range(1, count):
-            queue = queues[(self._next_queue + step) % count]
-            if queue.send_slot(slot):
-                self._next_queue = (self._next_queue + step + 1) % count
-                return True
-        return False
+        else:
+            for step in range(1, count):
+                queue = queues[(self._next_queue + step) % count]
+                if queue.send_slot(slot):
+                    self._next_queue = (self._next_queue + step + 1) % count
+                    break
+            else:
+                return False
+        if not queue.bell_pending:  # the head rings it at the end of the batch
+            queue.bell_pending = True
+            self.doorbells.append(queue)
+        return True
 
     def __repr__(self) -> str:
         return f"Path({self.label}, nsid={self.nsid}, {self.ana_state.label}, {self.state})"
@@ -158,6 +166,8 @@ class MultipathHead(ReservationCommands):
         self._select = SELECTORS[iopolicy]
         self._current: int | None = None
         self._requeue: deque[Slot] = deque()
+        #: Queues that took commands since the last ring_doorbells() (Path.send notes them).
+        self.doorbells: list[HostQueue] = []
         self._lot = trio.lowlevel.ParkingLot()
         self._kicked = False
         self.stats = HeadStats()
@@ -189,6 +199,7 @@ class MultipathHead(ReservationCommands):
         if path not in self.paths:
             self.max_transfer = min(self.max_transfer, max_transfer)
             path.head = self
+            path.doorbells = self.doorbells
             self.paths.append(path)
             self.kick()
 
@@ -271,6 +282,13 @@ class MultipathHead(ReservationCommands):
         slot.path = path
         path.inflight += 1
 
+    def ring_doorbells(self) -> None:
+        """Have every queue that took commands since the last call send them: after a batch
+        of :meth:`submit` calls (Ring.submit) and of resubmissions (the requeue task, a retry)."""
+        bells = self.doorbells
+        while bells:  # a ring that fails a queue may resubmit on another: it is rung too
+            bells.pop().doorbell()
+
     def _park(self, slot: Slot, *, no_path: bool) -> None:
         if no_path:
             if not self.may_recover():
@@ -344,6 +362,7 @@ class MultipathHead(ReservationCommands):
                 self.kick()
             else:
                 path.inflight += 1
+                self.ring_doorbells()
         else:
             self._failover(slot, path, status)
 
@@ -457,6 +476,7 @@ class MultipathHead(ReservationCommands):
             slot.move(SlotState.INFLIGHT)
             slot.path = path
             path.inflight += 1
+        self.ring_doorbells()
         if parked:
             # Parked with no usable path: look again when a controller's fast_io_fail_tmo
             # expires (paths becoming usable kick us).

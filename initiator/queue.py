@@ -100,6 +100,14 @@ class _Waiter:
         self.completion: Completion | None = None
 
 
+def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    """What trio's SocketStream raises for a socket error (its
+    ``_translate_socket_errors_to_stream_errors``), so failover sees the same kinds."""
+    if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+        return trio.ClosedResourceError("this socket was already closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
+
+
 class HostQueue:
     """A connected NVMe/TCP queue (admin when ``qid`` is 0). Create with :meth:`connect`.
 
@@ -133,6 +141,11 @@ class HostQueue:
         self._send_lock = trio.Lock()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._dirty = False
+        #: What a :meth:`doorbell` send left over, for the writer to send before anything else.
+        self._unsent: memoryview | None = None
+        #: Commands went in by :meth:`send_slot` since the last :meth:`doorbell` (the head
+        #: keeps the list of queues to ring).
+        self.bell_pending = False
         self._established = trio.Event()
         self._closed = False
         self.error: BaseException | None = None
@@ -204,7 +217,7 @@ class HostQueue:
 
     def send_slot(self, slot: QueuedSlot) -> bool:
         """Queue ``slot``'s command (its stable 64-byte copy) for sending; False when the queue
-        is closed or has no free command ID. The writer task sends it."""
+        is closed or has no free command ID. Nothing goes out before :meth:`doorbell`."""
         if self._closed or not self._free_cids:
             return False
         cid = self._free_cids.pop()
@@ -218,10 +231,35 @@ class HostQueue:
         slot.cid = cid
         slot.sent_at = self._now()
         self.commands += 1
-        if not self._dirty:  # _wake_writer, inlined: once per batch, not per command
-            self._dirty = True
-            self._writer_lot.unpark()
         return True
+
+    def doorbell(self) -> None:
+        """Send the commands :meth:`send_slot` queued, as one write of an NVMe doorbell after a
+        batch of SQEs: from the submitting task, in one non-blocking ``send``, when no flush is
+        under way and the socket takes it all (the usual case); through the writer task
+        otherwise. Sending here saves the writer's wake-up, a pass of trio's run loop, per
+        submission batch."""
+        self.bell_pending = False
+        if self._closed:
+            return
+        sock = self._sock
+        if sock is None or self._unsent is not None or self._send_lock.locked():
+            self._wake_writer()  # TLS, or behind bytes a flush has yet to send
+            return
+        buffers = self.conn.data_to_send()
+        if not buffers:
+            return
+        data = b"".join(buffers)  # a copy: capsule buffers are reused once sent
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(_stream_error(exc))
+            return
+        if sent < len(data):
+            self._unsent = memoryview(data)[sent:]
+            self._wake_writer()
 
     # -- awaited commands ------------------------------------------------------------------------
 
@@ -287,6 +325,10 @@ class HostQueue:
             await lock.acquire()  # another flush is sending: after it, in order
         try:
             buffers = self.conn.data_to_send()
+            unsent = self._unsent
+            if unsent is not None:  # first what a doorbell's send left
+                self._unsent = None
+                buffers = [unsent, *buffers]
             if buffers:
                 data = b"".join(buffers)
                 try:
@@ -308,10 +350,8 @@ class HostQueue:
             return sender.send(data)
         except BlockingIOError:
             return 0
-        except OSError as exc:  # as trio's _translate_socket_errors_to_stream_errors
-            if exc.errno in (errno.EBADF, errno.ENOTSOCK):
-                raise trio.ClosedResourceError("this socket was already closed") from None
-            raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+        except OSError as exc:
+            raise _stream_error(exc) from exc
 
     async def _receive_into(self, buffer: memoryview) -> int:
         """trio's ``socket.recv_into`` for plain TCP (the same checkpoints: one if cancelled

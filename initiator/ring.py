@@ -71,6 +71,7 @@ class RingHead(Protocol):
     @property
     def block_size(self) -> int: ...
     def submit(self, slot: Slot) -> None: ...
+    def ring_doorbells(self) -> None: ...
 
 
 class Slot:
@@ -320,6 +321,7 @@ class Ring:
             slot.submitted_at = now
             head.submit(slot)
             count += 1
+        head.ring_doorbells()  # the batch goes out now, from this task
         return count
 
     async def submit_and_wait(self, wait_nr: int = 1) -> int:

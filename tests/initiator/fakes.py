@@ -43,6 +43,10 @@ class FakeRingHead:
         self.block_size = block_size
         self.submitted: list[Slot] = []
         self.cmds: list[bytes] = []
+        self.doorbells = 0  # Ring.submit rings once per batch
+
+    def ring_doorbells(self) -> None:
+        self.doorbells += 1
 
     def submit(self, slot: Slot) -> None:
         slot.move(SlotState.INFLIGHT)
@@ -82,6 +86,13 @@ class FakeQueue:
         self.sent: list[Sent] = []
         self.pending: deque[Slot] = deque()
         self.last_cmd: bytearray | None = None
+        self.bell_pending = False
+        self.doorbells = 0  # how often the head rang this queue
+
+    def doorbell(self) -> None:
+        assert self.bell_pending, "rung without commands since the last ring"
+        self.bell_pending = False
+        self.doorbells += 1
 
     def send_slot(self, slot: Slot) -> bool:
         if self.refuse:

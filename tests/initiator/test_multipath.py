@@ -646,3 +646,35 @@ async def test_read_helper_raises_io_error(nursery: trio.Nursery) -> None:
 
 def test_session_state_values_used_by_path() -> None:
     assert {s.value for s in SessionState} == {"new", "live", "connecting", "deleted"}
+
+
+# -- doorbells -------------------------------------------------------------------------------
+
+
+def rung(rig: Rig) -> list[int]:
+    """How often each queue of each path was rung; and none may be left with commands unsent."""
+    queues = [q for session in rig.sessions for q in session.queues]
+    assert not rig.head.doorbells and not any(q.bell_pending for q in queues)
+    return [q.doorbells for q in queues]
+
+
+async def test_every_batch_that_sends_rings_the_queues_it_used(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A queue sends what it took only at its doorbell (HostQueue.doorbell): the head must ring
+    every queue it sent on, once per batch, whoever submitted: Ring.submit, an immediate retry
+    from a completion, the requeue task's resubmissions."""
+    rig = requeue(make_rig(FakeSession("a", nqueues=2), FakeSession("b", nqueues=2)), nursery)
+    for _ in range(3):
+        slot = rig._slot()
+        slot.prep_read(0, 1, 0, None)
+    rig.ring.submit()  # three commands over path a's two queues: each rung once
+    assert rung(rig) == [1, 1, 0, 0]
+    rig.queue(0, 0).complete_next(rig.head, INTERNAL)  # retried at once, on the same path
+    assert rung(rig) == [1, 2, 0, 0]  # on the path's next queue
+    rig.sessions[0].lose()
+    for q in rig.sessions[0].queues:
+        q.abort_all(rig.head, HOST_ABORTED)
+    await settle()  # the requeue task resubmits all three on path b in one batch
+    assert rung(rig) == [1, 2, 1, 1]
+    assert [s.path for s in rig.ring.slots if s.state is S.INFLIGHT] == [rig.paths[1]] * 3

@@ -3,11 +3,13 @@ socket did not take, in order; failures as trio's SocketStream reports them."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 import trio.testing
 
-from initiator.queue import HostQueue, PeerClosed
+from initiator.queue import HOST_ABORTED, HostQueue, PeerClosed
 from nvmeof.constants import PduType
 from nvmeof.tcp.events import ConnectionEstablished
 from nvmeof.tcp.host import HostConnection
@@ -120,3 +122,80 @@ async def test_the_reader_takes_what_arrives_and_sees_the_end() -> None:
             assert completed == [(0, 0x55)]
             b.close()  # EOF
     assert isinstance(queue.error, PeerClosed)
+
+
+class _Slot:
+    """The part of a ring slot a queue needs (initiator.queue.QueuedSlot)."""
+
+    def __init__(self, command: bytes, data_out: bytes | None = None) -> None:
+        self.view = memoryview(bytearray(command))
+        self.data_out = memoryview(data_out) if data_out is not None else None
+        self.data_in: memoryview | None = None
+        self.cid = -1
+        self.sent_at = 0.0
+
+
+async def test_the_doorbell_sends_from_the_submitting_task() -> None:
+    """send_slot only queues; the doorbell sends the batch at once, with no checkpoint and no
+    writer task: the peer can read every command before this task yields."""
+    a, b = socket.socketpair()
+    queue = established_queue(trio.socket.from_stdlib_socket(a))
+    slots = [_Slot(sqe(0x02, 0, nsid=1)) for _ in range(3)]
+    for slot in slots:
+        assert queue.send_slot(slot)
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        b.recv(1)  # nothing before the doorbell
+    queue.doorbell()
+    received = b.recv(1 << 16)
+    assert len(received) == 3 * (8 + 64) and not queue._dirty  # the writer was not woken
+    assert sorted(slot.cid for slot in slots) == [0, 1, 2]
+    await queue.aclose()
+    b.close()
+
+
+async def test_what_the_doorbell_could_not_send_goes_first_and_in_order() -> None:
+    a, b = trio.socket.socketpair()
+    queue = established_queue(a)
+    data = bytes(range(256)) * (BIG // 256)
+    reference = established_queue(trio.socket.socket())  # never sends: only builds the bytes
+    first, second = _Slot(sqe(0x01, 0, nsid=1), data), _Slot(sqe(0x00, 0, nsid=1))
+    reference.conn.send_command(first.view, write_data=first.data_out, in_capsule_limit=BIG, cid=0)
+    reference.conn.send_command(second.view, cid=1)
+    expected = join(reference.conn.data_to_send())
+    queue.in_capsule_limit = BIG
+    assert queue.send_slot(first)
+    queue.doorbell()  # the socket takes part of it: the writer sends the rest
+    assert queue._unsent is not None and queue._dirty
+    assert queue.send_slot(second)
+    queue.doorbell()  # behind the rest: through the writer too, after it
+    received = bytearray()
+
+    async def read_all(cancel_scope: trio.CancelScope) -> None:
+        while len(received) < len(expected):
+            received.extend(await b.recv(1 << 20))
+        cancel_scope.cancel()  # the writer's too
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all, nursery.cancel_scope)
+            nursery.start_soon(queue._writer)
+    assert bytes(received) == expected
+    assert queue.error is None
+    await queue.aclose()
+    await reference.aclose()
+    b.close()
+
+
+async def test_a_doorbell_on_a_reset_connection_fails_the_queue_like_trio() -> None:
+    a, b = trio.socket.socketpair()
+    queue = established_queue(a)
+    completed: list[int] = []
+    queue.on_slot_complete = lambda ctx, status, dw0, dw1: completed.append(status)
+    b.close()
+    assert queue.send_slot(_Slot(sqe(0x02, 0, nsid=1)))
+    queue.doorbell()
+    assert queue.closed
+    assert isinstance(queue.error, trio.BrokenResourceError)
+    assert completed == [HOST_ABORTED]  # the slot completes as aborted, for failover
+    await queue.aclose()
