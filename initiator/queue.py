@@ -8,8 +8,10 @@ directly (``recv_into``/``send`` with trio's checkpoints, without its per-call l
 goes through the stream. Commands come from two places:
 :meth:`HostQueue.submit` (one awaiting caller per command, for admin work) and
 :meth:`HostQueue.send_slot` (ring slots, completed through a callback: no task, no event, no
-allocation per I/O). When the connection dies, every outstanding command completes with the
-host-synthesized status Host Aborted Command (0x371), as the Linux host does.
+allocation per I/O), which only queues: :meth:`HostQueue.doorbell`, rung once per batch, sends
+from the submitting task itself when the socket takes it all, and leaves the writer the rest.
+When the connection dies, every outstanding command completes with the host-synthesized
+status Host Aborted Command (0x371), as the Linux host does.
 """
 
 from __future__ import annotations
@@ -400,8 +402,8 @@ class HostQueue:
                         self._established.set()
                     elif isinstance(event, TermReqReceived):
                         raise PeerClosed(f"target sent C2HTermReq FES {event.fes:#x}")
-                if conn.has_output:  # H2CData answering R2Ts (a resubmission wakes it itself)
-                    self._wake_writer()
+                if conn.has_output:  # H2CData answering R2Ts: sent from here, as a doorbell
+                    self.doorbell()
         except (QueueClosed, TransportError, OSError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as err:  # fmt: skip
             self._fail(err)

@@ -109,6 +109,7 @@ async def test_the_reader_takes_what_arrives_and_sees_the_end() -> None:
     a, b = trio.socket.socketpair()
     queue = established_queue(a)
     queue.conn.send_command(sqe(0x00, 1, nsid=1))
+    queue.conn.data_to_send()  # as if sent: the reader would send what is still queued
     completed: list[tuple[int, int]] = []
     queue.on_slot_complete = lambda ctx, status, dw0, dw1: completed.append((status, dw0))
     queue._contexts[1] = object()  # a ring slot's place
