@@ -3,8 +3,8 @@
 Two tasks per queue, in the caller's nursery: a reader that feeds received bytes to the sans-IO
 connection and completes commands inline (a whole receive batch per wake-up, through
 :meth:`~nvmeof.tcp.host.HostConnection.next_completion`), and a writer that sends everything
-queued since it last ran at once. Over plain TCP both use a second descriptor of the socket
-directly (``recv_into``/``send`` with trio's checkpoints, without its per-call layers); TLS
+queued since it last ran at once. Over plain TCP both use the socket's descriptor directly
+(``os.readv``/``os.write`` with trio's checkpoints, without its per-call layers); TLS
 goes through the stream. Commands come from two places:
 :meth:`HostQueue.submit` (one awaiting caller per command, for admin work) and
 :meth:`HostQueue.send_slot` (ring slots, completed through a callback: no task, no event, no
@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -124,11 +123,12 @@ class HostQueue:
         #: Reads into a buffer, returns the byte count (0 at EOF): the socket's own
         #: ``recv_into`` for plain TCP, the TLS stream's decrypting one otherwise.
         self._recv_into: Callable[[memoryview], Awaitable[int]]
-        #: Plain TCP: the socket (a second descriptor of it) that _flush writes to at once and
-        #: _receive_into reads from.
-        self._sock: socket.socket | None = None
+        #: Plain TCP: the socket's descriptor, that doorbell and _flush write to at once and
+        #: _receive_into reads from (os.write and os.readv: send and recv_into without flags).
+        #: Used only while the queue is open: the stream's close, in aclose, comes after.
+        self._fd = -1
         if isinstance(stream, trio.SocketStream):
-            self._sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
+            self._fd = stream.socket.fileno()
             self._recv_into = self._receive_into
             self.tls_cipher: str | None = None
         else:
@@ -244,8 +244,8 @@ class HostQueue:
         self.bell_pending = False
         if self._closed:
             return
-        sock = self._sock
-        if sock is None or self._unsent is not None or self._send_lock.locked():
+        fd = self._fd
+        if fd < 0 or self._unsent is not None or self._send_lock.locked():
             self._wake_writer()  # TLS, or behind bytes a flush has yet to send
             return
         buffers = self.conn.data_to_send()
@@ -253,7 +253,7 @@ class HostQueue:
             return
         data = b"".join(buffers)  # a copy: capsule buffers are reused once sent
         try:
-            sent = sock.send(data)
+            sent = os.write(fd, data)
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -345,11 +345,11 @@ class HostQueue:
     def _send_now(self, data: bytes) -> int:
         """How much of ``data`` one non-blocking ``send`` took (0 for TLS or a full socket).
         Errors become what trio's SocketStream.send_all raises for them."""
-        sender = self._sock
-        if sender is None or self._closed:
+        fd = self._fd
+        if fd < 0 or self._closed:
             return 0
         try:
-            return sender.send(data)
+            return os.write(fd, data)
         except BlockingIOError:
             return 0
         except OSError as exc:
@@ -359,16 +359,17 @@ class HostQueue:
         """trio's ``socket.recv_into`` for plain TCP (the same checkpoints: one if cancelled
         before, one after a receive that did not have to wait), without its five layers of
         coroutines and context managers, once per receive batch."""
-        sock = self._sock
-        assert sock is not None
+        fd = self._fd
         await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:  # the descriptor may be closed, its number another socket's
+            raise trio.ClosedResourceError("the queue is closed")
         try:
-            nbytes = sock.recv_into(buffer)
+            nbytes = os.readv(fd, (buffer,))
         except BlockingIOError:
             while True:
-                await trio.lowlevel.wait_readable(sock)
+                await trio.lowlevel.wait_readable(fd)
                 try:
-                    return sock.recv_into(buffer)
+                    return os.readv(fd, (buffer,))
                 except BlockingIOError:
                     pass
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -441,10 +442,7 @@ class HostQueue:
     async def aclose(self) -> None:
         """Close the connection; outstanding commands complete as aborted."""
         self._fail(QueueClosed("closed by the host"))
-        if self._sock is not None and self._sock.fileno() != -1:
-            # the second descriptor first (the stream's close then ends the connection), waking
-            # a reader waiting on it, as the stream's close does for its own
-            trio.lowlevel.notify_closing(self._sock)
-            self._sock.close()
+        # The stream's close wakes a reader waiting on the descriptor (trio's notify_closing)
+        # and ends the connection; nothing uses the descriptor after it (_closed is set).
         with trio.CancelScope(shield=True):
             await self.stream.aclose()
