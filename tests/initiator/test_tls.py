@@ -340,8 +340,9 @@ async def test_plain_queue_reads_the_socket_directly() -> None:
         async with peer(None) as target, trio.open_nursery() as nursery:
             queue = await HostQueue.connect(nursery, "127.0.0.1", target.port, qid=0, depth=8)
             assert isinstance(queue.stream, trio.SocketStream) and queue.tls_cipher is None
-            # the socket itself (a second descriptor of it), not a stream layer
-            assert queue._recv_into == queue._receive_into and queue._sock is not None
+            # the socket's own descriptor, not a stream layer
+            assert queue._recv_into == queue._receive_into
+            assert queue._fd == queue.stream.socket.fileno() >= 0
             assert (await queue.submit(sqe(0x01), write=bytes(512), timeout=5)).ok
             await queue.aclose()
             nursery.cancel_scope.cancel()
