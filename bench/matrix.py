@@ -297,8 +297,10 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         def calls(x: dict[str, Any]) -> str:
             if x["syscalls"] is None:
                 return "n/a"
-            return (f"{x['syscalls']:.2f} ({fmt(x['syscalls_sendto'], 2)}, "
-                    f"{fmt(x['syscalls_recvfrom'], 2)}, {fmt(x['syscalls_epoll_wait'], 2)})")  # fmt: skip
+            sends = (x["syscalls_sendto"] or 0) + (x.get("syscalls_write") or 0)
+            receives = (x["syscalls_recvfrom"] or 0) + (x.get("syscalls_readv") or 0)
+            return (f"{x['syscalls']:.2f} ({fmt(sends, 2)}, {fmt(receives, 2)}, "
+                    f"{fmt(x['syscalls_epoll_wait'], 2)})")  # fmt: skip
 
         md.append(
             f"| {r['case']} | {cpu(t)} / {cpu(h)} | {cpu(s)} / {cpu(c)} "

@@ -6,9 +6,10 @@
   domains) counted by a tiny C wrapper (``bench/alloccount.c``, built here with the system's C
   compiler on first use; without one the figure is None), and the net growth of
   ``sys.getallocatedblocks()`` (memory kept per I/O; about 0 in a steady state).
-- Syscalls: counted by the kernel (``perf stat`` on the ``raw_syscalls:sys_enter`` and the
-  ``sendto``/``recvfrom``/``epoll_wait`` tracepoints, attached to the process and switched on
-  and off at the window's edges through its control FIFO); None where perf cannot count them.
+- Syscalls: counted by the kernel (``perf stat`` on the ``raw_syscalls:sys_enter`` tracepoint
+  and those of ``sendto`` and ``write``, ``recvfrom`` and ``readv`` (the host's queues use the
+  latter two) and ``epoll_wait``, attached to the process and switched on and off at the
+  window's edges through its control FIFO); None where perf cannot count them.
 
 Nothing here runs in the wings' code: a child process (the target, the ceiling's server and
 client) is started through ``bench/probed.py``, which installs the allocation counter and
@@ -54,6 +55,9 @@ SYSCALL_EVENTS = {
     "total": "raw_syscalls:sys_enter",
     "sendto": "syscalls:sys_enter_sendto",
     "recvfrom": "syscalls:sys_enter_recvfrom",
+    # the host sends and receives on its socket's descriptor with os.write and os.readv
+    "write": "syscalls:sys_enter_write",
+    "readv": "syscalls:sys_enter_readv",
     "epoll_wait": "syscalls:sys_enter_epoll_wait",
 }
 
