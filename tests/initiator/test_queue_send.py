@@ -102,7 +102,7 @@ async def test_a_closed_queue_leaves_the_descriptor_alone() -> None:
 
 
 async def test_closing_the_queue_ends_a_reader_waiting_for_data() -> None:
-    """The reader waits on the second descriptor: aclose from another task must wake it (as
+    """The reader waits on the descriptor itself: aclose from another task must wake it (as
     the stream's own close would), or the queue's tasks never end."""
     a, b = trio.socket.socketpair()
     queue = established_queue(a)
