@@ -12,8 +12,6 @@ Rules of this module:
 
 from __future__ import annotations
 
-from enum import Enum
-
 from nvmeof.constants import (
     FLAG_DDGSTF,
     FLAG_HDGSTF,
@@ -41,19 +39,11 @@ from nvmeof.status import StatusCode, status_word
 from nvmeof.tcp.controller import build_term_req
 from nvmeof.tcp.events import ConnectionEstablished, ResponseReceived, TermReqReceived
 from nvmeof.tcp.framing import HOST_RECEIVES, Pdu, PduReader
-from nvmeof.tcp.hostrecord import CommandRecord, bytes_view
+from nvmeof.tcp.hostcompletion import CompletionPath, Event as Event  # re-exported
+from nvmeof.tcp.hostrecord import CommandRecord, HostState as HostState, bytes_view
 from nvmeof.wire.fast import CAPSULE_RESP, CH, DATA_PDU, R2T, SGL, SGL_OFFSET, TERM_REQ
 
-Event = ConnectionEstablished | ResponseReceived | TermReqReceived
-
 _DATA_XFER_ERROR = status_word(StatusCode.DATA_XFER_ERROR)
-
-
-class HostState(Enum):
-    IDLE = "idle"
-    AWAIT_ICRESP = "await-icresp"
-    ESTABLISHED = "established"
-    TERMINATED = "terminated"
 
 
 # An enum member looked up on its class costs ~0.2 us in CPython 3.11 (EnumType.__getattr__):
@@ -64,7 +54,7 @@ _TERMINATED = HostState.TERMINATED
 _PSDT_SGL = 0x40
 
 
-class HostConnection:
+class HostConnection(CompletionPath):
     """One queue's NVMe/TCP connection as seen by the host.
 
     Args:
@@ -153,88 +143,6 @@ class HostConnection:
                 pdu = self.reader.next_pdu()
                 if pdu is None:
                     return None
-                event = self._handle(pdu)
-                if event is not None:
-                    return event
-        except TransportError as err:
-            self._terminate(err)
-            raise
-
-    def next_completion(self) -> Event | None:
-        """:meth:`next_event` for the data path: the same PDUs, checks, errors and events, but
-        every completion comes back in one :class:`ResponseReceived` object, refilled on each
-        call (read it before calling again).
-
-        What an established queue receives for nearly every I/O is handled inline: a C2HData
-        that lands exactly where its read expects it, a CapsuleResp for an outstanding
-        command. Anything else, and every PDU that breaks a rule, goes to the handlers of
-        :meth:`next_event`, so the checks and the errors raised are the same ones.
-
-        Raises:
-            TransportError: fatal protocol error; the connection must be closed.
-        """
-        if self.state is not _ESTABLISHED:
-            return self.next_event()
-        next_pdu = self.reader.next_pdu
-        cmds = self._cmds
-        pool = self._pool
-        try:
-            while True:
-                pdu = next_pdu()
-                if pdu is None:
-                    return None
-                kind = pdu.type
-                if kind == PDU_C2H_DATA:
-                    _, flags, _, _, _, cid, _, datao, datal = DATA_PDU.unpack_from(pdu.header)
-                    cmd = cmds.get(cid)
-                    end = datao + datal
-                    if (
-                        cmd is None
-                        or (read := cmd.read) is None
-                        or datao != cmd.received
-                        or datal != len(pdu.data)
-                        or end > (size := len(read))
-                        or (flags & FLAG_SUCCESS and (not flags & FLAG_LAST_PDU or end != size))
-                    ):
-                        event = self._handle(pdu)  # raises the error it breaks
-                        if event is not None:
-                            return event
-                        continue
-                    read[datao:end] = pdu.data
-                    cmd.received = end
-                    if not pdu.data_digest_ok:
-                        cmd.digest_ok = False
-                    if not flags & FLAG_SUCCESS:
-                        continue
-                    del cmds[cid]
-                    cmd.write = cmd.read = None  # as _recycle, inlined
-                    pool.append(cmd)
-                    done = self._completion
-                    done.cid = cid
-                    done.status = 0 if cmd.digest_ok else _DATA_XFER_ERROR
-                    done.dw0 = done.dw1 = done.sqhd = done.sqid = 0
-                    return done
-                if kind == PDU_CAPSULE_RESP:
-                    _, _, _, _, _, dw0, dw1, sqhd, sqid, cid, status = CAPSULE_RESP.unpack_from(
-                        pdu.header
-                    )
-                    cmd = cmds.get(cid)
-                    if cmd is None or (status & 0xFFFE == 0 and cmd.read is not None
-                                       and cmd.received != len(cmd.read)):  # fmt: skip
-                        return self._handle(pdu)  # raises
-                    del cmds[cid]
-                    cmd.write = cmd.read = None  # as _recycle, inlined
-                    pool.append(cmd)
-                    if not cmd.digest_ok and status == 0:
-                        status = _DATA_XFER_ERROR
-                    done = self._completion
-                    done.cid = cid
-                    done.status = status
-                    done.dw0 = dw0
-                    done.dw1 = dw1
-                    done.sqhd = sqhd
-                    done.sqid = sqid
-                    return done
                 event = self._handle(pdu)
                 if event is not None:
                     return event

@@ -1,8 +1,17 @@
-"""What a host connection (:class:`nvmeof.tcp.host.HostConnection`) keeps per outstanding
-command: its data buffers, transfer progress and the buffer its capsule is built in, reused
-from one command to the next."""
+"""What a host connection (:class:`nvmeof.tcp.host.HostConnection`) keeps: its state, and per
+outstanding command its data buffers, transfer progress and the buffer its capsule is built in,
+reused from one command to the next."""
 
 from __future__ import annotations
+
+from enum import Enum
+
+
+class HostState(Enum):
+    IDLE = "idle"
+    AWAIT_ICRESP = "await-icresp"
+    ESTABLISHED = "established"
+    TERMINATED = "terminated"
 
 
 class CommandRecord:

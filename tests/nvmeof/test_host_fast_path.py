@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import tracemalloc
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from nvmeof.constants import PduType
+from nvmeof.constants import FatalErrorStatus as Fes, PduType
 from nvmeof.errors import TransportError
 from nvmeof.tcp.events import ConnectionEstablished, ResponseReceived
 from nvmeof.tcp.host import Event, HostConnection
@@ -97,6 +98,21 @@ _PERTURBATIONS = {
     "status": [1, 0x8004, 0x0008, 0x4002],
     "bad_ddgst": [True],
     "duplicate": [True],
+    # the common header itself, byte by byte: (offset, value); offset 4 (PLEN) adds the value.
+    # The plain path reads the two common shapes from the buffer and must leave any other
+    # header to the framer's checks.
+    "ch": [
+        (1, 0x01),
+        (1, 0x02),
+        (1, 0x10),
+        (2, 28),
+        (2, 8),
+        (3, 0),
+        (3, 28),
+        (3, 32),
+        (4, 4),
+        (4, -4),
+    ],
 }
 
 
@@ -106,7 +122,7 @@ def answer_streams(draw: st.DrawFn) -> tuple[bool, bool, bytes]:
     C2HData, with SUCCESS or with a CapsuleResp after them), up to three of them broken: a
     wrong offset, length, DATAL, flag, CID or status, a bad data digest, a duplicate."""
     hd, dd = draw(st.sampled_from(DIGEST_COMBOS))
-    pdus: list[dict[str, int]] = []
+    pdus: list[dict[str, Any]] = []
     cids = draw(st.permutations(range(7)))[: draw(st.integers(1, 7))]
     for cid in cids:
         read_len = _READS.get(cid, 0)
@@ -137,15 +153,24 @@ def answer_streams(draw: st.DrawFn) -> tuple[bool, bool, bytes]:
     return hd, dd, resp + b"".join(_build(pdu, hd, dd) for pdu in pdus)
 
 
-def _build(pdu: dict[str, int], hd: bool, dd: bool) -> bytes:
+def _build(pdu: dict[str, Any], hd: bool, dd: bool) -> bytes:
     if pdu["kind"] == 1:
         psh = cqe_psh(pdu["cid"], pdu.get("status", 0), dw0=0x1234, sqhd=7, sqid=1)
-        return build_pdu(PduType.CAPSULE_RESP, psh, hd=hd)
-    length = max(pdu["length"], 1)
-    data = bytes([pdu["cid"] + length & 0xFF]) * length
-    psh = data_psh(pdu["cid"], 0, max(pdu["offset"], 0), length + pdu["datal"])
-    return build_pdu(PduType.C2H_DATA, psh, data, hd=hd, dd=dd, flags=pdu["flags"],
-                     corrupt_ddgst=dd and bool(pdu.get("bad_ddgst")))  # fmt: skip
+        out = bytearray(build_pdu(PduType.CAPSULE_RESP, psh, hd=hd))
+    else:
+        length = max(pdu["length"], 1)
+        data = bytes([pdu["cid"] + length & 0xFF]) * length
+        psh = data_psh(pdu["cid"], 0, max(pdu["offset"], 0), length + pdu["datal"])
+        out = bytearray(build_pdu(PduType.C2H_DATA, psh, data, hd=hd, dd=dd, flags=pdu["flags"],
+                                  corrupt_ddgst=dd and bool(pdu.get("bad_ddgst"))))  # fmt: skip
+    if "ch" in pdu:
+        offset, value = pdu["ch"]
+        if offset == 4:
+            plen = int.from_bytes(out[4:8], "little") + value
+            out[4:8] = plen.to_bytes(4, "little")
+        else:
+            out[offset] = value
+    return bytes(out)
 
 
 @settings(FUZZ, max_examples=600)
@@ -157,10 +182,10 @@ def test_answers_around_the_outstanding_commands_give_the_same_transcript(
     assert_same(chunked(stream, sizes), hd=hd, dd=dd)
 
 
-def _answers(halves: bool, success: bool) -> list[dict[str, int]]:
+def _answers(halves: bool, success: bool) -> list[dict[str, Any]]:
     """Correct answers to every scripted command: reads in one or two C2HData, with SUCCESS or
     followed by a CapsuleResp."""
-    pdus: list[dict[str, int]] = [{"kind": 1, "cid": cid, "status": 0} for cid in range(5)]
+    pdus: list[dict[str, Any]] = [{"kind": 1, "cid": cid, "status": 0} for cid in range(5)]
     for cid, read_len in _READS.items():
         pieces = [(0, 4096), (4096, 4096)] if halves and read_len > 4096 else [(0, read_len)]
         for i, (offset, length) in enumerate(pieces):
@@ -212,6 +237,22 @@ def test_next_completion_refills_one_object() -> None:
     assert first == ResponseReceived(1, 0, 0, 0, 0, 0)
     assert host.next_completion() is first == ResponseReceived(2, 0, 0, 0, 0, 0)
     assert host.next_completion() is None and host.outstanding == 0
+
+
+@pytest.mark.parametrize("api", ["next_event", "next_completion"])
+def test_data_beyond_the_hosts_limit_is_refused_on_both_paths(api: str) -> None:
+    """The plain path reads C2HData from the buffer: it must keep the framer's data limit."""
+    host = HostConnection(max_c2h_data=4096)
+    host.initiate()
+    host.data_to_send()
+    host.receive_data(icresp())
+    assert isinstance(host.next_event(), ConnectionEstablished)
+    host.send_command(rw_sqe(0x02, 1, 1, 0, 16), read_buffer=bytearray(8192))
+    host.receive_data(build_pdu(PduType.C2H_DATA, data_psh(1, 0, 0, 8192), bytes(8192),
+                                flags=_SUCCESS_LAST))  # fmt: skip
+    with pytest.raises(TransportError) as refused:
+        getattr(host, api)()
+    assert refused.value.fes == Fes.DATA_TRANSFER_LIMIT_EXCEEDED
 
 
 # -- reused command records ----------------------------------------------------------------------
