@@ -16,7 +16,6 @@ status Host Aborted Command (0x371), as the Linux host does.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from nvmeof.errors import LocalProtocolError, NvmeofError, TransportError
 from nvmeof.status import Status, StatusCode, status_word
 from nvmeof.tcp.events import ConnectionEstablished, ResponseReceived, TermReqReceived
 from nvmeof.tcp.host import HostConnection
+from tlsstream.direct import receive_into, stream_error
 
 if TYPE_CHECKING:
     from nvmeof.tls.psk import TlsPsk
@@ -101,14 +101,6 @@ class _Waiter:
         self.completion: Completion | None = None
 
 
-def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
-    """What trio's SocketStream raises for a socket error (its
-    ``_translate_socket_errors_to_stream_errors``), so failover sees the same kinds."""
-    if exc.errno in (errno.EBADF, errno.ENOTSOCK):
-        return trio.ClosedResourceError("this socket was already closed")
-    return trio.BrokenResourceError(f"socket connection broken: {exc}")
-
-
 class HostQueue:
     """A connected NVMe/TCP queue (admin when ``qid`` is 0). Create with :meth:`connect`.
 
@@ -127,8 +119,10 @@ class HostQueue:
         #: _receive_into reads from (os.write and os.readv: send and recv_into without flags).
         #: Used only while the queue is open: the stream's close, in aclose, comes after.
         self._fd = -1
+        self._plain: trio.SocketStream | None = None
         if isinstance(stream, trio.SocketStream):
             self._fd = stream.socket.fileno()
+            self._plain = stream
             self._recv_into = self._receive_into
             self.tls_cipher: str | None = None
         else:
@@ -257,7 +251,7 @@ class HostQueue:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self._fail(_stream_error(exc))
+            self._fail(stream_error(exc))
             return
         if sent < len(data):
             self._unsent = memoryview(data)[sent:]
@@ -353,27 +347,16 @@ class HostQueue:
         except BlockingIOError:
             return 0
         except OSError as exc:
-            raise _stream_error(exc) from exc
+            raise stream_error(exc) from exc
 
     async def _receive_into(self, buffer: memoryview) -> int:
-        """trio's ``socket.recv_into`` for plain TCP (the same checkpoints: one if cancelled
-        before, one after a receive that did not have to wait), without its five layers of
-        coroutines and context managers, once per receive batch."""
-        fd = self._fd
-        await trio.lowlevel.checkpoint_if_cancelled()
+        """tlsstream.direct's receive (trio's ``socket.recv_into`` and its checkpoints, without
+        its layers), once per receive batch, and only while the queue is open."""
         if self._closed:  # the descriptor may be closed, its number another socket's
+            await trio.lowlevel.checkpoint()
             raise trio.ClosedResourceError("the queue is closed")
-        try:
-            nbytes = os.readv(fd, (buffer,))
-        except BlockingIOError:
-            while True:
-                await trio.lowlevel.wait_readable(fd)
-                try:
-                    return os.readv(fd, (buffer,))
-                except BlockingIOError:
-                    pass
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return nbytes
+        assert self._plain is not None  # plain TCP only
+        return await receive_into(self._plain, buffer)
 
     async def _reader(self) -> None:
         conn = self.conn

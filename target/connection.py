@@ -39,7 +39,7 @@ from target.faultpath import FaultInjection, is_write
 from target.liveness import Liveness
 from target.plainio import PlainIo
 from target.state import IO_OPCODES
-from tlsstream import TlsStream
+from tlsstream import TlsStream, direct
 
 if TYPE_CHECKING:
     from nvmeof.auth.controller import QueueAuth
@@ -76,10 +76,9 @@ class QueueConnection(Liveness, QueueDrain, FaultInjection, PlainIo):
         self.spawn_detached = spawn_detached
         self.port = port
         self.stream = stream
-        # Receives go straight into the framer's buffer: the socket's recv_into on plain TCP
-        # (the hot path, unchanged), the TLS stream's decrypting receive_into on TLS.
-        self._recv_into = (stream.receive_into if isinstance(stream, TlsStream)
-                           else stream.socket.recv_into)  # fmt: skip
+        # Receives go straight into the framer's buffer; plain TCP through the descriptor.
+        self._recv_into = direct.receiver(stream)
+        self._plain_stream = stream if isinstance(stream, trio.SocketStream) else None
         #: The TLS PSK identity the host used, None on plaintext.
         self.tls_identity = (
             (stream.peer_identity or b"").decode("utf-8", "replace")
@@ -452,8 +451,7 @@ class QueueConnection(Liveness, QueueDrain, FaultInjection, PlainIo):
         lock = self._send_lock
         try:
             # Nearly always free: taken without the schedule point ``async with`` adds (one
-            # more pass of Trio's run loop, and an epoll_wait, per receive batch otherwise).
-            # The send below is the checkpoint.
+            # more pass of Trio's run loop per receive batch); the receive checkpoints.
             lock.acquire_nowait()
         except trio.WouldBlock:
             await lock.acquire()
@@ -469,7 +467,13 @@ class QueueConnection(Liveness, QueueDrain, FaultInjection, PlainIo):
             if self.capture is not None:
                 self.capture.sent(data)
             try:
-                await self.stream.send_all(data)
+                # Plain TCP: one write straight away, send_all for what is left. A closed
+                # connection (close() cancels us) sends nothing more, as with send_all.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                plain = self._plain_stream
+                sent = direct.send_now(plain, data) if plain is not None else 0
+                if sent < len(data):
+                    await self.stream.send_all(memoryview(data)[sent:])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.close("send failed")
         finally:
