@@ -4,7 +4,7 @@ Two tasks per queue, in the caller's nursery: a reader that feeds received bytes
 connection and completes commands inline (a whole receive batch per wake-up, through
 :meth:`~nvmeof.tcp.host.HostConnection.next_completion`), and a writer that sends everything
 queued since it last ran at once. Over plain TCP both use the socket's descriptor directly
-(``os.readv``/``os.write`` with trio's checkpoints, without its per-call layers); TLS
+(``readv``/``write`` with trio's checkpoints, without its per-call layers: tlsstream.direct); TLS
 goes through the stream. Commands come from two places:
 :meth:`HostQueue.submit` (one awaiting caller per command, for admin work) and
 :meth:`HostQueue.send_slot` (ring slots, completed through a callback: no task, no event, no
@@ -17,7 +17,6 @@ status Host Aborted Command (0x371), as the Linux host does.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -30,7 +29,7 @@ from nvmeof.errors import LocalProtocolError, NvmeofError, TransportError
 from nvmeof.status import Status, StatusCode, status_word
 from nvmeof.tcp.events import ConnectionEstablished, ResponseReceived, TermReqReceived
 from nvmeof.tcp.host import HostConnection
-from tlsstream.direct import receive_into, stream_error
+from tlsstream.direct import receive_into, send_now
 
 if TYPE_CHECKING:
     from nvmeof.tls.psk import TlsPsk
@@ -115,13 +114,11 @@ class HostQueue:
         #: Reads into a buffer, returns the byte count (0 at EOF): the socket's own
         #: ``recv_into`` for plain TCP, the TLS stream's decrypting one otherwise.
         self._recv_into: Callable[[memoryview], Awaitable[int]]
-        #: Plain TCP: the socket's descriptor, that doorbell and _flush write to at once and
-        #: _receive_into reads from (os.write and os.readv: send and recv_into without flags).
-        #: Used only while the queue is open: the stream's close, in aclose, comes after.
-        self._fd = -1
+        #: Plain TCP: the stream doorbell and _flush write to at once and _receive_into reads
+        #: from, through its descriptor (tlsstream.direct). Used only while the queue is open:
+        #: the stream's close, in aclose, comes after.
         self._plain: trio.SocketStream | None = None
         if isinstance(stream, trio.SocketStream):
-            self._fd = stream.socket.fileno()
             self._plain = stream
             self._recv_into = self._receive_into
             self.tls_cipher: str | None = None
@@ -238,8 +235,8 @@ class HostQueue:
         self.bell_pending = False
         if self._closed:
             return
-        fd = self._fd
-        if fd < 0 or self._unsent is not None or self._send_lock.locked():
+        plain = self._plain
+        if plain is None or self._unsent is not None or self._send_lock.locked():
             self._wake_writer()  # TLS, or behind bytes a flush has yet to send
             return
         buffers = self.conn.data_to_send()
@@ -247,11 +244,9 @@ class HostQueue:
             return
         data = b"".join(buffers)  # a copy: capsule buffers are reused once sent
         try:
-            sent = os.write(fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._fail(stream_error(exc))
+            sent = send_now(plain, data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+            self._fail(err)
             return
         if sent < len(data):
             self._unsent = memoryview(data)[sent:]
@@ -339,15 +334,10 @@ class HostQueue:
     def _send_now(self, data: bytes) -> int:
         """How much of ``data`` one non-blocking ``send`` took (0 for TLS or a full socket).
         Errors become what trio's SocketStream.send_all raises for them."""
-        fd = self._fd
-        if fd < 0 or self._closed:
+        plain = self._plain
+        if plain is None or self._closed:
             return 0
-        try:
-            return os.write(fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError as exc:
-            raise stream_error(exc) from exc
+        return send_now(plain, data)
 
     async def _receive_into(self, buffer: memoryview) -> int:
         """tlsstream.direct's receive (trio's ``socket.recv_into`` and its checkpoints, without

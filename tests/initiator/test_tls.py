@@ -342,7 +342,7 @@ async def test_plain_queue_reads_the_socket_directly() -> None:
             assert isinstance(queue.stream, trio.SocketStream) and queue.tls_cipher is None
             # the socket's own descriptor, not a stream layer
             assert queue._recv_into == queue._receive_into
-            assert queue._fd == queue.stream.socket.fileno() >= 0
+            assert queue._plain is queue.stream and queue.stream.socket.fileno() >= 0
             assert (await queue.submit(sqe(0x01), write=bytes(512), timeout=5)).ok
             await queue.aclose()
             nursery.cancel_scope.cancel()
